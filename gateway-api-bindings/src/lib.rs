@@ -1,1 +1,17 @@
-pub fn x(){}
+//! Kubernetes, Gateway API and Istio types, the object index, `targetRefs` attachment, Istio's
+//! `WaypointAccepted` status, and translation of AuthorizationPolicy into the engine's model.
+//!
+//! * [`istio`]: the Istio CRDs the waypoint reads (written here; no crate fits kube 4.2).
+//! * [`store`]: a pure index with `apply`, loaded from YAML files or fed by watchers.
+//! * [`attachment`]: which policies bind to a waypoint, and to which of its destinations.
+//! * [`status`]: the status istiod would write, plus validation findings naming each field.
+//! * [`translate`]: AuthorizationPolicy -> [`policy_engine::PolicySpec`].
+
+pub mod attachment;
+pub mod istio;
+pub mod status;
+pub mod store;
+pub mod translate;
+
+pub use attachment::{WaypointIdentity, authorizer_for, binding, service_target, service_entry_target};
+pub use store::{LoadError, Object, ObjectKey, Origin, Sourced, Store};

@@ -1,0 +1,151 @@
+//! Which policies bind to a waypoint, following istiod (`pilot/pkg/model/policyattachment.go`).
+//!
+//! Only `targetRefs` (or the legacy `targetRef`, used when `targetRefs` is empty) bind; selector and
+//! namespace-wide policies belong to ztunnel. Per ref: a `Gateway` in the policy's namespace named
+//! like the waypoint; a `GatewayClass` named like the waypoint's class, only from the root
+//! namespace; a `Service` or `ServiceEntry` in the policy's namespace, for traffic to it. A ref
+//! naming another namespace never matches.
+
+use policy_engine::{Authorizer, AuthorizerBuilder, Binding};
+
+use crate::istio::{AuthorizationPolicy, PolicyTargetReference};
+use crate::store::{ObjectKey, Store};
+use crate::translate;
+
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub const ISTIO_NETWORKING_GROUP: &str = "networking.istio.io";
+/// The class istiod gives waypoints.
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+
+/// The waypoint a decision is made for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaypointIdentity {
+    pub gateway: ObjectKey,
+    pub class: String,
+    pub root_namespace: String,
+}
+
+impl WaypointIdentity {
+    /// Takes the class from the Gateway object when the store has it.
+    pub fn from_store(store: &Store, gateway: ObjectKey, root_namespace: &str) -> WaypointIdentity {
+        let class = store
+            .gateways
+            .get(&gateway)
+            .map(|g| g.object.spec.gateway_class_name.clone())
+            .unwrap_or_else(|| WAYPOINT_CLASS.to_owned());
+        WaypointIdentity { gateway, class, root_namespace: root_namespace.to_owned() }
+    }
+}
+
+/// Kubernetes treats `""` and `core` as the same group.
+pub fn canonical_group(g: &str) -> &str {
+    if g.is_empty() { "core" } else { g }
+}
+
+/// `targetRefs`, or `[targetRef]` when `targetRefs` is empty.
+pub fn target_refs(ap: &AuthorizationPolicy) -> Vec<&PolicyTargetReference> {
+    if ap.spec.target_refs.is_empty() {
+        ap.spec.target_ref.iter().collect()
+    } else {
+        ap.spec.target_refs.iter().collect()
+    }
+}
+
+/// The engine target key for traffic addressed to a Service.
+pub fn service_target(key: &ObjectKey) -> String {
+    format!("Service/{key}")
+}
+
+/// The engine target key for traffic addressed to a ServiceEntry.
+pub fn service_entry_target(key: &ObjectKey) -> String {
+    format!("ServiceEntry/{key}")
+}
+
+/// How `ap` binds to `waypoint`, or `None` when it does not.
+pub fn binding(ap: &AuthorizationPolicy, policy_ns: &str, waypoint: &WaypointIdentity) -> Option<Binding> {
+    let mut targets = Vec::new();
+    for r in target_refs(ap) {
+        if r.namespace.as_deref().is_some_and(|n| !n.is_empty() && n != policy_ns) {
+            continue;
+        }
+        let key = ObjectKey::new(policy_ns, r.name.clone());
+        match (canonical_group(&r.group), r.kind.as_str()) {
+            (GATEWAY_GROUP, "Gateway") if key == waypoint.gateway => return Some(Binding::Waypoint),
+            (GATEWAY_GROUP, "GatewayClass")
+                if policy_ns == waypoint.root_namespace && r.name == waypoint.class =>
+            {
+                return Some(Binding::Waypoint);
+            }
+            ("core", "Service") => targets.push(service_target(&key)),
+            (ISTIO_NETWORKING_GROUP, "ServiceEntry") => targets.push(service_entry_target(&key)),
+            _ => {}
+        }
+    }
+    (!targets.is_empty()).then_some(Binding::Targets(targets))
+}
+
+/// Compiles every policy of `store` that binds to `waypoint`. Policies whose action is not one
+/// Istio knows are left out (they are reported by [`crate::status`]).
+pub fn authorizer_for(store: &Store, waypoint: &WaypointIdentity) -> Authorizer {
+    let mut b = AuthorizerBuilder::new();
+    for (key, ap) in &store.authorization_policies {
+        let Some(binding) = binding(&ap.object, &key.namespace, waypoint) else { continue };
+        match translate::policy_spec(&ap.object) {
+            Ok(spec) => {
+                b.add(spec, binding);
+            }
+            Err(e) => tracing::warn!(policy = %key, origin = %ap.origin, "policy left out: {e}"),
+        }
+    }
+    b.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ap(ns: &str, refs: &str) -> AuthorizationPolicy {
+        let mut s = Store::default();
+        let errs = s.load_str(
+            &format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: {ns}}}\nspec: {refs}\n"
+            ),
+            None,
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        s.authorization_policies.into_values().next().map(|s| s.object).expect("one policy")
+    }
+
+    fn wp() -> WaypointIdentity {
+        WaypointIdentity {
+            gateway: ObjectKey::new("foo", "waypoint"),
+            class: WAYPOINT_CLASS.into(),
+            root_namespace: "istio-system".into(),
+        }
+    }
+
+    #[test]
+    fn refs_bind_as_istio_does() {
+        let gw = "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]}";
+        assert_eq!(binding(&ap("foo", gw), "foo", &wp()), Some(Binding::Waypoint));
+        assert_eq!(binding(&ap("bar", gw), "bar", &wp()), None, "Gateway refs never cross namespaces");
+        let cross = "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint, namespace: bar}]}";
+        assert_eq!(binding(&ap("foo", cross), "foo", &wp()), None);
+        let class = "{targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]}";
+        assert_eq!(binding(&ap("istio-system", class), "istio-system", &wp()), Some(Binding::Waypoint));
+        assert_eq!(binding(&ap("foo", class), "foo", &wp()), None, "GatewayClass only from the root namespace");
+        let svc = "{targetRefs: [{kind: Service, group: '', name: httpbin}, {kind: Service, group: core, name: b}]}";
+        assert_eq!(
+            binding(&ap("foo", svc), "foo", &wp()),
+            Some(Binding::Targets(vec!["Service/foo/httpbin".into(), "Service/foo/b".into()]))
+        );
+        let se = "{targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: ext}]}";
+        assert_eq!(binding(&ap("foo", se), "foo", &wp()), Some(Binding::Targets(vec!["ServiceEntry/foo/ext".into()])));
+        let legacy = "{targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}";
+        assert_eq!(binding(&ap("foo", legacy), "foo", &wp()), Some(Binding::Waypoint));
+        assert_eq!(binding(&ap("foo", "{selector: {matchLabels: {app: a}}}"), "foo", &wp()), None);
+        assert_eq!(binding(&ap("foo", "{}"), "foo", &wp()), None, "namespace-wide policies are ztunnel's");
+        let wrong_group = "{targetRefs: [{kind: Gateway, group: '', name: waypoint}]}";
+        assert_eq!(binding(&ap("foo", wrong_group), "foo", &wp()), None);
+    }
+}

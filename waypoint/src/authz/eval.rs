@@ -1,0 +1,189 @@
+//! `waypoint authz eval`: one JSON decision per request document.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use gateway_api_bindings::{ObjectKey, Store, WaypointIdentity, authorizer_for, service_entry_target, service_target};
+use policy_engine::path::{self, PathNormalization};
+use policy_engine::request::DEFAULT_SPACE_DELIMITED_CLAIMS;
+use policy_engine::{Authorizer, Claim, HttpRequest, JwtClaims, PeerIdentity, Request};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NsName {
+    namespace: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Destination {
+    service: Option<NsName>,
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Source {
+    principal: Option<String>,
+    ip: Option<IpAddr>,
+    remote_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Http {
+    method: String,
+    #[serde(default)]
+    host: String,
+    path: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Jwt {
+    claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One output line; field order is the documented one.
+#[derive(Debug, serde::Serialize)]
+struct Line<'a> {
+    decision: &'static str,
+    status: Option<u16>,
+    policy: Option<String>,
+    rule: Option<usize>,
+    action: Option<&'static str>,
+    reason: std::borrow::Cow<'a, str>,
+}
+
+/// One request document (the format is documented in `docs/authz-eval.md`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvalRequest {
+    waypoint: NsName,
+    #[serde(default)]
+    destination: Destination,
+    #[serde(default)]
+    source: Source,
+    http: Option<Http>,
+    jwt: Option<Jwt>,
+    sni: Option<String>,
+}
+
+pub(crate) fn run(config: &Path, requests: &Path, root_ns: &str, normalization: &str) -> anyhow::Result<ExitCode> {
+    let mode = PathNormalization::parse(normalization)
+        .with_context(|| format!("unknown --path-normalization {normalization:?}"))?;
+    let (store, _) = super::load(config)?;
+    let text = std::fs::read_to_string(requests).with_context(|| format!("reading {}", requests.display()))?;
+    let mut authorizers: HashMap<(String, String), Authorizer> = HashMap::new();
+    let mut out = std::io::stdout().lock();
+    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let value: serde_yaml::Value = Deserialize::deserialize(doc)
+            .with_context(|| format!("{}: request {} is not valid YAML", requests.display(), i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let req: EvalRequest = serde_path_to_error::deserialize(value)
+            .with_context(|| format!("{}: request {}", requests.display(), i + 1))?;
+        let wp_key = (req.waypoint.namespace.clone(), req.waypoint.name.clone());
+        let authorizer = authorizers.entry(wp_key).or_insert_with(|| {
+            let gw = ObjectKey::new(&req.waypoint.namespace, &req.waypoint.name);
+            if !store.gateways.contains_key(&gw) {
+                tracing::warn!(waypoint = %gw, "no such Gateway in the config: assuming class istio-waypoint");
+            }
+            authorizer_for(&store, &WaypointIdentity::from_store(&store, gw, root_ns))
+        });
+        let line = decide(&store, authorizer, &req, mode)
+            .with_context(|| format!("{}: request {}", requests.display(), i + 1))?;
+        writeln!(out, "{line}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn decide(store: &Store, authorizer: &Authorizer, req: &EvalRequest, mode: PathNormalization) -> anyhow::Result<String> {
+    let target = req.destination.service.as_ref().map(|s| {
+        let key = ObjectKey::new(&s.namespace, &s.name);
+        if store.service_entries.contains_key(&key) && !store.services.contains_key(&key) {
+            service_entry_target(&key)
+        } else {
+            service_target(&key)
+        }
+    });
+    let peer = req.source.principal.as_deref().map(PeerIdentity::new);
+    let claims = req.jwt.as_ref().map(|j| {
+        let claims = j.claims.iter().map(|(k, v)| (k.clone(), claim(v))).collect();
+        JwtClaims::new(claims, &DEFAULT_SPACE_DELIMITED_CLAIMS)
+    });
+    let headers: BTreeMap<String, String> = req
+        .http
+        .iter()
+        .flat_map(|h| h.headers.iter())
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    let normalized = match &req.http {
+        Some(h) => match path::normalize(&h.path, mode) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                // Envoy answers 400 before any policy runs.
+                let line = Line {
+                    decision: "deny",
+                    status: Some(400),
+                    policy: None,
+                    rule: None,
+                    action: None,
+                    reason: format!("denied: {e}").into(),
+                };
+                return Ok(serde_json::to_string(&line)?);
+            }
+        },
+        None => None,
+    };
+    if let Some(h) = &req.http {
+        if h.method.is_empty() {
+            bail!("http.method must not be empty");
+        }
+    }
+    let http = req.http.as_ref().zip(normalized.as_deref()).map(|(h, p)| HttpRequest {
+        method: &h.method,
+        host: if h.host.is_empty() { headers.get("host").map_or("", String::as_str) } else { &h.host },
+        path: p,
+        headers: &headers,
+    });
+    let request = Request {
+        peer: peer.as_ref(),
+        source_ip: req.source.ip,
+        remote_ip: req.source.remote_ip,
+        destination_ip: req.destination.ip,
+        destination_port: req.destination.port,
+        sni: req.sni.as_deref(),
+        http,
+        jwt: claims.as_ref(),
+    };
+    let d = authorizer.evaluate(&request, target.as_deref());
+    let line = Line {
+        decision: if d.allowed { "allow" } else { "deny" },
+        status: d.status,
+        policy: d.matched.map(|m| m.policy.to_string()),
+        rule: d.matched.map(|m| m.rule),
+        action: d.action().map(|a| a.as_str()),
+        reason: d.to_string().into(),
+    };
+    Ok(serde_json::to_string(&line)?)
+}
+
+fn claim(v: &serde_json::Value) -> Claim {
+    match v {
+        serde_json::Value::String(s) => Claim::String(s.clone()),
+        serde_json::Value::Array(items) => Claim::List(items.iter().map(claim).collect()),
+        serde_json::Value::Object(m) => Claim::Object(m.iter().map(|(k, v)| (k.clone(), claim(v))).collect()),
+        _ => Claim::Other,
+    }
+}

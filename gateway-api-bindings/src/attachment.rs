@@ -33,7 +33,11 @@ impl WaypointIdentity {
             .get(&gateway)
             .map(|g| g.object.spec.gateway_class_name.clone())
             .unwrap_or_else(|| WAYPOINT_CLASS.to_owned());
-        WaypointIdentity { gateway, class, root_namespace: root_namespace.to_owned() }
+        WaypointIdentity {
+            gateway,
+            class,
+            root_namespace: root_namespace.to_owned(),
+        }
     }
 }
 
@@ -62,15 +66,24 @@ pub fn service_entry_target(key: &ObjectKey) -> String {
 }
 
 /// How `ap` binds to `waypoint`, or `None` when it does not.
-pub fn binding(ap: &AuthorizationPolicy, policy_ns: &str, waypoint: &WaypointIdentity) -> Option<Binding> {
+pub fn binding(
+    ap: &AuthorizationPolicy,
+    policy_ns: &str,
+    waypoint: &WaypointIdentity,
+) -> Option<Binding> {
     let mut targets = Vec::new();
     for r in target_refs(ap) {
-        if r.namespace.as_deref().is_some_and(|n| !n.is_empty() && n != policy_ns) {
+        if r.namespace
+            .as_deref()
+            .is_some_and(|n| !n.is_empty() && n != policy_ns)
+        {
             continue;
         }
         let key = ObjectKey::new(policy_ns, r.name.clone());
         match (canonical_group(&r.group), r.kind.as_str()) {
-            (GATEWAY_GROUP, "Gateway") if key == waypoint.gateway => return Some(Binding::Waypoint),
+            (GATEWAY_GROUP, "Gateway") if key == waypoint.gateway => {
+                return Some(Binding::Waypoint);
+            }
             (GATEWAY_GROUP, "GatewayClass")
                 if policy_ns == waypoint.root_namespace && r.name == waypoint.class =>
             {
@@ -89,7 +102,9 @@ pub fn binding(ap: &AuthorizationPolicy, policy_ns: &str, waypoint: &WaypointIde
 pub fn authorizer_for(store: &Store, waypoint: &WaypointIdentity) -> Authorizer {
     let mut b = AuthorizerBuilder::new();
     for (key, ap) in &store.authorization_policies {
-        let Some(binding) = binding(&ap.object, &key.namespace, waypoint) else { continue };
+        let Some(binding) = binding(&ap.object, &key.namespace, waypoint) else {
+            continue;
+        };
         match translate::policy_spec(&ap.object) {
             Ok(spec) => {
                 b.add(spec, binding);
@@ -113,7 +128,11 @@ mod tests {
             None,
         );
         assert!(errs.is_empty(), "{errs:?}");
-        s.authorization_policies.into_values().next().map(|s| s.object).expect("one policy")
+        s.authorization_policies
+            .into_values()
+            .next()
+            .map(|s| s.object)
+            .expect("one policy")
     }
 
     fn wp() -> WaypointIdentity {
@@ -126,25 +145,61 @@ mod tests {
 
     #[test]
     fn refs_bind_as_istio_does() {
-        let gw = "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]}";
-        assert_eq!(binding(&ap("foo", gw), "foo", &wp()), Some(Binding::Waypoint));
-        assert_eq!(binding(&ap("bar", gw), "bar", &wp()), None, "Gateway refs never cross namespaces");
+        let gw =
+            "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]}";
+        assert_eq!(
+            binding(&ap("foo", gw), "foo", &wp()),
+            Some(Binding::Waypoint)
+        );
+        assert_eq!(
+            binding(&ap("bar", gw), "bar", &wp()),
+            None,
+            "Gateway refs never cross namespaces"
+        );
         let cross = "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint, namespace: bar}]}";
         assert_eq!(binding(&ap("foo", cross), "foo", &wp()), None);
         let class = "{targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]}";
-        assert_eq!(binding(&ap("istio-system", class), "istio-system", &wp()), Some(Binding::Waypoint));
-        assert_eq!(binding(&ap("foo", class), "foo", &wp()), None, "GatewayClass only from the root namespace");
+        assert_eq!(
+            binding(&ap("istio-system", class), "istio-system", &wp()),
+            Some(Binding::Waypoint)
+        );
+        assert_eq!(
+            binding(&ap("foo", class), "foo", &wp()),
+            None,
+            "GatewayClass only from the root namespace"
+        );
         let svc = "{targetRefs: [{kind: Service, group: '', name: httpbin}, {kind: Service, group: core, name: b}]}";
         assert_eq!(
             binding(&ap("foo", svc), "foo", &wp()),
-            Some(Binding::Targets(vec!["Service/foo/httpbin".into(), "Service/foo/b".into()]))
+            Some(Binding::Targets(vec![
+                "Service/foo/httpbin".into(),
+                "Service/foo/b".into()
+            ]))
         );
         let se = "{targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: ext}]}";
-        assert_eq!(binding(&ap("foo", se), "foo", &wp()), Some(Binding::Targets(vec!["ServiceEntry/foo/ext".into()])));
-        let legacy = "{targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}";
-        assert_eq!(binding(&ap("foo", legacy), "foo", &wp()), Some(Binding::Waypoint));
-        assert_eq!(binding(&ap("foo", "{selector: {matchLabels: {app: a}}}"), "foo", &wp()), None);
-        assert_eq!(binding(&ap("foo", "{}"), "foo", &wp()), None, "namespace-wide policies are ztunnel's");
+        assert_eq!(
+            binding(&ap("foo", se), "foo", &wp()),
+            Some(Binding::Targets(vec!["ServiceEntry/foo/ext".into()]))
+        );
+        let legacy =
+            "{targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}";
+        assert_eq!(
+            binding(&ap("foo", legacy), "foo", &wp()),
+            Some(Binding::Waypoint)
+        );
+        assert_eq!(
+            binding(
+                &ap("foo", "{selector: {matchLabels: {app: a}}}"),
+                "foo",
+                &wp()
+            ),
+            None
+        );
+        assert_eq!(
+            binding(&ap("foo", "{}"), "foo", &wp()),
+            None,
+            "namespace-wide policies are ztunnel's"
+        );
         let wrong_group = "{targetRefs: [{kind: Gateway, group: '', name: waypoint}]}";
         assert_eq!(binding(&ap("foo", wrong_group), "foo", &wp()), None);
     }

@@ -29,7 +29,12 @@ pub struct PolicyTargetReference {
 }
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "security.istio.io", version = "v1", kind = "AuthorizationPolicy", namespaced)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "AuthorizationPolicy",
+    namespaced
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,7 +120,12 @@ pub struct Condition {
 }
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "security.istio.io", version = "v1", kind = "RequestAuthentication", namespaced)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "RequestAuthentication",
+    namespaced
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestAuthenticationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -175,7 +185,12 @@ pub struct ClaimToHeader {
 /// `networking.istio.io` ServiceEntry: addressing only. Unknown fields are tolerated here, since
 /// they carry routing settings the waypoint does not read.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "networking.istio.io", version = "v1", kind = "ServiceEntry", namespaced)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "ServiceEntry",
+    namespaced
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceEntrySpec {
     #[serde(default)]

@@ -1,3 +1,4 @@
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 //! Kubernetes, Gateway API and Istio types, the object index, `targetRefs` attachment, Istio's
 //! `WaypointAccepted` status, and translation of AuthorizationPolicy into the engine's model.
 //!
@@ -13,5 +14,7 @@ pub mod status;
 pub mod store;
 pub mod translate;
 
-pub use attachment::{WaypointIdentity, authorizer_for, binding, service_target, service_entry_target};
+pub use attachment::{
+    WaypointIdentity, authorizer_for, binding, service_entry_target, service_target,
+};
 pub use store::{LoadError, Object, ObjectKey, Origin, Sourced, Store};

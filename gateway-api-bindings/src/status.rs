@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use kube::ResourceExt;
 use policy_engine::{FieldIssue, validate};
 
-use crate::attachment::{GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, WAYPOINT_CLASS, canonical_group, target_refs};
+use crate::attachment::{
+    GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, WAYPOINT_CLASS, canonical_group, target_refs,
+};
 use crate::istio::{AuthorizationPolicy, PolicyTargetReference};
 use crate::store::{ObjectKey, Store};
 use crate::translate;
@@ -59,7 +61,11 @@ pub struct PolicyStatus {
 
 impl PolicyStatus {
     pub fn is_invalid(&self) -> bool {
-        !self.errors.is_empty() || self.condition.as_ref().is_some_and(|c| c.reason != Reason::Accepted)
+        !self.errors.is_empty()
+            || self
+                .condition
+                .as_ref()
+                .is_some_and(|c| c.reason != Reason::Accepted)
     }
 }
 
@@ -71,7 +77,11 @@ struct RefResult {
 }
 
 /// Validates `ap` and computes the condition istiod would set from what `store` holds.
-pub fn authorization_policy(store: &Store, ap: &AuthorizationPolicy, root_namespace: &str) -> PolicyStatus {
+pub fn authorization_policy(
+    store: &Store,
+    ap: &AuthorizationPolicy,
+    root_namespace: &str,
+) -> PolicyStatus {
     let ns = ap.namespace().unwrap_or_else(|| "default".into());
     let mut errors = target_ref_errors(ap);
     let mut warnings = Vec::new();
@@ -81,14 +91,24 @@ pub fn authorization_policy(store: &Store, ap: &AuthorizationPolicy, root_namesp
             errors.extend(f.errors);
             warnings.extend(f.warnings);
         }
-        Err(e) => errors.push(FieldIssue { field: "spec.action".into(), message: e.to_string() }),
+        Err(e) => errors.push(FieldIssue {
+            field: "spec.action".into(),
+            message: e.to_string(),
+        }),
     }
     let refs = target_refs(ap);
     if refs.is_empty() {
-        return PolicyStatus { condition: None, errors, warnings };
+        return PolicyStatus {
+            condition: None,
+            errors,
+            warnings,
+        };
     }
     let generation = ap.metadata.generation;
-    let results: Vec<RefResult> = refs.iter().map(|r| ref_result(store, &ns, r, root_namespace)).collect();
+    let results: Vec<RefResult> = refs
+        .iter()
+        .map(|r| ref_result(store, &ns, r, root_namespace))
+        .collect();
     let mut condition = flatten(&results, generation);
     if !errors.is_empty() {
         // istiod's webhook would have refused the object; say why instead of a binding result.
@@ -100,7 +120,11 @@ pub fn authorization_policy(store: &Store, ap: &AuthorizationPolicy, root_namesp
             observed_generation: generation,
         };
     }
-    PolicyStatus { condition: Some(condition), errors, warnings }
+    PolicyStatus {
+        condition: Some(condition),
+        errors,
+        warnings,
+    }
 }
 
 fn flatten(results: &[RefResult], generation: Option<i64>) -> Condition {
@@ -113,7 +137,11 @@ fn flatten(results: &[RefResult], generation: Option<i64>) -> Condition {
         };
     }
     let bound = results.iter().any(|r| r.bound);
-    let unbound: Vec<&str> = results.iter().filter(|r| !r.bound).map(|r| r.ancestor.as_str()).collect();
+    let unbound: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.bound)
+        .map(|r| r.ancestor.as_str())
+        .collect();
     let reason = match (bound, unbound.is_empty()) {
         (true, true) => Reason::Accepted,
         (true, false) => Reason::PartiallyInvalid,
@@ -124,46 +152,91 @@ fn flatten(results: &[RefResult], generation: Option<i64>) -> Condition {
     } else {
         format!("Invalid targetRefs: {}", unbound.join(", "))
     };
-    Condition { status: bound, reason, message, observed_generation: generation }
+    Condition {
+        status: bound,
+        reason,
+        message,
+        observed_generation: generation,
+    }
 }
 
 fn ref_result(store: &Store, policy_ns: &str, r: &PolicyTargetReference, root: &str) -> RefResult {
-    let ns = r.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| policy_ns.to_owned());
+    let ns = r
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| policy_ns.to_owned());
     let key = ObjectKey::new(ns.clone(), r.name.clone());
     let ancestor = format!("{}.{}:{key}", r.kind, canonical_group(&r.group));
     let (bound, reason, message) = match r.kind.as_str() {
         "GatewayClass" => gateway_class(store, &ns, &r.name, root),
         "Gateway" => match store.gateways.get(&key) {
-            Some(g) if is_waypoint(&g.object) => (true, Reason::Accepted, format!("bound to {key}")),
-            Some(_) => (false, Reason::TargetNotFound, format!("Gateway {key} is not a waypoint")),
-            None => (false, Reason::TargetNotFound, format!("Gateway {key} was not found")),
+            Some(g) if is_waypoint(&g.object) => {
+                (true, Reason::Accepted, format!("bound to {key}"))
+            }
+            Some(_) => (
+                false,
+                Reason::TargetNotFound,
+                format!("Gateway {key} is not a waypoint"),
+            ),
+            None => (
+                false,
+                Reason::TargetNotFound,
+                format!("Gateway {key} was not found"),
+            ),
         },
         "Service" => match store.services.get(&key) {
             Some(s) => service_waypoint(store, &s.object.metadata, "Service", &key),
-            None => (false, Reason::TargetNotFound, format!("Service {key} was not found")),
+            None => (
+                false,
+                Reason::TargetNotFound,
+                format!("Service {key} was not found"),
+            ),
         },
         "ServiceEntry" => match store.service_entries.get(&key) {
             Some(s) => service_waypoint(store, &s.object.metadata, "ServiceEntry", &key),
-            None => (false, Reason::TargetNotFound, format!("ServiceEntry {key} was not found")),
+            None => (
+                false,
+                Reason::TargetNotFound,
+                format!("ServiceEntry {key} was not found"),
+            ),
         },
-        other => (false, Reason::Invalid, format!("unsupported targetRef kind {other:?}")),
+        other => (
+            false,
+            Reason::Invalid,
+            format!("unsupported targetRef kind {other:?}"),
+        ),
     };
-    RefResult { bound, reason, message, ancestor }
+    RefResult {
+        bound,
+        reason,
+        message,
+        ancestor,
+    }
 }
 
 fn gateway_class(store: &Store, ns: &str, name: &str, root: &str) -> (bool, Reason, String) {
     if ns != root {
-        let msg = format!("AuthorizationPolicy must be in the root namespace `{root}` when referencing a GatewayClass");
+        let msg = format!(
+            "AuthorizationPolicy must be in the root namespace `{root}` when referencing a GatewayClass"
+        );
         return (false, Reason::Invalid, msg);
     }
     let controller = match store.gateway_classes.get(name) {
         Some(c) => c.object.spec.controller_name.clone(),
         // Istio installs this class itself; a file config rarely carries it.
         None if name == WAYPOINT_CLASS => MESH_CONTROLLER.to_owned(),
-        None => return (false, Reason::TargetNotFound, format!("GatewayClass {name} was not found")),
+        None => {
+            return (
+                false,
+                Reason::TargetNotFound,
+                format!("GatewayClass {name} was not found"),
+            );
+        }
     };
     if controller != MESH_CONTROLLER {
-        let msg = format!("GatewayClass must use controller name `{MESH_CONTROLLER}` for waypoints");
+        let msg =
+            format!("GatewayClass must use controller name `{MESH_CONTROLLER}` for waypoints");
         return (false, Reason::Invalid, msg);
     }
     (true, Reason::Accepted, format!("bound to {name}"))
@@ -171,15 +244,22 @@ fn gateway_class(store: &Store, ns: &str, name: &str, root: &str) -> (bool, Reas
 
 /// A Gateway is a waypoint when it uses the waypoint class or listens for HBONE.
 pub fn is_waypoint(g: &gateway_api::apis::standard::gateways::Gateway) -> bool {
-    g.spec.gateway_class_name == WAYPOINT_CLASS || g.spec.listeners.iter().any(|l| l.protocol == "HBONE")
+    g.spec.gateway_class_name == WAYPOINT_CLASS
+        || g.spec.listeners.iter().any(|l| l.protocol == "HBONE")
 }
 
 /// The waypoint an object uses: its own `istio.io/use-waypoint` label, else its namespace's.
-pub fn waypoint_of(store: &Store, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<ObjectKey> {
+pub fn waypoint_of(
+    store: &Store,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<ObjectKey> {
     let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
     let from = |labels: &BTreeMap<String, String>| {
         let name = labels.get(USE_WAYPOINT)?;
-        let wns = labels.get(USE_WAYPOINT_NAMESPACE).cloned().unwrap_or_else(|| ns.clone());
+        let wns = labels
+            .get(USE_WAYPOINT_NAMESPACE)
+            .cloned()
+            .unwrap_or_else(|| ns.clone());
         Some((name.clone(), wns))
     };
     let empty = BTreeMap::new();
@@ -191,7 +271,11 @@ pub fn waypoint_of(store: &Store, meta: &k8s_openapi::apimachinery::pkg::apis::m
         return None;
     }
     let key = ObjectKey::new(wns, name);
-    store.gateways.get(&key).filter(|g| is_waypoint(&g.object)).map(|_| key)
+    store
+        .gateways
+        .get(&key)
+        .filter(|g| is_waypoint(&g.object))
+        .map(|_| key)
 }
 
 fn service_waypoint(
@@ -202,28 +286,52 @@ fn service_waypoint(
 ) -> (bool, Reason, String) {
     match waypoint_of(store, meta) {
         Some(w) => (true, Reason::Accepted, format!("bound to {w}")),
-        None => (false, Reason::AncestorNotBound, format!("{kind} {key} is not bound to a waypoint")),
+        None => (
+            false,
+            Reason::AncestorNotBound,
+            format!("{kind} {key} is not bound to a waypoint"),
+        ),
     }
 }
 
 fn target_ref_errors(ap: &AuthorizationPolicy) -> Vec<FieldIssue> {
     let mut out = Vec::new();
     let s = &ap.spec;
-    let set = usize::from(s.selector.is_some()) + usize::from(s.target_ref.is_some()) + usize::from(!s.target_refs.is_empty());
+    let set = usize::from(s.selector.is_some())
+        + usize::from(s.target_ref.is_some())
+        + usize::from(!s.target_refs.is_empty());
     if set > 1 {
         out.push(FieldIssue {
-            field: if s.selector.is_some() { "spec.selector".into() } else { "spec.targetRef".into() },
+            field: if s.selector.is_some() {
+                "spec.selector".into()
+            } else {
+                "spec.targetRef".into()
+            },
             message: "only one of targetRefs or workloadSelector can be set".into(),
         });
     }
     if s.target_refs.len() > 16 {
-        out.push(FieldIssue { field: "spec.targetRefs".into(), message: "must have at most 16 items".into() });
+        out.push(FieldIssue {
+            field: "spec.targetRefs".into(),
+            message: "must have at most 16 items".into(),
+        });
     }
-    let refs = s.target_ref.iter().map(|r| ("spec.targetRef".to_owned(), r));
-    let refs = refs.chain(s.target_refs.iter().enumerate().map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)));
+    let refs = s
+        .target_ref
+        .iter()
+        .map(|r| ("spec.targetRef".to_owned(), r));
+    let refs = refs.chain(
+        s.target_refs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)),
+    );
     for (field, r) in refs {
         if r.name.is_empty() {
-            out.push(FieldIssue { field: format!("{field}.name"), message: "targetRef name must be set".into() });
+            out.push(FieldIssue {
+                field: format!("{field}.name"),
+                message: "targetRef name must be set".into(),
+            });
         }
         if r.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
             out.push(FieldIssue {
@@ -233,7 +341,9 @@ fn target_ref_errors(ap: &AuthorizationPolicy) -> Vec<FieldIssue> {
         }
         let allowed = matches!(
             (canonical_group(&r.group), r.kind.as_str()),
-            ("core", "Service") | (ISTIO_NETWORKING_GROUP, "ServiceEntry") | (GATEWAY_GROUP, "Gateway" | "GatewayClass")
+            ("core", "Service")
+                | (ISTIO_NETWORKING_GROUP, "ServiceEntry")
+                | (GATEWAY_GROUP, "Gateway" | "GatewayClass")
         );
         if !allowed {
             out.push(FieldIssue {
@@ -286,22 +396,47 @@ spec: {ports: [{port: 80}]}
     #[test]
     fn reasons_follow_istiod() {
         let c = |spec: &str, ns: &str| status_of(spec, ns).condition.expect("condition");
-        let gw = c("{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]}", "foo");
-        assert_eq!((gw.status, gw.reason, gw.message.as_str()), (true, Reason::Accepted, "bound to foo/waypoint"));
+        let gw = c(
+            "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]}",
+            "foo",
+        );
+        assert_eq!(
+            (gw.status, gw.reason, gw.message.as_str()),
+            (true, Reason::Accepted, "bound to foo/waypoint")
+        );
         assert_eq!(gw.observed_generation, Some(3));
         let missing = c("{targetRefs: [{kind: Service, name: nope}]}", "foo");
-        assert_eq!((missing.status, missing.reason), (false, Reason::TargetNotFound));
+        assert_eq!(
+            (missing.status, missing.reason),
+            (false, Reason::TargetNotFound)
+        );
         let unbound = c("{targetRefs: [{kind: Service, name: lonely}]}", "foo");
         assert_eq!(unbound.reason, Reason::AncestorNotBound);
-        let partial = c("{targetRefs: [{kind: Service, name: httpbin}, {kind: Service, name: nope}]}", "foo");
-        assert_eq!((partial.status, partial.reason), (true, Reason::PartiallyInvalid));
+        let partial = c(
+            "{targetRefs: [{kind: Service, name: httpbin}, {kind: Service, name: nope}]}",
+            "foo",
+        );
+        assert_eq!(
+            (partial.status, partial.reason),
+            (true, Reason::PartiallyInvalid)
+        );
         assert_eq!(partial.message, "Invalid targetRefs: Service.core:foo/nope");
-        let none = c("{targetRefs: [{kind: Service, name: a}, {kind: Service, name: b}]}", "foo");
+        let none = c(
+            "{targetRefs: [{kind: Service, name: a}, {kind: Service, name: b}]}",
+            "foo",
+        );
         assert_eq!((none.status, none.reason), (false, Reason::Invalid));
-        let class = c("{targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]}", "foo");
+        let class = c(
+            "{targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]}",
+            "foo",
+        );
         assert_eq!(class.reason, Reason::Invalid);
         assert!(class.message.contains("root namespace"));
-        assert!(status_of("{selector: {matchLabels: {app: x}}}", "foo").condition.is_none());
+        assert!(
+            status_of("{selector: {matchLabels: {app: x}}}", "foo")
+                .condition
+                .is_none()
+        );
     }
 
     #[test]
@@ -311,8 +446,15 @@ spec: {ports: [{port: 80}]}
             "foo",
         );
         let fields: Vec<&str> = s.errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["spec.selector", "spec.rules[0].from[0].source.ipBlocks[0]"]);
+        assert_eq!(
+            fields,
+            ["spec.selector", "spec.rules[0].from[0].source.ipBlocks[0]"]
+        );
         assert_eq!(s.condition.map(|c| c.reason), Some(Reason::Invalid));
-        assert!(status_of("{targetRefs: [{kind: Service, name: httpbin}]}", "foo").errors.is_empty());
+        assert!(
+            status_of("{targetRefs: [{kind: Service, name: httpbin}]}", "foo")
+                .errors
+                .is_empty()
+        );
     }
 }

@@ -21,7 +21,10 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> ObjectKey {
-        ObjectKey { namespace: namespace.into(), name: name.into() }
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -93,7 +96,10 @@ pub struct Store {
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> ObjectKey {
-    ObjectKey::new(o.namespace().unwrap_or_else(|| "default".to_owned()), o.name_any())
+    ObjectKey::new(
+        o.namespace().unwrap_or_else(|| "default".to_owned()),
+        o.name_any(),
+    )
 }
 
 impl Store {
@@ -130,7 +136,10 @@ impl Store {
     pub fn load_str(&mut self, text: &str, file: Option<&Path>) -> Vec<LoadError> {
         let mut errors = Vec::new();
         for (document, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let origin = Origin { file: file.map(Path::to_path_buf), document };
+            let origin = Origin {
+                file: file.map(Path::to_path_buf),
+                document,
+            };
             let value = match <serde_yaml::Value as serde::Deserialize>::deserialize(de) {
                 Ok(serde_yaml::Value::Null) => continue,
                 Ok(v) => v,
@@ -149,11 +158,26 @@ impl Store {
         errors
     }
 
-    fn load_value(&mut self, value: serde_yaml::Value, origin: &Origin, errors: &mut Vec<LoadError>) {
-        let text = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    fn load_value(
+        &mut self,
+        value: serde_yaml::Value,
+        origin: &Origin,
+        errors: &mut Vec<LoadError>,
+    ) {
+        let text = |k: &str| {
+            value
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned()
+        };
         let (api_version, kind) = (text("apiVersion"), text("kind"));
         let meta = |k: &str| {
-            value.get("metadata").and_then(|m| m.get(k)).and_then(|v| v.as_str()).map(str::to_owned)
+            value
+                .get("metadata")
+                .and_then(|m| m.get(k))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
         };
         let ident = format!(
             "{kind} {}/{}",
@@ -170,13 +194,17 @@ impl Store {
         }
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
         let parsed: Option<Result<Object, LoadError>> = match (group, kind.as_str()) {
-            ("gateway.networking.k8s.io", "Gateway") => Some(typed(value, origin, &ident).map(Object::Gateway)),
+            ("gateway.networking.k8s.io", "Gateway") => {
+                Some(typed(value, origin, &ident).map(Object::Gateway))
+            }
             ("gateway.networking.k8s.io", "GatewayClass") => {
                 Some(typed(value, origin, &ident).map(Object::GatewayClass))
             }
             ("", "Service") => Some(typed(value, origin, &ident).map(Object::Service)),
             ("", "Namespace") => Some(typed(value, origin, &ident).map(Object::Namespace)),
-            ("networking.istio.io", "ServiceEntry") => Some(typed(value, origin, &ident).map(Object::ServiceEntry)),
+            ("networking.istio.io", "ServiceEntry") => {
+                Some(typed(value, origin, &ident).map(Object::ServiceEntry))
+            }
             ("security.istio.io", "AuthorizationPolicy") => {
                 Some(typed(value, origin, &ident).map(Object::AuthorizationPolicy))
             }
@@ -188,18 +216,28 @@ impl Store {
         match parsed {
             Some(Ok(object)) => self.apply(object, origin.clone()),
             Some(Err(e)) => errors.push(e),
-            None => tracing::debug!(%origin, %ident, "skipping an object of a kind the waypoint does not read"),
+            None => {
+                tracing::debug!(%origin, %ident, "skipping an object of a kind the waypoint does not read")
+            }
         }
     }
 }
 
-fn typed<T: DeserializeOwned>(value: serde_yaml::Value, origin: &Origin, ident: &str) -> Result<T, LoadError> {
+fn typed<T: DeserializeOwned>(
+    value: serde_yaml::Value,
+    origin: &Origin,
+    ident: &str,
+) -> Result<T, LoadError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         LoadError {
             origin: origin.clone(),
             object: ident.to_owned(),
-            field: if path == "." { String::new() } else { format!(" field {path}") },
+            field: if path == "." {
+                String::new()
+            } else {
+                format!(" field {path}")
+            },
             message: e.into_inner().to_string(),
         }
     })
@@ -241,8 +279,15 @@ mod tests {
         );
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].object, "AuthorizationPolicy foo/p");
-        assert_eq!(errs[0].field, " field spec.rules[0].from[0].source.notPrincipal");
-        assert!(errs[0].message.contains("notPrincipal"), "{}", errs[0].message);
+        assert_eq!(
+            errs[0].field,
+            " field spec.rules[0].from[0].source.notPrincipal"
+        );
+        assert!(
+            errs[0].message.contains("notPrincipal"),
+            "{}",
+            errs[0].message
+        );
         assert!(s.authorization_policies.is_empty());
     }
 
@@ -257,6 +302,9 @@ mod tests {
         );
         assert!(errs.is_empty(), "{errs:?}");
         assert!(s.services.contains_key(&ObjectKey::new("foo", "a")));
-        assert!(s.authorization_policies.contains_key(&ObjectKey::new("default", "p")));
+        assert!(
+            s.authorization_policies
+                .contains_key(&ObjectKey::new("default", "p"))
+        );
     }
 }

@@ -19,7 +19,10 @@ pub fn policy_spec(ap: &AuthorizationPolicy) -> Result<PolicySpec, UnknownAction
         None => None,
         Some(a) => Some(Action::parse(a).ok_or_else(|| UnknownAction(a.to_owned()))?),
     };
-    let dry_run = ap.annotations().get(DRY_RUN_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let dry_run = ap
+        .annotations()
+        .get(DRY_RUN_ANNOTATION)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     Ok(PolicySpec {
         namespace: ap.namespace().unwrap_or_else(|| "default".into()),
         name: ap.name_any(),
@@ -29,8 +32,15 @@ pub fn policy_spec(ap: &AuthorizationPolicy) -> Result<PolicySpec, UnknownAction
             rules
                 .iter()
                 .map(|r| RuleSpec {
-                    from: r.from.as_ref().map(|f| f.iter().map(|f| f.source.as_ref().map(source)).collect()),
-                    to: r.to.as_ref().map(|t| t.iter().map(|t| t.operation.as_ref().map(operation)).collect()),
+                    from: r
+                        .from
+                        .as_ref()
+                        .map(|f| f.iter().map(|f| f.source.as_ref().map(source)).collect()),
+                    to: r.to.as_ref().map(|t| {
+                        t.iter()
+                            .map(|t| t.operation.as_ref().map(operation))
+                            .collect()
+                    }),
                     when: r
                         .when
                         .iter()

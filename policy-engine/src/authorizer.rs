@@ -122,17 +122,16 @@ impl Index {
         self.unguarded.iter().for_each(|&id| visit(id));
         let mut each = |ids: Option<&Vec<u32>>| ids.into_iter().flatten().for_each(|&id| visit(id));
         let req = cx.req;
-        if !self.port.is_empty() {
-            if let Some(port) = req.destination_port {
-                each(self.port.get(&port));
-            }
+        if let (false, Some(port)) = (self.port.is_empty(), req.destination_port) {
+            each(self.port.get(&port));
         }
         if let Some(peer) = cx.peer() {
             if !self.principal.is_empty() {
                 each(self.principal.get(peer.uri()));
             }
             if !self.namespace.is_empty() {
-                peer.namespace_candidates().for_each(|ns| each(self.namespace.get(ns)));
+                peer.namespace_candidates()
+                    .for_each(|ns| each(self.namespace.get(ns)));
             }
             if !self.trust_domain.is_empty() {
                 each(peer.trust_domain().and_then(|td| self.trust_domain.get(td)));
@@ -264,7 +263,9 @@ pub enum Reason {
     DenyPolicyMatched,
     AllowPolicyMatched,
     /// ALLOW policies apply and none matched.
-    NoAllowPolicyMatched { allow_policies: u32 },
+    NoAllowPolicyMatched {
+        allow_policies: u32,
+    },
     /// No ALLOW policy applies and nothing denied.
     NoAllowPolicy,
 }
@@ -330,9 +331,9 @@ impl fmt::Display for Decision<'_> {
                 if allow_policies == 1 { "y" } else { "ies" },
                 if allow_policies == 1 { "ies" } else { "y" }
             )?,
-            (Reason::NoAllowPolicy, _) => {
-                f.write_str("allowed: no DENY policy matched and no ALLOW policy applies (default allow)")?
-            }
+            (Reason::NoAllowPolicy, _) => f.write_str(
+                "allowed: no DENY policy matched and no ALLOW policy applies (default allow)",
+            )?,
             (_, None) => f.write_str("undetermined")?,
         }
         if let Some(a) = &self.audit {
@@ -345,7 +346,9 @@ impl fmt::Display for Decision<'_> {
                     f.write_str("; dry-run: would be denied by ")?;
                     by(f, m)?;
                 }
-                (false, None) => f.write_str("; dry-run: would be denied (no dry-run ALLOW rule matched)")?,
+                (false, None) => {
+                    f.write_str("; dry-run: would be denied (no dry-run ALLOW rule matched)")?
+                }
                 (true, Some(m)) => {
                     f.write_str("; dry-run: allowed by ")?;
                     by(f, m)?;
@@ -356,6 +359,11 @@ impl fmt::Display for Decision<'_> {
         Ok(())
     }
 }
+
+/// (target scope, dry run, action, TCP side) of a compiled rule.
+type PendingKey = (Option<Box<str>>, bool, Action, bool);
+/// (ALLOW policies, all policies) in one scope.
+type Counts = (u32, u32);
 
 /// Envoy keeps RBAC policies in a map ordered by this name; the first match there is reported.
 fn envoy_policy_name(p: &PolicySpec, rule: usize) -> String {
@@ -378,8 +386,8 @@ impl Authorizer {
 
         let mut metas = Vec::with_capacity(policies.len());
         // (scope, dry_run, action, side) -> rules
-        let mut pending: HashMap<(Option<Box<str>>, bool, Action, bool), Vec<Rule>> = HashMap::new();
-        let mut counts: HashMap<(Option<Box<str>>, bool), (u32, u32)> = HashMap::new();
+        let mut pending: HashMap<PendingKey, Vec<Rule>> = HashMap::new();
+        let mut counts: HashMap<(Option<Box<str>>, bool), Counts> = HashMap::new();
         for (pi, (p, binding)) in policies.iter().enumerate() {
             let action = p.action();
             metas.push(PolicyMeta {
@@ -403,27 +411,42 @@ impl Authorizer {
             for (ri, rule) in p.rules.iter().flatten().enumerate() {
                 let r = rank[&(pi as u32, ri as u32)];
                 for (side, tcp) in [(Side::Http, false), (Side::Tcp, true)] {
-                    let Some(parts) = compile::compile_rule(rule, action, side, &p.namespace) else {
+                    let Some(parts) = compile::compile_rule(rule, action, side, &p.namespace)
+                    else {
                         continue;
                     };
                     let compiled = compile::new_rule(parts, pi as u32, ri as u32, r);
                     for scope in &scopes {
-                        pending.entry((scope.clone(), p.dry_run, action, tcp)).or_default().push(compiled.clone());
+                        pending
+                            .entry((scope.clone(), p.dry_run, action, tcp))
+                            .or_default()
+                            .push(compiled.clone());
                     }
                 }
             }
         }
 
-        let mut auth = Authorizer { policies: metas, ..Authorizer::default() };
+        let mut auth = Authorizer {
+            policies: metas,
+            ..Authorizer::default()
+        };
         for ((scope, dry_run), (allow, total)) in counts {
             let s = auth.scope_mut(scope);
-            let a = if dry_run { &mut s.dry_run } else { &mut s.enforce };
+            let a = if dry_run {
+                &mut s.dry_run
+            } else {
+                &mut s.enforce
+            };
             a.allow_policies = allow;
             a.policies = total;
         }
         for ((scope, dry_run, action, tcp), rules) in pending {
             let s = auth.scope_mut(scope);
-            let a = if dry_run { &mut s.dry_run } else { &mut s.enforce };
+            let a = if dry_run {
+                &mut s.dry_run
+            } else {
+                &mut s.enforce
+            };
             let sides = match action {
                 Action::Custom => &mut a.custom,
                 Action::Deny => &mut a.deny,
@@ -431,7 +454,11 @@ impl Authorizer {
                 Action::Audit => &mut a.audit,
             };
             let set = RuleSet::build(rules);
-            if tcp { sides.tcp = set } else { sides.http = set }
+            if tcp {
+                sides.tcp = set
+            } else {
+                sides.http = set
+            }
         }
         auth.targets.shrink_to_fit();
         auth
@@ -452,22 +479,48 @@ impl Authorizer {
     /// Decides `req`, which is addressed to `target` (the key used in [`Binding::Targets`]).
     pub fn evaluate(&self, req: &Request<'_>, target: Option<&str>) -> Decision<'_> {
         let cx = Context::new(req);
-        let side = if req.http.is_some() { Side::Http } else { Side::Tcp };
-        let scopes = [Some(&self.waypoint), target.and_then(|t| self.targets.get(t))];
+        let side = if req.http.is_some() {
+            Side::Http
+        } else {
+            Side::Tcp
+        };
+        let scopes = [
+            Some(&self.waypoint),
+            target.and_then(|t| self.targets.get(t)),
+        ];
         let scopes = scopes.iter().flatten();
 
-        let enforce = decide(scopes.clone().map(|s| &s.enforce), &cx, side, &self.policies);
+        let enforce = decide(
+            scopes.clone().map(|s| &s.enforce),
+            &cx,
+            side,
+            &self.policies,
+        );
         let dry_run = scopes
             .clone()
             .any(|s| s.dry_run.policies > 0)
-            .then(|| decide(scopes.clone().map(|s| &s.dry_run), &cx, side, &self.policies))
-            .map(|d| Shadow { allowed: d.allowed, matched: d.matched });
+            .then(|| {
+                decide(
+                    scopes.clone().map(|s| &s.dry_run),
+                    &cx,
+                    side,
+                    &self.policies,
+                )
+            })
+            .map(|d| Shadow {
+                allowed: d.allowed,
+                matched: d.matched,
+            });
         let status = match (req.http.is_some(), enforce.allowed) {
             (false, _) => None,
             (true, true) => Some(200),
             (true, false) => Some(403),
         };
-        Decision { status, dry_run, ..enforce }
+        Decision {
+            status,
+            dry_run,
+            ..enforce
+        }
     }
 }
 
@@ -490,7 +543,10 @@ fn decide<'a>(
     side: Side,
     policies: &'a [PolicyMeta],
 ) -> Decision<'a> {
-    let matched = |r: &Rule| Matched { policy: &policies[r.policy as usize], rule: r.index as usize };
+    let matched = |r: &Rule| Matched {
+        policy: &policies[r.policy as usize],
+        rule: r.index as usize,
+    };
     let audit = best(sets.clone(), Action::Audit, cx, side).map(matched);
     let verdict = |allowed, m: Option<&Rule>, reason| Decision {
         allowed,

@@ -6,8 +6,8 @@
 //! DENY/AUDIT/CUSTOM policy (wider). Reporting such values is [`crate::validate`]'s job.
 
 use crate::matchers::{
-    Cidr, NamespaceMatch, claim_matches, PathMatch, PrincipalMatch, RequestPrincipalMatch,
-    ServiceAccountMatch, StrMatch, TrustDomainMatch,
+    Cidr, NamespaceMatch, PathMatch, PrincipalMatch, RequestPrincipalMatch, ServiceAccountMatch,
+    StrMatch, TrustDomainMatch, claim_matches,
 };
 use crate::path::{self, PathTemplate};
 use crate::request::{HttpRequest, PeerIdentity, Request};
@@ -75,21 +75,25 @@ impl Clause {
                 s.eval(http.and_then(|h| h.headers.get(name)), |m, v| m.matches(v))
             }
             Clause::RequestPrincipal(s) => s.eval(req.jwt, |m, j| m.matches(j)),
-            Clause::Claim(path, s) => {
-                s.eval(req.jwt.and_then(|j| j.lookup(path)), |m, c| claim_matches(m, c))
-            }
+            Clause::Claim(path, s) => s.eval(req.jwt.and_then(|j| j.lookup(path)), |m, c| {
+                claim_matches(m, c)
+            }),
         }
     }
 
     /// Index keys that every request matching this clause must hit, when they exist.
     fn guard(&self) -> Option<Guard> {
         let keys: Option<Vec<Key>> = match self {
-            Clause::Principal(s) => collect(&s.any, |m| m.0.exact().map(|e| Key::Principal(e.into()))),
+            Clause::Principal(s) => {
+                collect(&s.any, |m| m.0.exact().map(|e| Key::Principal(e.into())))
+            }
             Clause::Namespace(s) => collect(&s.any, |m| match m {
                 NamespaceMatch::Exact { name, .. } => Some(Key::Namespace(name.clone())),
                 NamespaceMatch::Regex(_) => None,
             }),
-            Clause::ServiceAccount(s) => collect(&s.any, |m| Some(Key::Namespace(m.namespace.clone()))),
+            Clause::ServiceAccount(s) => {
+                collect(&s.any, |m| Some(Key::Namespace(m.namespace.clone())))
+            }
             Clause::TrustDomain(s) => collect(&s.any, |m| match m {
                 TrustDomainMatch::Exact(td) => Some(Key::TrustDomain(td.clone())),
                 _ => None,
@@ -99,7 +103,9 @@ impl Clause {
             Clause::Method(s) => collect(&s.any, |m| m.exact().map(|e| Key::Method(e.into()))),
             Clause::Path(s) => collect(&s.any, |m| match m {
                 PathMatch::Str(StrMatch::Exact(e)) => Some(Key::Path(e.clone())),
-                PathMatch::Str(StrMatch::Prefix(p)) if !p.is_empty() => Some(Key::PathPrefix(p.clone())),
+                PathMatch::Str(StrMatch::Prefix(p)) if !p.is_empty() => {
+                    Some(Key::PathPrefix(p.clone()))
+                }
                 PathMatch::Template(t) => Some(Key::PathPrefix(t.literal_prefix().into())),
                 PathMatch::Str(_) => None,
             }),
@@ -150,7 +156,10 @@ pub(crate) struct Guard {
 impl Guard {
     fn new(keys: Vec<Key>) -> Guard {
         let worst = keys.iter().map(Key::cost).max().unwrap_or(u8::MAX);
-        Guard { cost: (worst, keys.len()), keys }
+        Guard {
+            cost: (worst, keys.len()),
+            keys,
+        }
     }
 
     fn best(a: Option<Guard>, b: Option<Guard>) -> Option<Guard> {
@@ -191,8 +200,16 @@ impl Rule {
 
     pub(crate) fn guard(&self) -> Option<Guard> {
         let entry = |clauses: &[Clause]| clauses.iter().map(Clause::guard).fold(None, Guard::best);
-        let from = if self.from.is_empty() { None } else { Guard::union(self.from.iter().map(|s| entry(s))) };
-        let to = if self.to.is_empty() { None } else { Guard::union(self.to.iter().map(|o| entry(o))) };
+        let from = if self.from.is_empty() {
+            None
+        } else {
+            Guard::union(self.from.iter().map(|s| entry(s)))
+        };
+        let to = if self.to.is_empty() {
+            None
+        } else {
+            Guard::union(self.to.iter().map(|o| entry(o)))
+        };
         Guard::best(Guard::best(from, to), entry(&self.when))
     }
 }
@@ -215,7 +232,13 @@ const HOST_BUF: usize = 256;
 impl<'a> Context<'a> {
     pub(crate) fn new(req: &'a Request<'a>) -> Context<'a> {
         let path = req.http.as_ref().map(|h| path::strip_query(h.path));
-        let mut cx = Context { req, path, host_buf: [0; HOST_BUF], host_len: None, host_owned: None };
+        let mut cx = Context {
+            req,
+            path,
+            host_buf: [0; HOST_BUF],
+            host_len: None,
+            host_owned: None,
+        };
         if let Some(host) = req.http.as_ref().map(|h: &HttpRequest<'a>| h.host) {
             let h = host.as_bytes();
             if h.iter().any(u8::is_ascii_uppercase) {
@@ -259,22 +282,34 @@ enum Unusable {
     Invalid,
 }
 
+/// A compiled rule's `from` entries, `to` entries and `when` clauses.
+pub(crate) type RuleParts = (Box<[Box<[Clause]>]>, Box<[Box<[Clause]>]>, Box<[Clause]>);
+
 /// Compiles rule `index` of a policy for one side; `None` when the rule is dropped.
 pub(crate) fn compile_rule(
     spec: &RuleSpec,
     action: Action,
     side: Side,
     policy_namespace: &str,
-) -> Option<(Box<[Box<[Clause]>]>, Box<[Box<[Clause]>]>, Box<[Clause]>)> {
-    let mut b = RuleBuilder { action, side, policy_namespace, dropped: false };
+) -> Option<RuleParts> {
+    let mut b = RuleBuilder {
+        action,
+        side,
+        policy_namespace,
+        dropped: false,
+    };
     let from: Vec<Box<[Clause]>> = spec
         .from
         .iter()
         .flatten()
         .map(|s| b.source(s.as_ref()).into_boxed_slice())
         .collect();
-    let to: Vec<Box<[Clause]>> =
-        spec.to.iter().flatten().map(|o| b.operation(o.as_ref()).into_boxed_slice()).collect();
+    let to: Vec<Box<[Clause]>> = spec
+        .to
+        .iter()
+        .flatten()
+        .map(|o| b.operation(o.as_ref()).into_boxed_slice())
+        .collect();
     let mut when = Vec::new();
     for c in &spec.when {
         b.condition(c, &mut when);
@@ -285,14 +320,16 @@ pub(crate) fn compile_rule(
     Some((from.into(), to.into(), when.into()))
 }
 
-pub(crate) fn new_rule(
-    parts: (Box<[Box<[Clause]>]>, Box<[Box<[Clause]>]>, Box<[Clause]>),
-    policy: u32,
-    index: u32,
-    rank: u32,
-) -> Rule {
+pub(crate) fn new_rule(parts: RuleParts, policy: u32, index: u32, rank: u32) -> Rule {
     let (from, to, when) = parts;
-    Rule { policy, index, rank, from, to, when }
+    Rule {
+        policy,
+        index,
+        rank,
+        from,
+        to,
+        when,
+    }
 }
 
 struct RuleBuilder<'p> {
@@ -318,7 +355,11 @@ impl RuleBuilder<'_> {
         let mut build = |vals: &[String]| -> Vec<M> {
             let mut out = Vec::with_capacity(vals.len());
             for v in vals {
-                let m = if http_only && self.side == Side::Tcp { Err(Unusable::HttpOnly) } else { f(v).ok_or(Unusable::Invalid) };
+                let m = if http_only && self.side == Side::Tcp {
+                    Err(Unusable::HttpOnly)
+                } else {
+                    f(v).ok_or(Unusable::Invalid)
+                };
                 match m {
                     Ok(m) => out.push(m),
                     Err(Unusable::HttpOnly | Unusable::Invalid) => {
@@ -335,7 +376,10 @@ impl RuleBuilder<'_> {
         if any.is_empty() && none.is_empty() {
             return None;
         }
-        Some(Set { any: any.into(), none: none.into() })
+        Some(Set {
+            any: any.into(),
+            none: none.into(),
+        })
     }
 
     /// An attribute this waypoint cannot evaluate at all (fail-closed, see the crate docs).
@@ -350,26 +394,76 @@ impl RuleBuilder<'_> {
         let ns = self.policy_namespace;
         let mut out = Vec::new();
         let mut push = |c: Option<Clause>| out.extend(c);
-        push(self.set(&s.principals, &s.not_principals, false, |v| PrincipalMatch::new(v).ok()).map(Clause::Principal));
         push(
-            self.set(&s.request_principals, &s.not_request_principals, true, |v| Some(RequestPrincipalMatch::new(v)))
-                .map(Clause::RequestPrincipal),
+            self.set(&s.principals, &s.not_principals, false, |v| {
+                PrincipalMatch::new(v).ok()
+            })
+            .map(Clause::Principal),
         );
-        push(self.set(&s.service_accounts, &s.not_service_accounts, false, |v| ServiceAccountMatch::new(v, ns).ok()).map(Clause::ServiceAccount));
-        push(self.set(&s.trust_domains, &s.not_trust_domains, false, |v| TrustDomainMatch::new(v).ok()).map(Clause::TrustDomain));
-        push(self.set(&s.namespaces, &s.not_namespaces, false, |v| NamespaceMatch::new(v).ok()).map(Clause::Namespace));
-        push(self.set(&s.remote_ip_blocks, &s.not_remote_ip_blocks, false, Cidr::parse).map(Clause::RemoteIp));
-        push(self.set(&s.ip_blocks, &s.not_ip_blocks, false, Cidr::parse).map(Clause::SourceIp));
+        push(
+            self.set(
+                &s.request_principals,
+                &s.not_request_principals,
+                true,
+                |v| Some(RequestPrincipalMatch::new(v)),
+            )
+            .map(Clause::RequestPrincipal),
+        );
+        push(
+            self.set(&s.service_accounts, &s.not_service_accounts, false, |v| {
+                ServiceAccountMatch::new(v, ns).ok()
+            })
+            .map(Clause::ServiceAccount),
+        );
+        push(
+            self.set(&s.trust_domains, &s.not_trust_domains, false, |v| {
+                TrustDomainMatch::new(v).ok()
+            })
+            .map(Clause::TrustDomain),
+        );
+        push(
+            self.set(&s.namespaces, &s.not_namespaces, false, |v| {
+                NamespaceMatch::new(v).ok()
+            })
+            .map(Clause::Namespace),
+        );
+        push(
+            self.set(
+                &s.remote_ip_blocks,
+                &s.not_remote_ip_blocks,
+                false,
+                Cidr::parse,
+            )
+            .map(Clause::RemoteIp),
+        );
+        push(
+            self.set(&s.ip_blocks, &s.not_ip_blocks, false, Cidr::parse)
+                .map(Clause::SourceIp),
+        );
         out
     }
 
     fn operation(&mut self, o: Option<&OperationSpec>) -> Vec<Clause> {
         let Some(o) = o else { return Vec::new() };
         let mut out = Vec::new();
-        out.extend(self.set(&o.hosts, &o.not_hosts, true, |v| Some(StrMatch::host(v))).map(Clause::Host));
-        out.extend(self.set(&o.methods, &o.not_methods, true, |v| Some(StrMatch::header(v))).map(Clause::Method));
-        out.extend(self.set(&o.paths, &o.not_paths, true, path_match).map(Clause::Path));
-        out.extend(self.set(&o.ports, &o.not_ports, false, parse_port).map(Clause::Port));
+        out.extend(
+            self.set(&o.hosts, &o.not_hosts, true, |v| Some(StrMatch::host(v)))
+                .map(Clause::Host),
+        );
+        out.extend(
+            self.set(&o.methods, &o.not_methods, true, |v| {
+                Some(StrMatch::header(v))
+            })
+            .map(Clause::Method),
+        );
+        out.extend(
+            self.set(&o.paths, &o.not_paths, true, path_match)
+                .map(Clause::Path),
+        );
+        out.extend(
+            self.set(&o.ports, &o.not_ports, false, parse_port)
+                .map(Clause::Port),
+        );
         out
     }
 
@@ -377,29 +471,39 @@ impl RuleBuilder<'_> {
         let (v, nv) = (&c.values[..], &c.not_values[..]);
         let ns = self.policy_namespace;
         let clause = match parse_condition_key(&c.key) {
-            Some(ConditionKey::SourceIp) => self.set(v, nv, false, Cidr::parse).map(Clause::SourceIp),
-            Some(ConditionKey::RemoteIp) => self.set(v, nv, false, Cidr::parse).map(Clause::RemoteIp),
-            Some(ConditionKey::DestinationIp) => self.set(v, nv, false, Cidr::parse).map(Clause::DestinationIp),
-            Some(ConditionKey::DestinationPort) => self.set(v, nv, false, parse_port).map(Clause::Port),
-            Some(ConditionKey::Sni) => self.set(v, nv, false, |x| Some(StrMatch::string(x))).map(Clause::Sni),
-            Some(ConditionKey::SourceNamespace) => {
-                self.set(v, nv, false, |x| NamespaceMatch::new(x).ok()).map(Clause::Namespace)
+            Some(ConditionKey::SourceIp) => {
+                self.set(v, nv, false, Cidr::parse).map(Clause::SourceIp)
             }
-            Some(ConditionKey::SourcePrincipal) => {
-                self.set(v, nv, false, |x| PrincipalMatch::new(x).ok()).map(Clause::Principal)
+            Some(ConditionKey::RemoteIp) => {
+                self.set(v, nv, false, Cidr::parse).map(Clause::RemoteIp)
             }
-            Some(ConditionKey::SourceServiceAccount) => {
-                self.set(v, nv, false, |x| ServiceAccountMatch::new(x, ns).ok()).map(Clause::ServiceAccount)
+            Some(ConditionKey::DestinationIp) => self
+                .set(v, nv, false, Cidr::parse)
+                .map(Clause::DestinationIp),
+            Some(ConditionKey::DestinationPort) => {
+                self.set(v, nv, false, parse_port).map(Clause::Port)
             }
-            Some(ConditionKey::SourceTrustDomain) => {
-                self.set(v, nv, false, |x| TrustDomainMatch::new(x).ok()).map(Clause::TrustDomain)
-            }
+            Some(ConditionKey::Sni) => self
+                .set(v, nv, false, |x| Some(StrMatch::string(x)))
+                .map(Clause::Sni),
+            Some(ConditionKey::SourceNamespace) => self
+                .set(v, nv, false, |x| NamespaceMatch::new(x).ok())
+                .map(Clause::Namespace),
+            Some(ConditionKey::SourcePrincipal) => self
+                .set(v, nv, false, |x| PrincipalMatch::new(x).ok())
+                .map(Clause::Principal),
+            Some(ConditionKey::SourceServiceAccount) => self
+                .set(v, nv, false, |x| ServiceAccountMatch::new(x, ns).ok())
+                .map(Clause::ServiceAccount),
+            Some(ConditionKey::SourceTrustDomain) => self
+                .set(v, nv, false, |x| TrustDomainMatch::new(x).ok())
+                .map(Clause::TrustDomain),
             Some(ConditionKey::Header(name)) => self
                 .set(v, nv, true, |x| Some(StrMatch::header(x)))
                 .map(|s| Clause::Header(name.to_ascii_lowercase().into(), s)),
-            Some(ConditionKey::RequestPrincipal) => {
-                self.set(v, nv, true, |x| Some(RequestPrincipalMatch::new(x))).map(Clause::RequestPrincipal)
-            }
+            Some(ConditionKey::RequestPrincipal) => self
+                .set(v, nv, true, |x| Some(RequestPrincipalMatch::new(x)))
+                .map(Clause::RequestPrincipal),
             Some(ConditionKey::Claim(path)) => self
                 .set(v, nv, true, |x| Some(StrMatch::string(x)))
                 .map(|s| Clause::Claim(path.into_iter().map(Into::into).collect(), s)),
@@ -494,7 +598,10 @@ fn single_bracket_suffix(key: &str) -> Option<()> {
 fn nested_brackets(s: &str) -> Option<Vec<String>> {
     let inner = s.strip_prefix('[')?.strip_suffix(']')?;
     let parts: Vec<String> = inner.split("][").map(str::to_owned).collect();
-    parts.iter().all(|p| !p.is_empty() && !p.contains(['[', ']'])).then_some(parts)
+    parts
+        .iter()
+        .all(|p| !p.is_empty() && !p.contains(['[', ']']))
+        .then_some(parts)
 }
 
 #[cfg(test)]
@@ -503,7 +610,10 @@ mod tests {
 
     #[test]
     fn condition_keys() {
-        assert_eq!(parse_condition_key("request.headers[X-User]"), Some(ConditionKey::Header("X-User".into())));
+        assert_eq!(
+            parse_condition_key("request.headers[X-User]"),
+            Some(ConditionKey::Header("X-User".into()))
+        );
         assert_eq!(parse_condition_key("request.headers[]"), None);
         assert_eq!(parse_condition_key("request.headers"), None);
         assert_eq!(
@@ -511,7 +621,10 @@ mod tests {
             Some(ConditionKey::Claim(vec!["a".into(), "b".into()]))
         );
         assert_eq!(parse_condition_key("request.auth.claims[a]["), None);
-        assert_eq!(parse_condition_key("experimental.envoy.filters.x.y[z]"), Some(ConditionKey::Experimental));
+        assert_eq!(
+            parse_condition_key("experimental.envoy.filters.x.y[z]"),
+            Some(ConditionKey::Experimental)
+        );
         assert_eq!(parse_condition_key("source.user"), None);
         assert_eq!(parse_condition_key("destination.namespace"), None);
     }

@@ -1,3 +1,4 @@
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 //! Istio `AuthorizationPolicy`, compiled into an immutable evaluator that decides exactly as an
 //! Envoy waypoint configured by istiod does.
 //!
@@ -39,7 +40,8 @@ pub mod spec;
 pub mod validate;
 
 pub use authorizer::{
-    Authorizer, AuthorizerBuilder, Binding, DENIED_BODY, Decision, Matched, PolicyMeta, Reason, Shadow,
+    Authorizer, AuthorizerBuilder, Binding, DENIED_BODY, Decision, Matched, PolicyMeta, Reason,
+    Shadow,
 };
 pub use path::PathNormalization;
 pub use request::{Claim, Headers, HttpRequest, JwtClaims, NoHeaders, PeerIdentity, Request};

@@ -39,7 +39,11 @@ impl StrMatch {
 
     /// `HeaderMatcher(k, v)`: like [`StrMatch::string`] but `*` is a presence match.
     pub(crate) fn header(v: &str) -> StrMatch {
-        if v == "*" { StrMatch::Present } else { StrMatch::string(v) }
+        if v == "*" {
+            StrMatch::Present
+        } else {
+            StrMatch::string(v)
+        }
     }
 
     /// `HostMatcher`: like a header matcher, compared ignoring ASCII case (stored lower-case).
@@ -63,7 +67,9 @@ impl StrMatch {
         let s = s.as_bytes();
         match self {
             StrMatch::Exact(e) => s.eq_ignore_ascii_case(e.as_bytes()),
-            StrMatch::Prefix(p) => s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p.as_bytes()),
+            StrMatch::Prefix(p) => {
+                s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            }
             StrMatch::Suffix(x) => {
                 s.len() >= x.len() && s[s.len() - x.len()..].eq_ignore_ascii_case(x.as_bytes())
             }
@@ -122,7 +128,10 @@ fn is_regex_meta(c: u8) -> bool {
 #[derive(Debug, Clone)]
 pub(crate) enum NamespaceMatch {
     /// A plain name: the URI contains `/ns/<name>/`.
-    Exact { name: Box<str>, needle: Box<str> },
+    Exact {
+        name: Box<str>,
+        needle: Box<str>,
+    },
     Regex(Regex),
 }
 
@@ -132,7 +141,10 @@ impl NamespaceMatch {
             let pattern = format!(".*/ns/{}/.*", v.replace('*', ".*"));
             Ok(NamespaceMatch::Regex(full_match_regex(&pattern)?))
         } else {
-            Ok(NamespaceMatch::Exact { name: v.into(), needle: format!("/ns/{v}/").into() })
+            Ok(NamespaceMatch::Exact {
+                name: v.into(),
+                needle: format!("/ns/{v}/").into(),
+            })
         }
     }
 
@@ -153,14 +165,20 @@ pub(crate) struct ServiceAccountMatch {
 
 impl ServiceAccountMatch {
     /// `<sa>` or `<ns>/<sa>`; a bare name takes the policy's namespace.
-    pub(crate) fn new(v: &str, policy_namespace: &str) -> Result<ServiceAccountMatch, regex::Error> {
+    pub(crate) fn new(
+        v: &str,
+        policy_namespace: &str,
+    ) -> Result<ServiceAccountMatch, regex::Error> {
         let (ns, sa) = v.split_once('/').unwrap_or((policy_namespace, v));
         let pattern = format!(
             "spiffe://.+/ns/{}/(.+/|)sa/{}(/.+)?",
             regex::escape(ns),
             regex::escape(sa)
         );
-        Ok(ServiceAccountMatch { namespace: ns.into(), regex: full_match_regex(&pattern)? })
+        Ok(ServiceAccountMatch {
+            namespace: ns.into(),
+            regex: full_match_regex(&pattern)?,
+        })
     }
 
     pub(crate) fn matches(&self, peer: &PeerIdentity) -> bool {
@@ -235,10 +253,16 @@ impl RequestPrincipalMatch {
         let (iss, sub) = match (v, split) {
             ("*", _) => (StrMatch::NonEmpty, StrMatch::NonEmpty),
             (_, Some((iss, sub))) if v.starts_with('*') => {
-                let iss = if iss == "*" { StrMatch::NonEmpty } else { StrMatch::Suffix(iss[1..].into()) };
+                let iss = if iss == "*" {
+                    StrMatch::NonEmpty
+                } else {
+                    StrMatch::Suffix(iss[1..].into())
+                };
                 (iss, StrMatch::Exact(sub.into()))
             }
-            (_, None) if v.starts_with('*') => (StrMatch::NonEmpty, StrMatch::Suffix(v[1..].into())),
+            (_, None) if v.starts_with('*') => {
+                (StrMatch::NonEmpty, StrMatch::Suffix(v[1..].into()))
+            }
             (_, Some((iss, sub))) if v.ends_with('*') => {
                 let sub = if sub == "*" {
                     StrMatch::NonEmpty
@@ -247,7 +271,10 @@ impl RequestPrincipalMatch {
                 };
                 (StrMatch::Exact(iss.into()), sub)
             }
-            (_, None) if v.ends_with('*') => (StrMatch::Prefix(v[..v.len() - 1].into()), StrMatch::NonEmpty),
+            (_, None) if v.ends_with('*') => (
+                StrMatch::Prefix(v[..v.len() - 1].into()),
+                StrMatch::NonEmpty,
+            ),
             (_, Some((iss, sub))) => (StrMatch::Exact(iss.into()), StrMatch::Exact(sub.into())),
             (_, None) => (StrMatch::Exact(v.into()), StrMatch::Exact("".into())),
         };
@@ -257,7 +284,8 @@ impl RequestPrincipalMatch {
     pub(crate) fn matches(&self, jwt: &JwtClaims) -> bool {
         // Envoy's metadata matcher sees no value when the claim is missing or not a string.
         let claim = |name| jwt.string(name);
-        claim("iss").is_some_and(|i| self.iss.matches(i)) && claim("sub").is_some_and(|s| self.sub.matches(s))
+        claim("iss").is_some_and(|i| self.iss.matches(i))
+            && claim("sub").is_some_and(|s| self.sub.matches(s))
     }
 }
 
@@ -266,7 +294,9 @@ impl RequestPrincipalMatch {
 pub(crate) fn claim_matches(m: &StrMatch, claim: &Claim) -> bool {
     match claim {
         Claim::String(s) => m.matches(s),
-        Claim::List(items) => items.iter().any(|c| matches!(c, Claim::String(s) if m.matches(s))),
+        Claim::List(items) => items
+            .iter()
+            .any(|c| matches!(c, Claim::String(s) if m.matches(s))),
         _ => false,
     }
 }
@@ -299,12 +329,24 @@ mod tests {
     #[test]
     fn principals_match_the_full_uri() {
         let p = peer("cluster.local/ns/foo/sa/sleep");
-        assert!(PrincipalMatch::new("cluster.local/ns/foo/sa/sleep").unwrap().matches(&p));
-        assert!(PrincipalMatch::new("cluster.local/ns/foo/*").unwrap().matches(&p));
+        assert!(
+            PrincipalMatch::new("cluster.local/ns/foo/sa/sleep")
+                .unwrap()
+                .matches(&p)
+        );
+        assert!(
+            PrincipalMatch::new("cluster.local/ns/foo/*")
+                .unwrap()
+                .matches(&p)
+        );
         assert!(PrincipalMatch::new("*/sa/sleep").unwrap().matches(&p));
         assert!(PrincipalMatch::new("*").unwrap().matches(&p));
         // Istio prepends spiffe:// itself, so a value that already has it never matches.
-        assert!(!PrincipalMatch::new("spiffe://cluster.local/ns/foo/sa/sleep").unwrap().matches(&p));
+        assert!(
+            !PrincipalMatch::new("spiffe://cluster.local/ns/foo/sa/sleep")
+                .unwrap()
+                .matches(&p)
+        );
         // The suffix regex is not escaped: '.' is any character, as in Envoy.
         assert!(PrincipalMatch::new("*sa.sleep").unwrap().matches(&p));
     }
@@ -318,16 +360,36 @@ mod tests {
         assert!(NamespaceMatch::new("*bar").unwrap().matches(&p));
         assert!(NamespaceMatch::new("f*r").unwrap().matches(&p));
         assert!(NamespaceMatch::new("*").unwrap().matches(&p));
-        assert!(!NamespaceMatch::new("*").unwrap().matches(&peer("spiffe://td/sa/x")));
+        assert!(
+            !NamespaceMatch::new("*")
+                .unwrap()
+                .matches(&peer("spiffe://td/sa/x"))
+        );
     }
 
     #[test]
     fn service_accounts_and_trust_domains() {
         let p = peer("cluster.local/ns/foo/sa/sleep");
-        assert!(ServiceAccountMatch::new("foo/sleep", "bar").unwrap().matches(&p));
-        assert!(ServiceAccountMatch::new("sleep", "foo").unwrap().matches(&p));
-        assert!(!ServiceAccountMatch::new("sleep", "bar").unwrap().matches(&p));
-        assert!(!ServiceAccountMatch::new("foo/slee", "x").unwrap().matches(&p));
+        assert!(
+            ServiceAccountMatch::new("foo/sleep", "bar")
+                .unwrap()
+                .matches(&p)
+        );
+        assert!(
+            ServiceAccountMatch::new("sleep", "foo")
+                .unwrap()
+                .matches(&p)
+        );
+        assert!(
+            !ServiceAccountMatch::new("sleep", "bar")
+                .unwrap()
+                .matches(&p)
+        );
+        assert!(
+            !ServiceAccountMatch::new("foo/slee", "x")
+                .unwrap()
+                .matches(&p)
+        );
         assert!(TrustDomainMatch::new("cluster.local").unwrap().matches(&p));
         assert!(!TrustDomainMatch::new("cluster").unwrap().matches(&p));
         assert!(TrustDomainMatch::new("cluster*").unwrap().matches(&p));

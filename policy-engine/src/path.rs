@@ -53,7 +53,10 @@ pub fn normalize(raw: &str, mode: PathNormalization) -> Result<Cow<'_, str>, Inv
         Cow::Borrowed(path)
     };
     let mut out = canonicalize(&decoded)?;
-    if matches!(mode, PathNormalization::MergeSlashes | PathNormalization::DecodeAndMergeSlashes) {
+    if matches!(
+        mode,
+        PathNormalization::MergeSlashes | PathNormalization::DecodeAndMergeSlashes
+    ) {
         out.dedup_by(|a, b| *a == b'/' && *b == b'/');
     }
     if out.as_slice() == path.as_bytes() {
@@ -117,9 +120,18 @@ enum Class {
 fn class(c: u8) -> Class {
     match c {
         0 => Class::Invalid,
-        0x01..=0x20 | b'"' | b'#' | b'<' | b'>' | b'?' | b'^' | b'`' | b'{' | b'|' | b'}' | 0x7f.. => {
-            Class::Escape
-        }
+        0x01..=0x20
+        | b'"'
+        | b'#'
+        | b'<'
+        | b'>'
+        | b'?'
+        | b'^'
+        | b'`'
+        | b'{'
+        | b'|'
+        | b'}'
+        | 0x7f.. => Class::Escape,
         b'%' => Class::Escape,
         b'.' | b'/' | b'\\' => Class::Special,
         b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z' | b'-' | b'_' | b'~' => Class::Unescape,
@@ -224,10 +236,8 @@ fn canonicalize(path: &str) -> Result<Vec<u8>, InvalidPath> {
                     let vc = class(v);
                     if vc == Class::Unescape {
                         out.push(v);
-                        if let Some(p) = last_invalid_percent {
-                            if p + 3 >= out.len() {
-                                check_nested_escapes(b, i + 3, p, &mut out);
-                            }
+                        if let Some(p) = last_invalid_percent.filter(|&p| p + 3 >= out.len()) {
+                            check_nested_escapes(b, i + 3, p, &mut out);
                         }
                     } else {
                         out.extend_from_slice(&b[i..i + 3]);
@@ -354,7 +364,9 @@ pub fn is_template(path: &str) -> bool {
 
 impl PathTemplate {
     pub fn parse(template: &str) -> Result<PathTemplate, TemplateError> {
-        let body = template.strip_prefix('/').ok_or(TemplateError::NoLeadingSlash)?;
+        let body = template
+            .strip_prefix('/')
+            .ok_or(TemplateError::NoLeadingSlash)?;
         let trailing_slash = body.ends_with('/') && !body.is_empty();
         let body = body.strip_suffix('/').unwrap_or(body);
         let mut head = Vec::new();
@@ -378,10 +390,8 @@ impl PathTemplate {
                 }
             }
         }
-        if let Some(tail) = glob_tail.as_mut() {
-            if trailing_slash {
-                tail.push('/');
-            }
+        if let (Some(tail), true) = (glob_tail.as_mut(), trailing_slash) {
+            tail.push('/');
         }
         Ok(PathTemplate {
             head,
@@ -465,7 +475,9 @@ mod tests {
     use super::*;
 
     fn base(p: &str) -> String {
-        normalize(p, PathNormalization::Base).map(Cow::into_owned).unwrap_or_else(|_| "<400>".into())
+        normalize(p, PathNormalization::Base)
+            .map(Cow::into_owned)
+            .unwrap_or_else(|_| "<400>".into())
     }
 
     #[test]
@@ -501,9 +513,15 @@ mod tests {
         let m = |p, mode| normalize(p, mode).unwrap().into_owned();
         assert_eq!(m("/a//b///c", PathNormalization::MergeSlashes), "/a/b/c");
         assert_eq!(m("/a%2F%2fb", PathNormalization::MergeSlashes), "/a%2F%2fb");
-        assert_eq!(m("/a%2F%2fb%5Cc", PathNormalization::DecodeAndMergeSlashes), "/a/b/c");
+        assert_eq!(
+            m("/a%2F%2fb%5Cc", PathNormalization::DecodeAndMergeSlashes),
+            "/a/b/c"
+        );
         assert_eq!(m("/a/../b", PathNormalization::None), "/a/../b");
-        assert_eq!(m("/admin%2F..%2Fx", PathNormalization::DecodeAndMergeSlashes), "/x");
+        assert_eq!(
+            m("/admin%2F..%2Fx", PathNormalization::DecodeAndMergeSlashes),
+            "/x"
+        );
     }
 
     #[test]
@@ -525,10 +543,22 @@ mod tests {
         assert!(t("/a/{*}/").matches("/a/b/"));
         assert!(!t("/a/{*}/").matches("/a/b"));
         assert!(!t("/foo/{*}").matches("/foo/b*r"));
-        assert_eq!(PathTemplate::parse("/a/{**}/{*}"), Err(TemplateError::GlobNotLast));
-        assert_eq!(PathTemplate::parse("/a/{*}.html"), Err(TemplateError::StrayBrace));
-        assert_eq!(PathTemplate::parse("a/{*}"), Err(TemplateError::NoLeadingSlash));
-        assert_eq!(PathTemplate::parse("/a/{x}/{*}"), Err(TemplateError::StrayBrace));
+        assert_eq!(
+            PathTemplate::parse("/a/{**}/{*}"),
+            Err(TemplateError::GlobNotLast)
+        );
+        assert_eq!(
+            PathTemplate::parse("/a/{*}.html"),
+            Err(TemplateError::StrayBrace)
+        );
+        assert_eq!(
+            PathTemplate::parse("a/{*}"),
+            Err(TemplateError::NoLeadingSlash)
+        );
+        assert_eq!(
+            PathTemplate::parse("/a/{x}/{*}"),
+            Err(TemplateError::StrayBrace)
+        );
         assert_eq!(t("/api/v1/{*}/x").literal_prefix(), "/api/v1/");
     }
 }

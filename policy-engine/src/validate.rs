@@ -35,11 +35,17 @@ pub struct Findings {
 
 impl Findings {
     fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(FieldIssue { field: field.into(), message: message.into() });
+        self.errors.push(FieldIssue {
+            field: field.into(),
+            message: message.into(),
+        });
     }
 
     fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.warnings.push(FieldIssue { field: field.into(), message: message.into() });
+        self.warnings.push(FieldIssue {
+            field: field.into(),
+            message: message.into(),
+        });
     }
 
     pub fn is_valid(&self) -> bool {
@@ -75,7 +81,10 @@ pub fn validate(p: &PolicySpec) -> Findings {
         }
     }
     if p.provider.is_some() && action != Action::Custom {
-        f.error("spec.provider", format!("`provider` must not be with non CUSTOM action, found {action}"));
+        f.error(
+            "spec.provider",
+            format!("`provider` must not be with non CUSTOM action, found {action}"),
+        );
     }
     if action == Action::Deny && p.rules.is_none() {
         f.error(
@@ -108,55 +117,92 @@ fn custom_restrictions(f: &mut Findings, i: usize, rule: &RuleSpec) {
             if set {
                 f.error(
                     format!("spec.rules[{i}].from[{j}].source.{name}"),
-                    format!("From.{} is currently not supported with CUSTOM action", upper_first(name)),
+                    format!(
+                        "From.{} is currently not supported with CUSTOM action",
+                        upper_first(name)
+                    ),
                 );
             }
         }
     }
     for (j, c) in rule.when.iter().enumerate() {
         let k = c.key.as_str();
-        if matches!(k, "source.namespace" | "source.serviceAccount" | "source.trustDomain" | "source.principal")
-            || k.starts_with("request.auth.")
+        if matches!(
+            k,
+            "source.namespace"
+                | "source.serviceAccount"
+                | "source.trustDomain"
+                | "source.principal"
+        ) || k.starts_with("request.auth.")
         {
-            f.error(format!("spec.rules[{i}].when[{j}].key"), format!("{k} is currently not supported with CUSTOM action"));
+            f.error(
+                format!("spec.rules[{i}].when[{j}].key"),
+                format!("{k} is currently not supported with CUSTOM action"),
+            );
         }
     }
 }
 
 fn upper_first(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|h| h.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+    c.next()
+        .map(|h| h.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
 }
 
 fn validate_rule(f: &mut Findings, action: Action, i: usize, rule: &RuleSpec) {
     let at = format!("spec.rules[{i}]");
     if matches!(&rule.from, Some(v) if v.is_empty()) {
-        f.error(format!("{at}.from"), format!("`from` must not be empty, found at rule {i}"));
+        f.error(
+            format!("{at}.from"),
+            format!("`from` must not be empty, found at rule {i}"),
+        );
     }
     let (mut from_exists, mut tcp_in_from) = (false, false);
     for (j, src) in rule.from.iter().flatten().enumerate() {
         let field = format!("{at}.from[{j}].source");
         let Some(s) = src else {
-            f.error(field, format!("`from.source` must not be nil, found at rule {i}"));
+            f.error(
+                field,
+                format!("`from.source` must not be nil, found at rule {i}"),
+            );
             continue;
         };
         from_exists = true;
         tcp_in_from |= validate_source(f, &field, i, s);
     }
     if matches!(&rule.to, Some(v) if v.is_empty()) {
-        f.error(format!("{at}.to"), format!("`to` must not be empty, found at rule {i}"));
+        f.error(
+            format!("{at}.to"),
+            format!("`to` must not be empty, found at rule {i}"),
+        );
     }
     let (mut to_exists, mut tcp_in_to) = (false, false);
     for (j, op) in rule.to.iter().flatten().enumerate() {
         let field = format!("{at}.to[{j}].operation");
         let Some(o) = op else {
-            f.error(field, format!("`to.operation` must not be nil, found at rule {i}"));
+            f.error(
+                field,
+                format!("`to.operation` must not be nil, found at rule {i}"),
+            );
             continue;
         };
         to_exists = true;
-        let all = [&o.hosts, &o.not_hosts, &o.ports, &o.not_ports, &o.methods, &o.not_methods, &o.paths, &o.not_paths];
+        let all = [
+            &o.hosts,
+            &o.not_hosts,
+            &o.ports,
+            &o.not_ports,
+            &o.methods,
+            &o.not_methods,
+            &o.paths,
+            &o.not_paths,
+        ];
         if all.iter().all(|v| v.is_empty()) {
-            f.error(&field, format!("`to.operation` must not be empty, found at rule {i}"));
+            f.error(
+                &field,
+                format!("`to.operation` must not be empty, found at rule {i}"),
+            );
         }
         for (name, vals) in [("ports", &o.ports), ("notPorts", &o.not_ports)] {
             ports(f, &format!("{field}.{name}"), vals);
@@ -181,7 +227,13 @@ fn validate_rule(f: &mut Findings, action: Action, i: usize, rule: &RuleSpec) {
             continue;
         }
         if c.values.is_empty() && c.not_values.is_empty() {
-            f.error(&field, format!("at least one of `values` or `notValues` must be set for key {}", c.key));
+            f.error(
+                &field,
+                format!(
+                    "at least one of `values` or `notValues` must be set for key {}",
+                    c.key
+                ),
+            );
             continue;
         }
         let Some(key) = condition_key(f, &format!("{field}.key"), &c.key) else {
@@ -190,7 +242,8 @@ fn validate_rule(f: &mut Findings, action: Action, i: usize, rule: &RuleSpec) {
         for (name, vals) in [("values", &c.values), ("notValues", &c.not_values)] {
             attribute(f, &format!("{field}.{name}"), &key, vals);
         }
-        if c.key.starts_with("experimental.envoy.filters.") && parse_condition_key(&c.key).is_some() {
+        if c.key.starts_with("experimental.envoy.filters.") && parse_condition_key(&c.key).is_some()
+        {
             f.warn(
                 format!("{field}.key"),
                 "Envoy filter metadata does not exist at this waypoint: in an ALLOW rule the rule never \
@@ -198,7 +251,9 @@ fn validate_rule(f: &mut Findings, action: Action, i: usize, rule: &RuleSpec) {
             );
         }
     }
-    if action == Action::Deny && ((from_exists && !to_exists && !tcp_in_from) || (to_exists && !tcp_in_to)) {
+    if action == Action::Deny
+        && ((from_exists && !to_exists && !tcp_in_from) || (to_exists && !tcp_in_to))
+    {
         f.warn(
             at,
             "configured AuthorizationPolicy will deny all traffic to TCP ports under its scope due to \
@@ -209,10 +264,18 @@ fn validate_rule(f: &mut Findings, action: Action, i: usize, rule: &RuleSpec) {
 
 /// Returns whether the source uses an L4 field (for the HTTP-only DENY warning).
 fn validate_source(f: &mut Findings, field: &str, i: usize, s: &SourceSpec) -> bool {
-    let identity = [&s.principals, &s.not_principals, &s.namespaces, &s.not_namespaces];
+    let identity = [
+        &s.principals,
+        &s.not_principals,
+        &s.namespaces,
+        &s.not_namespaces,
+    ];
     let sa = [&s.service_accounts, &s.not_service_accounts];
     if identity.iter().any(|v| !v.is_empty()) && sa.iter().any(|v| !v.is_empty()) {
-        f.error(field, format!("cannot set serviceAccounts with namespaces or principals, found at rule {i}"));
+        f.error(
+            field,
+            format!("cannot set serviceAccounts with namespaces or principals, found at rule {i}"),
+        );
     }
     let all = [
         &s.principals,
@@ -231,7 +294,10 @@ fn validate_source(f: &mut Findings, field: &str, i: usize, s: &SourceSpec) -> b
         &s.not_remote_ip_blocks,
     ];
     if all.iter().all(|v| v.is_empty()) {
-        f.error(field, format!("`from.source` must not be empty, found at rule {i}"));
+        f.error(
+            field,
+            format!("`from.source` must not be empty, found at rule {i}"),
+        );
     }
     for (name, vals) in [
         ("ipBlocks", &s.ip_blocks),
@@ -241,25 +307,52 @@ fn validate_source(f: &mut Findings, field: &str, i: usize, s: &SourceSpec) -> b
     ] {
         ips(f, &format!("{field}.{name}"), vals);
     }
-    for (name, vals) in [("principals", &s.principals), ("notPrincipals", &s.not_principals)] {
+    for (name, vals) in [
+        ("principals", &s.principals),
+        ("notPrincipals", &s.not_principals),
+    ] {
         principals(f, &format!("{field}.{name}"), vals);
     }
-    for (name, vals) in [("requestPrincipals", &s.request_principals), ("notRequestPrincipals", &s.not_request_principals)] {
+    for (name, vals) in [
+        ("requestPrincipals", &s.request_principals),
+        ("notRequestPrincipals", &s.not_request_principals),
+    ] {
         non_empty(f, &format!("{field}.{name}"), vals);
     }
-    for (name, vals) in [("namespaces", &s.namespaces), ("notNamespaces", &s.not_namespaces)] {
+    for (name, vals) in [
+        ("namespaces", &s.namespaces),
+        ("notNamespaces", &s.not_namespaces),
+    ] {
         namespaces(f, &format!("{field}.{name}"), vals);
     }
-    for (name, vals) in [("serviceAccounts", &s.service_accounts), ("notServiceAccounts", &s.not_service_accounts)] {
+    for (name, vals) in [
+        ("serviceAccounts", &s.service_accounts),
+        ("notServiceAccounts", &s.not_service_accounts),
+    ] {
         service_accounts(f, &format!("{field}.{name}"), vals);
     }
-    for (name, vals) in [("trustDomains", &s.trust_domains), ("notTrustDomains", &s.not_trust_domains)] {
+    for (name, vals) in [
+        ("trustDomains", &s.trust_domains),
+        ("notTrustDomains", &s.not_trust_domains),
+    ] {
         trust_domains(f, &format!("{field}.{name}"), vals);
     }
-    [&s.principals, &s.not_principals, &s.ip_blocks, &s.not_ip_blocks, &s.namespaces, &s.not_namespaces]
-        .iter()
-        .chain(&[&s.remote_ip_blocks, &s.not_remote_ip_blocks, &s.service_accounts, &s.not_service_accounts])
-        .any(|v| !v.is_empty())
+    [
+        &s.principals,
+        &s.not_principals,
+        &s.ip_blocks,
+        &s.not_ip_blocks,
+        &s.namespaces,
+        &s.not_namespaces,
+    ]
+    .iter()
+    .chain(&[
+        &s.remote_ip_blocks,
+        &s.not_remote_ip_blocks,
+        &s.service_accounts,
+        &s.not_service_accounts,
+    ])
+    .any(|v| !v.is_empty())
 }
 
 fn non_empty(f: &mut Findings, field: &str, vals: &[String]) -> bool {
@@ -275,7 +368,11 @@ fn non_empty(f: &mut Findings, field: &str, vals: &[String]) -> bool {
 fn ips(f: &mut Findings, field: &str, vals: &[String]) {
     for (k, v) in vals.iter().enumerate() {
         if Cidr::parse(v).is_none() {
-            let what = if v.contains('/') { "bad CIDR range" } else { "bad IP address" };
+            let what = if v.contains('/') {
+                "bad CIDR range"
+            } else {
+                "bad IP address"
+            };
             f.error(format!("{field}[{k}]"), format!("{what} ({v})"));
         }
     }
@@ -283,9 +380,14 @@ fn ips(f: &mut Findings, field: &str, vals: &[String]) {
 
 fn ports(f: &mut Findings, field: &str, vals: &[String]) {
     for (k, v) in vals.iter().enumerate() {
-        let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && v.parse::<u32>().is_ok_and(|p| p <= 65535);
+        let ok = !v.is_empty()
+            && v.bytes().all(|b| b.is_ascii_digit())
+            && v.parse::<u32>().is_ok_and(|p| p <= 65535);
         if !ok {
-            f.error(format!("{field}[{k}]"), format!("bad port ({v}): must be an integer in 0-65535"));
+            f.error(
+                format!("{field}[{k}]"),
+                format!("bad port ({v}): must be an integer in 0-65535"),
+            );
         }
     }
 }
@@ -298,11 +400,16 @@ fn principals(f: &mut Findings, field: &str, vals: &[String]) {
         if v.starts_with("spiffe://") {
             f.warn(
                 format!("{field}[{k}]"),
-                format!("{v:?} never matches: Istio adds the spiffe:// prefix itself; write it without"),
+                format!(
+                    "{v:?} never matches: Istio adds the spiffe:// prefix itself; write it without"
+                ),
             );
         }
         if PrincipalMatch::new(v).is_err() {
-            f.error(format!("{field}[{k}]"), format!("{v:?} becomes an invalid Envoy regex"));
+            f.error(
+                format!("{field}[{k}]"),
+                format!("{v:?} becomes an invalid Envoy regex"),
+            );
         }
     }
 }
@@ -313,7 +420,10 @@ fn namespaces(f: &mut Findings, field: &str, vals: &[String]) {
     }
     for (k, v) in vals.iter().enumerate() {
         if NamespaceMatch::new(v).is_err() {
-            f.error(format!("{field}[{k}]"), format!("{v:?} becomes an invalid Envoy regex"));
+            f.error(
+                format!("{field}[{k}]"),
+                format!("{v:?} becomes an invalid Envoy regex"),
+            );
         }
     }
 }
@@ -332,12 +442,18 @@ fn service_accounts(f: &mut Findings, field: &str, vals: &[String]) {
         } else if v.matches('/').count() > 1 {
             f.error(at, format!("{bad_format}, found {v:?}"));
         } else if v.len() > 320 {
-            f.error(at, format!("value cannot exceed 320 characters, found {v:?}"));
+            f.error(
+                at,
+                format!("value cannot exceed 320 characters, found {v:?}"),
+            );
         } else if let Some((ns, sa)) = v.split_once('/') {
             if ns.is_empty() {
                 f.error(at, format!("{bad_format}, found empty namespace {v:?}"));
             } else if sa.is_empty() {
-                f.error(at, format!("{bad_format}, found empty serviceAccount {v:?}"));
+                f.error(
+                    at,
+                    format!("{bad_format}, found empty serviceAccount {v:?}"),
+                );
             }
         }
     }
@@ -351,10 +467,16 @@ fn wildcards(f: &mut Findings, field: &str, vals: &[String]) -> bool {
     for (k, v) in vals.iter().enumerate() {
         let stars = v.matches('*').count();
         if stars > 1 {
-            f.error(format!("{field}[{k}]"), format!("at most one wildcard is allowed, found {v:?}"));
+            f.error(
+                format!("{field}[{k}]"),
+                format!("at most one wildcard is allowed, found {v:?}"),
+            );
             ok = false;
         } else if stars == 1 && v != "*" && !v.starts_with('*') && !v.ends_with('*') {
-            f.error(format!("{field}[{k}]"), format!("wildcard is only allowed at the start or end, found {v:?}"));
+            f.error(
+                format!("{field}[{k}]"),
+                format!("wildcard is only allowed at the start or end, found {v:?}"),
+            );
             ok = false;
         }
     }
@@ -367,7 +489,10 @@ fn trust_domains(f: &mut Findings, field: &str, vals: &[String]) {
     }
     for (k, v) in vals.iter().enumerate() {
         if v.contains('/') {
-            f.error(format!("{field}[{k}]"), format!("trust domain must not contain '/', found {v:?}"));
+            f.error(
+                format!("{field}[{k}]"),
+                format!("trust domain must not contain '/', found {v:?}"),
+            );
         }
     }
 }
@@ -380,7 +505,10 @@ fn paths(f: &mut Findings, field: &str, vals: &[String]) {
         let at = format!("{field}[{k}]");
         if path::is_template(v) {
             if let Err(e) = PathTemplate::parse(v) {
-                f.error(at, format!("invalid or unsupported path template {v:?}: {e}"));
+                f.error(
+                    at,
+                    format!("invalid or unsupported path template {v:?}: {e}"),
+                );
             }
         } else if v.len() > 2 && v[1..v.len() - 1].contains('*') {
             f.warn(at, format!("{v:?}: '*' is a wildcard only at the start or end; here it is matched literally"));
@@ -392,7 +520,9 @@ fn paths(f: &mut Findings, field: &str, vals: &[String]) {
 fn condition_key(f: &mut Findings, field: &str, key: &str) -> Option<ConditionKey> {
     let deprecated = match key {
         "destination.namespace" => Some("is replaced by the metadata.namespace"),
-        "destination.name" | "destination.user" => Some("is deprecated: only supported in v1alpha1"),
+        "destination.name" | "destination.user" => {
+            Some("is deprecated: only supported in v1alpha1")
+        }
         _ if key.starts_with("destination.labels") => Some("is replaced by the workload selector"),
         _ => None,
     };
@@ -402,7 +532,11 @@ fn condition_key(f: &mut Findings, field: &str, key: &str) -> Option<ConditionKe
     }
     let parsed = parse_condition_key(key);
     if parsed.is_none() {
-        let map_key = ["request.headers", "request.auth.claims", "experimental.envoy.filters."];
+        let map_key = [
+            "request.headers",
+            "request.auth.claims",
+            "experimental.envoy.filters.",
+        ];
         let msg = if map_key.iter().any(|p| key.starts_with(p)) {
             format!("bad key ({key}): should have format a[b]")
         } else {
@@ -418,7 +552,9 @@ fn attribute(f: &mut Findings, field: &str, key: &ConditionKey, vals: &[String])
         return;
     }
     match key {
-        ConditionKey::SourceIp | ConditionKey::RemoteIp | ConditionKey::DestinationIp => ips(f, field, vals),
+        ConditionKey::SourceIp | ConditionKey::RemoteIp | ConditionKey::DestinationIp => {
+            ips(f, field, vals)
+        }
         ConditionKey::DestinationPort => ports(f, field, vals),
         ConditionKey::SourceServiceAccount => service_accounts(f, field, vals),
         ConditionKey::SourceTrustDomain => trust_domains(f, field, vals),
@@ -434,7 +570,13 @@ mod tests {
     use crate::spec::{ConditionSpec, OperationSpec};
 
     fn policy(action: Action, rules: Option<Vec<RuleSpec>>) -> PolicySpec {
-        PolicySpec { namespace: "foo".into(), name: "p".into(), action: Some(action), rules, ..Default::default() }
+        PolicySpec {
+            namespace: "foo".into(),
+            name: "p".into(),
+            action: Some(action),
+            rules,
+            ..Default::default()
+        }
     }
 
     fn fields(f: &Findings) -> Vec<&str> {
@@ -444,11 +586,25 @@ mod tests {
     #[test]
     fn names_the_offending_field() {
         let rule = RuleSpec {
-            from: Some(vec![Some(SourceSpec { ip_blocks: vec!["10.0.0.0/8".into(), "10.0.0.0/33".into()], ..Default::default() })]),
-            to: Some(vec![Some(OperationSpec { ports: vec!["http".into()], paths: vec!["/a/{**}/{*}".into()], ..Default::default() })]),
+            from: Some(vec![Some(SourceSpec {
+                ip_blocks: vec!["10.0.0.0/8".into(), "10.0.0.0/33".into()],
+                ..Default::default()
+            })]),
+            to: Some(vec![Some(OperationSpec {
+                ports: vec!["http".into()],
+                paths: vec!["/a/{**}/{*}".into()],
+                ..Default::default()
+            })]),
             when: vec![
-                ConditionSpec { key: "request.colour".into(), values: vec!["x".into()], ..Default::default() },
-                ConditionSpec { key: "source.ip".into(), ..Default::default() },
+                ConditionSpec {
+                    key: "request.colour".into(),
+                    values: vec!["x".into()],
+                    ..Default::default()
+                },
+                ConditionSpec {
+                    key: "source.ip".into(),
+                    ..Default::default()
+                },
             ],
         };
         let f = validate(&policy(Action::Allow, Some(vec![rule])));
@@ -462,17 +618,39 @@ mod tests {
                 "spec.rules[0].when[1]",
             ]
         );
-        assert!(f.errors[3].message.contains("unknown attribute: request.colour"));
+        assert!(
+            f.errors[3]
+                .message
+                .contains("unknown attribute: request.colour")
+        );
     }
 
     #[test]
     fn istio_structural_rules() {
-        assert_eq!(fields(&validate(&policy(Action::Deny, None))), ["spec.rules"]);
-        assert!(validate(&policy(Action::Allow, None)).is_valid(), "ALLOW with no rules is deny-all, valid");
-        let empty_from = RuleSpec { from: Some(vec![]), ..Default::default() };
-        assert_eq!(fields(&validate(&policy(Action::Allow, Some(vec![empty_from])))), ["spec.rules[0].from"]);
-        let nil_source = RuleSpec { from: Some(vec![None]), ..Default::default() };
-        assert_eq!(fields(&validate(&policy(Action::Allow, Some(vec![nil_source])))), ["spec.rules[0].from[0].source"]);
+        assert_eq!(
+            fields(&validate(&policy(Action::Deny, None))),
+            ["spec.rules"]
+        );
+        assert!(
+            validate(&policy(Action::Allow, None)).is_valid(),
+            "ALLOW with no rules is deny-all, valid"
+        );
+        let empty_from = RuleSpec {
+            from: Some(vec![]),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(&validate(&policy(Action::Allow, Some(vec![empty_from])))),
+            ["spec.rules[0].from"]
+        );
+        let nil_source = RuleSpec {
+            from: Some(vec![None]),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(&validate(&policy(Action::Allow, Some(vec![nil_source])))),
+            ["spec.rules[0].from[0].source"]
+        );
         let mut custom = policy(Action::Custom, Some(vec![RuleSpec::default()]));
         assert_eq!(fields(&validate(&custom)), ["spec.provider.name"]);
         custom.provider = Some("ext".into());
@@ -486,11 +664,18 @@ mod tests {
     #[test]
     fn http_only_deny_warns() {
         let rule = RuleSpec {
-            to: Some(vec![Some(OperationSpec { methods: vec!["POST".into()], ..Default::default() })]),
+            to: Some(vec![Some(OperationSpec {
+                methods: vec!["POST".into()],
+                ..Default::default()
+            })]),
             ..Default::default()
         };
         let f = validate(&policy(Action::Deny, Some(vec![rule])));
         assert!(f.is_valid());
-        assert!(f.warnings[0].message.contains("deny all traffic to TCP ports"));
+        assert!(
+            f.warnings[0]
+                .message
+                .contains("deny all traffic to TCP ports")
+        );
     }
 }

@@ -1,11 +1,12 @@
 //! Properties of the matchers and of path normalization on arbitrary input.
+#![allow(clippy::unwrap_used)]
 
 use std::borrow::Cow;
 
 use policy_engine::path::{self, PathNormalization, PathTemplate};
 use policy_engine::{
-    Action, AuthorizerBuilder, Binding, HttpRequest, NoHeaders, OperationSpec, PeerIdentity, PolicySpec, Request,
-    RuleSpec, SourceSpec,
+    Action, AuthorizerBuilder, Binding, HttpRequest, NoHeaders, OperationSpec, PeerIdentity,
+    PolicySpec, Request, RuleSpec, SourceSpec,
 };
 use proptest::prelude::*;
 
@@ -47,7 +48,10 @@ fn path_policy(pattern: String) -> policy_engine::Authorizer {
             name: "p".into(),
             action: Some(Action::Allow),
             rules: Some(vec![RuleSpec {
-                to: Some(vec![Some(OperationSpec { paths: vec![pattern], ..Default::default() })]),
+                to: Some(vec![Some(OperationSpec {
+                    paths: vec![pattern],
+                    ..Default::default()
+                })]),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -66,7 +70,12 @@ fn allows(auth: &policy_engine::Authorizer, path: &str) -> bool {
         destination_port: None,
         sni: None,
         jwt: None,
-        http: Some(HttpRequest { method: "GET", host: "h", path, headers: &NoHeaders }),
+        http: Some(HttpRequest {
+            method: "GET",
+            host: "h",
+            path,
+            headers: &NoHeaders,
+        }),
     };
     auth.evaluate(&req, None).allowed
 }

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "waypoint", version, about = "Envoy-free L7 waypoint proxy for Istio ambient mesh")]
+#[command(
+    name = "waypoint",
+    version,
+    about = "Envoy-free L7 waypoint proxy for Istio ambient mesh"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,12 +62,16 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Authz(AuthzCommand::Eval { config, request, root_namespace, path_normalization }) => {
-            authz::eval::run(&config, &request, &root_namespace, &path_normalization)
-        }
-        Command::Authz(AuthzCommand::Check { config, root_namespace }) => {
-            authz::check::run(&config, &root_namespace)
-        }
+        Command::Authz(AuthzCommand::Eval {
+            config,
+            request,
+            root_namespace,
+            path_normalization,
+        }) => authz::eval::run(&config, &request, &root_namespace, &path_normalization),
+        Command::Authz(AuthzCommand::Check {
+            config,
+            root_namespace,
+        }) => authz::check::run(&config, &root_namespace),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,5 @@
 //! The `waypoint authz` commands as an operator runs them, on `examples/`.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -8,7 +9,11 @@ fn repo() -> PathBuf {
 }
 
 fn waypoint(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_waypoint")).args(args).current_dir(repo()).output().expect("run waypoint")
+    Command::new(env!("CARGO_BIN_EXE_waypoint"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run waypoint")
 }
 
 fn lines(o: &Output) -> Vec<serde_json::Value> {
@@ -20,35 +25,86 @@ fn lines(o: &Output) -> Vec<serde_json::Value> {
 
 #[test]
 fn eval_on_examples_prints_one_decision_per_request_in_order() {
-    let o = waypoint(&["authz", "eval", "--config", "examples", "--request", "examples/requests.yaml"]);
+    let o = waypoint(&[
+        "authz",
+        "eval",
+        "--config",
+        "examples",
+        "--request",
+        "examples/requests.yaml",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got: Vec<(String, serde_json::Value, serde_json::Value, serde_json::Value)> = lines(&o)
+    let got: Vec<(
+        String,
+        serde_json::Value,
+        serde_json::Value,
+        serde_json::Value,
+    )> = lines(&o)
         .iter()
-        .map(|l| (l["decision"].as_str().unwrap_or("").to_owned(), l["status"].clone(), l["policy"].clone(), l["action"].clone()))
+        .map(|l| {
+            (
+                l["decision"].as_str().unwrap_or("").to_owned(),
+                l["status"].clone(),
+                l["policy"].clone(),
+                l["action"].clone(),
+            )
+        })
         .collect();
     use serde_json::{Value::Null, json};
     assert_eq!(
         got,
         vec![
-            ("allow".into(), json!(200), json!("ambient-demo/allow-sleep-to-httpbin"), json!("ALLOW")),
-            ("deny".into(), json!(403), json!("ambient-demo/deny-writes"), json!("DENY")),
+            (
+                "allow".into(),
+                json!(200),
+                json!("ambient-demo/allow-sleep-to-httpbin"),
+                json!("ALLOW")
+            ),
+            (
+                "deny".into(),
+                json!(403),
+                json!("ambient-demo/deny-writes"),
+                json!("DENY")
+            ),
             ("deny".into(), json!(403), Null, Null),
             ("deny".into(), Null, Null, Null),
         ]
     );
-    let first = String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned();
-    assert!(first.starts_with(r#"{"decision":"allow","status":200,"policy":"#), "field order: {first}");
+    let first = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        first.starts_with(r#"{"decision":"allow","status":200,"policy":"#),
+        "field order: {first}"
+    );
     let reason = lines(&o)[2]["reason"].as_str().unwrap_or("").to_owned();
-    assert!(reason.contains("ALLOW policies apply and no rule matched"), "{reason}");
+    assert!(
+        reason.contains("ALLOW policies apply and no rule matched"),
+        "{reason}"
+    );
 }
 
 #[test]
 fn check_on_examples_passes_and_reports_status() {
     let o = waypoint(&["authz", "check", "--config", "examples"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains("AuthorizationPolicy istio-system/default-deny: WaypointAccepted=True reason=Accepted"), "{out}");
-    assert!(out.contains("AuthorizationPolicy ambient-demo/httpbin-only-from-waypoint: Ignored"), "{out}");
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains(
+            "AuthorizationPolicy istio-system/default-deny: WaypointAccepted=True reason=Accepted"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("AuthorizationPolicy ambient-demo/httpbin-only-from-waypoint: Ignored"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -92,7 +148,10 @@ spec:
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
-    assert!(out.contains("bad.yaml (document 1)"), "names the file: {out}");
+    assert!(
+        out.contains("bad.yaml (document 1)"),
+        "names the file: {out}"
+    );
 }
 
 #[test]
@@ -100,10 +159,24 @@ fn malformed_request_is_a_clear_error() {
     let dir = std::env::temp_dir().join(format!("waypoint-eval-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let req = dir.join("req.yaml");
-    std::fs::write(&req, "waypoint: {namespace: foo, name: w}\nsource: {principle: x}\n").expect("write");
-    let o = waypoint(&["authz", "eval", "--config", "examples", "--request", req.to_str().unwrap_or("")]);
+    std::fs::write(
+        &req,
+        "waypoint: {namespace: foo, name: w}\nsource: {principle: x}\n",
+    )
+    .expect("write");
+    let o = waypoint(&[
+        "authz",
+        "eval",
+        "--config",
+        "examples",
+        "--request",
+        req.to_str().unwrap_or(""),
+    ]);
     std::fs::remove_dir_all(&dir).ok();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("request 1") && err.contains("principle"), "{err}");
+    assert!(
+        err.contains("request 1") && err.contains("principle"),
+        "{err}"
+    );
 }

@@ -19,7 +19,11 @@ pub(crate) fn run(config: &Path, root_ns: &str) -> anyhow::Result<ExitCode> {
                 "{origin}: AuthorizationPolicy {key}: Ignored (no targetRefs: a selector or namespace-wide policy is enforced by ztunnel, not by waypoints)"
             )?,
             Some(c) => {
-                let msg = if c.message.is_empty() { String::new() } else { format!(": {}", c.message) };
+                let msg = if c.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", c.message)
+                };
                 writeln!(
                     out,
                     "{origin}: AuthorizationPolicy {key}: {}={} reason={}{msg}",
@@ -30,12 +34,24 @@ pub(crate) fn run(config: &Path, root_ns: &str) -> anyhow::Result<ExitCode> {
             }
         }
         for e in &st.errors {
-            writeln!(out, "  error: {origin}: AuthorizationPolicy {key}: {}: {}", e.field, e.message)?;
+            writeln!(
+                out,
+                "  error: {origin}: AuthorizationPolicy {key}: {}: {}",
+                e.field, e.message
+            )?;
         }
         for w in &st.warnings {
-            writeln!(out, "  warning: {origin}: AuthorizationPolicy {key}: {}: {}", w.field, w.message)?;
+            writeln!(
+                out,
+                "  warning: {origin}: AuthorizationPolicy {key}: {}: {}",
+                w.field, w.message
+            )?;
         }
         invalid |= st.is_invalid();
     }
-    Ok(if invalid { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if invalid {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

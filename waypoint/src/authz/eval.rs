@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use gateway_api_bindings::{ObjectKey, Store, WaypointIdentity, authorizer_for, service_entry_target, service_target};
+use gateway_api_bindings::{
+    ObjectKey, Store, WaypointIdentity, authorizer_for, service_entry_target, service_target,
+};
 use policy_engine::path::{self, PathNormalization};
 use policy_engine::request::DEFAULT_SPACE_DELIMITED_CLAIMS;
 use policy_engine::{Authorizer, Claim, HttpRequest, JwtClaims, PeerIdentity, Request};
@@ -78,16 +80,27 @@ struct EvalRequest {
     sni: Option<String>,
 }
 
-pub(crate) fn run(config: &Path, requests: &Path, root_ns: &str, normalization: &str) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(
+    config: &Path,
+    requests: &Path,
+    root_ns: &str,
+    normalization: &str,
+) -> anyhow::Result<ExitCode> {
     let mode = PathNormalization::parse(normalization)
         .with_context(|| format!("unknown --path-normalization {normalization:?}"))?;
     let (store, _) = super::load(config)?;
-    let text = std::fs::read_to_string(requests).with_context(|| format!("reading {}", requests.display()))?;
+    let text = std::fs::read_to_string(requests)
+        .with_context(|| format!("reading {}", requests.display()))?;
     let mut authorizers: HashMap<(String, String), Authorizer> = HashMap::new();
     let mut out = std::io::stdout().lock();
     for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value: serde_yaml::Value = Deserialize::deserialize(doc)
-            .with_context(|| format!("{}: request {} is not valid YAML", requests.display(), i + 1))?;
+        let value: serde_yaml::Value = Deserialize::deserialize(doc).with_context(|| {
+            format!(
+                "{}: request {} is not valid YAML",
+                requests.display(),
+                i + 1
+            )
+        })?;
         if value.is_null() {
             continue;
         }
@@ -108,7 +121,12 @@ pub(crate) fn run(config: &Path, requests: &Path, root_ns: &str, normalization: 
     Ok(ExitCode::SUCCESS)
 }
 
-fn decide(store: &Store, authorizer: &Authorizer, req: &EvalRequest, mode: PathNormalization) -> anyhow::Result<String> {
+fn decide(
+    store: &Store,
+    authorizer: &Authorizer,
+    req: &EvalRequest,
+    mode: PathNormalization,
+) -> anyhow::Result<String> {
     let target = req.destination.service.as_ref().map(|s| {
         let key = ObjectKey::new(&s.namespace, &s.name);
         if store.service_entries.contains_key(&key) && !store.services.contains_key(&key) {
@@ -119,7 +137,11 @@ fn decide(store: &Store, authorizer: &Authorizer, req: &EvalRequest, mode: PathN
     });
     let peer = req.source.principal.as_deref().map(PeerIdentity::new);
     let claims = req.jwt.as_ref().map(|j| {
-        let claims = j.claims.iter().map(|(k, v)| (k.clone(), claim(v))).collect();
+        let claims = j
+            .claims
+            .iter()
+            .map(|(k, v)| (k.clone(), claim(v)))
+            .collect();
         JwtClaims::new(claims, &DEFAULT_SPACE_DELIMITED_CLAIMS)
     });
     let headers: BTreeMap<String, String> = req
@@ -146,17 +168,23 @@ fn decide(store: &Store, authorizer: &Authorizer, req: &EvalRequest, mode: PathN
         },
         None => None,
     };
-    if let Some(h) = &req.http {
-        if h.method.is_empty() {
-            bail!("http.method must not be empty");
-        }
+    if req.http.as_ref().is_some_and(|h| h.method.is_empty()) {
+        bail!("http.method must not be empty");
     }
-    let http = req.http.as_ref().zip(normalized.as_deref()).map(|(h, p)| HttpRequest {
-        method: &h.method,
-        host: if h.host.is_empty() { headers.get("host").map_or("", String::as_str) } else { &h.host },
-        path: p,
-        headers: &headers,
-    });
+    let http = req
+        .http
+        .as_ref()
+        .zip(normalized.as_deref())
+        .map(|(h, p)| HttpRequest {
+            method: &h.method,
+            host: if h.host.is_empty() {
+                headers.get("host").map_or("", String::as_str)
+            } else {
+                &h.host
+            },
+            path: p,
+            headers: &headers,
+        });
     let request = Request {
         peer: peer.as_ref(),
         source_ip: req.source.ip,
@@ -183,7 +211,9 @@ fn claim(v: &serde_json::Value) -> Claim {
     match v {
         serde_json::Value::String(s) => Claim::String(s.clone()),
         serde_json::Value::Array(items) => Claim::List(items.iter().map(claim).collect()),
-        serde_json::Value::Object(m) => Claim::Object(m.iter().map(|(k, v)| (k.clone(), claim(v))).collect()),
+        serde_json::Value::Object(m) => {
+            Claim::Object(m.iter().map(|(k, v)| (k.clone(), claim(v))).collect())
+        }
         _ => Claim::Other,
     }
 }

@@ -11,7 +11,9 @@ use gateway_api_bindings::Store;
 /// Loads the config, reporting unreadable documents on stderr. Returns whether any failed.
 pub(crate) fn load(config: &Path) -> anyhow::Result<(Store, bool)> {
     let mut store = Store::default();
-    let errors = store.load_path(config).with_context(|| format!("reading config {}", config.display()))?;
+    let errors = store
+        .load_path(config)
+        .with_context(|| format!("reading config {}", config.display()))?;
     for e in &errors {
         eprintln!("error: {e}");
     }

@@ -573,37 +573,27 @@ fn decide<'a>(
 }
 
 impl Authorizer {
-    /// Rules that no index key guards, per side, over all scopes: each is tried on every request.
-    pub fn unindexed_rules(&self) -> usize {
-        let count = |a: &Actions| {
+    /// Sums `f` over every rule set (all scopes, enforced and dry-run, all actions, both sides).
+    fn sum_sets(&self, f: impl Fn(&RuleSet) -> usize) -> usize {
+        let actions = |a: &Actions| {
             [Action::Custom, Action::Deny, Action::Allow, Action::Audit]
                 .iter()
-                .map(|&x| {
-                    let s = a.sides(x);
-                    s.http.index.unguarded.len() + s.tcp.index.unguarded.len()
-                })
+                .map(|&x| f(&a.sides(x).http) + f(&a.sides(x).tcp))
                 .sum::<usize>()
         };
         std::iter::once(&self.waypoint)
             .chain(self.targets.values())
-            .map(|s| count(&s.enforce) + count(&s.dry_run))
+            .map(|s| actions(&s.enforce) + actions(&s.dry_run))
             .sum()
+    }
+
+    /// Rules that no index key guards: each is tried on every request.
+    pub fn unindexed_rules(&self) -> usize {
+        self.sum_sets(|s| s.index.unguarded.len())
     }
 
     /// Total compiled rules (both sides, all scopes).
     pub fn compiled_rules(&self) -> usize {
-        let count = |a: &Actions| {
-            [Action::Custom, Action::Deny, Action::Allow, Action::Audit]
-                .iter()
-                .map(|&x| {
-                    let s = a.sides(x);
-                    s.http.rules.len() + s.tcp.rules.len()
-                })
-                .sum::<usize>()
-        };
-        std::iter::once(&self.waypoint)
-            .chain(self.targets.values())
-            .map(|s| count(&s.enforce) + count(&s.dry_run))
-            .sum()
+        self.sum_sets(|s| s.rules.len())
     }
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use gateway_api::apis::standard::gatewayclasses::GatewayClass;
 use gateway_api::apis::standard::gateways::Gateway;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 
@@ -69,6 +70,8 @@ pub enum Object {
     ServiceEntry(ServiceEntry),
     AuthorizationPolicy(AuthorizationPolicy),
     RequestAuthentication(RequestAuthentication),
+    EndpointSlice(EndpointSlice),
+    Pod(Pod),
 }
 
 /// A document that could not be turned into an object.
@@ -93,6 +96,8 @@ pub struct Store {
     pub service_entries: BTreeMap<ObjectKey, Sourced<ServiceEntry>>,
     pub authorization_policies: BTreeMap<ObjectKey, Sourced<AuthorizationPolicy>>,
     pub request_authentications: BTreeMap<ObjectKey, Sourced<RequestAuthentication>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Sourced<EndpointSlice>>,
+    pub pods: BTreeMap<ObjectKey, Sourced<Pod>>,
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> ObjectKey {
@@ -118,6 +123,8 @@ impl Store {
             Object::ServiceEntry(o) => put!(service_entries, key_of(&o), o),
             Object::AuthorizationPolicy(o) => put!(authorization_policies, key_of(&o), o),
             Object::RequestAuthentication(o) => put!(request_authentications, key_of(&o), o),
+            Object::EndpointSlice(o) => put!(endpoint_slices, key_of(&o), o),
+            Object::Pod(o) => put!(pods, key_of(&o), o),
         }
     }
 
@@ -202,6 +209,10 @@ impl Store {
             }
             ("", "Service") => Some(typed(value, origin, &ident).map(Object::Service)),
             ("", "Namespace") => Some(typed(value, origin, &ident).map(Object::Namespace)),
+            ("", "Pod") => Some(typed(value, origin, &ident).map(Object::Pod)),
+            ("discovery.k8s.io", "EndpointSlice") => {
+                Some(typed(value, origin, &ident).map(Object::EndpointSlice))
+            }
             ("networking.istio.io", "ServiceEntry") => {
                 Some(typed(value, origin, &ident).map(Object::ServiceEntry))
             }

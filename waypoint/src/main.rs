@@ -4,6 +4,7 @@
 //! below it (`policy-engine`, `gateway-api-bindings`) return typed errors.
 
 mod authz;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the waypoint: HBONE on :15008, policy from the config, HBONE to destination ztunnels.
+    Run(Box<serve::RunArgs>),
     /// Offline AuthorizationPolicy tools: see what a waypoint would decide, before applying.
     #[command(subcommand)]
     Authz(AuthzCommand),
@@ -57,11 +60,19 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                let default = if matches!(std::env::args().nth(1).as_deref(), Some("run")) {
+                    "info"
+                } else {
+                    "warn"
+                };
+                default.into()
+            }),
         )
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => serve::run(*args),
         Command::Authz(AuthzCommand::Eval {
             config,
             request,

@@ -1,0 +1,528 @@
+//! Where traffic goes: the destinations a waypoint serves, derived from Services, EndpointSlices,
+//! Pods and Namespaces the way istiod and ztunnel see them.
+//!
+//! The waypoint receives `VIP:port` (traffic for a Service) or `podIP:port` (traffic for a
+//! workload, when the Gateway says `istio.io/waypoint-for: workload|all`). [`Destinations`] answers
+//! both lookups with what the data path needs: the engine target key for `targetRefs`, the inner
+//! protocol, and the endpoints with the identity their ztunnel presents.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::attachment::service_target;
+use crate::status::waypoint_of;
+use crate::store::{ObjectKey, Store};
+
+/// Gateway label choosing which traffic a waypoint takes.
+pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+/// Namespace or pod label enrolling workloads in ambient.
+pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+/// Label EndpointSlices carry to name their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The inner protocol of a port, as Istio decides it from `appProtocol` and the port name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (or h2c after an upgrade/preface, which the proxy detects anyway).
+    Http,
+    /// HTTP/2 with prior knowledge (h2c, gRPC).
+    Http2,
+    /// Opaque bytes: TCP, TLS, databases.
+    Tcp,
+    /// Not declared: sniff the first bytes.
+    Unknown,
+}
+
+impl Protocol {
+    /// `appProtocol` wins; otherwise the port name up to its first `-` (`http-web` -> `http`).
+    /// Case-insensitive, as `protocol.Parse` in Istio.
+    pub fn of_port(app_protocol: Option<&str>, name: Option<&str>) -> Protocol {
+        if let Some(p) = app_protocol
+            .map(Self::parse)
+            .filter(|p| *p != Protocol::Unknown)
+        {
+            return p;
+        }
+        let name = name.unwrap_or("");
+        let prefix = name.split_once('-').map_or(name, |(p, _)| p);
+        Self::parse(prefix)
+    }
+
+    fn parse(s: &str) -> Protocol {
+        match s.to_ascii_lowercase().as_str() {
+            "http" | "http_proxy" | "kubernetes.io/ws" | "kubernetes.io/wss" => Protocol::Http,
+            "http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c" => Protocol::Http2,
+            "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Protocol::Tcp,
+            _ => Protocol::Unknown,
+        }
+    }
+}
+
+/// One backend of a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// The SPIFFE identity its ztunnel presents; `None` when the pod is not in the ambient mesh
+    /// (then the waypoint sends plain TCP).
+    pub identity: Option<String>,
+    pub pod: Option<ObjectKey>,
+}
+
+/// Traffic addressed to `VIP:port` of a Service.
+#[derive(Debug, Clone)]
+pub struct ServiceDestination {
+    pub service: ObjectKey,
+    /// The engine's target key for `targetRefs` (see [`crate::service_target`]).
+    pub target: String,
+    /// `name.namespace.svc.<domain>`.
+    pub hostname: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Ready endpoints only.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A pod the waypoint serves for workload-addressed traffic.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub pod: ObjectKey,
+    pub ip: IpAddr,
+    pub identity: Option<String>,
+}
+
+/// Lookup tables built once per config snapshot.
+#[derive(Debug, Default, Clone)]
+pub struct Destinations {
+    pub services: HashMap<SocketAddr, Arc<ServiceDestination>>,
+    pub workloads: HashMap<IpAddr, Arc<Workload>>,
+}
+
+/// What the Gateway's `istio.io/waypoint-for` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficFor {
+    pub services: bool,
+    pub workloads: bool,
+}
+
+impl TrafficFor {
+    pub fn of_gateway(store: &Store, gateway: &ObjectKey) -> TrafficFor {
+        let label = store.gateways.get(gateway).and_then(|g| {
+            g.object
+                .metadata
+                .labels
+                .as_ref()?
+                .get(WAYPOINT_FOR)
+                .cloned()
+        });
+        match label.as_deref() {
+            Some("workload") => TrafficFor {
+                services: false,
+                workloads: true,
+            },
+            Some("all") => TrafficFor {
+                services: true,
+                workloads: true,
+            },
+            Some("none") => TrafficFor {
+                services: false,
+                workloads: false,
+            },
+            // "service" and unset are the default; an unknown value is what istiod treats as default.
+            _ => TrafficFor {
+                services: true,
+                workloads: false,
+            },
+        }
+    }
+}
+
+/// `spiffe://<td>/ns/<ns>/sa/<sa>`.
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
+/// Whether ztunnel captures this pod: enrolled by its own or its namespace's
+/// `istio.io/dataplane-mode: ambient`, not opted out with `none`.
+pub fn in_ambient(store: &Store, pod: &Pod) -> bool {
+    let label = |m: &ObjectMeta| {
+        m.labels
+            .as_ref()
+            .and_then(|l| l.get(DATAPLANE_MODE).cloned())
+    };
+    match label(&pod.metadata).as_deref() {
+        Some("none") => false,
+        Some("ambient") => true,
+        _ => {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            store
+                .namespaces
+                .get(ns)
+                .and_then(|n| label(&n.object.metadata))
+                .is_some_and(|m| m == "ambient")
+        }
+    }
+}
+
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if ips.is_empty()
+        && let Some(ip) = status.pod_ip.as_deref().and_then(|s| s.parse().ok())
+    {
+        ips.push(ip);
+    }
+    ips
+}
+
+fn pod_identity(store: &Store, pod: &Pod, trust_domain: &str) -> Option<String> {
+    in_ambient(store, pod).then(|| {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let sa = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        spiffe_id(trust_domain, ns, sa)
+    })
+}
+
+impl Destinations {
+    /// Everything `gateway` serves in `store`.
+    pub fn build(store: &Store, gateway: &ObjectKey, trust_domain: &str) -> Destinations {
+        let traffic = TrafficFor::of_gateway(store, gateway);
+        let mut pods_by_ip: HashMap<IpAddr, (&ObjectKey, &Pod)> = HashMap::new();
+        for (key, p) in &store.pods {
+            for ip in pod_ips(&p.object) {
+                pods_by_ip.insert(ip, (key, &p.object));
+            }
+        }
+        let mut out = Destinations::default();
+        if traffic.services {
+            for (key, svc) in &store.services {
+                if waypoint_of(store, &svc.object.metadata).as_ref() != Some(gateway) {
+                    continue;
+                }
+                out.add_service(store, key, &svc.object, &pods_by_ip, trust_domain);
+            }
+        }
+        if traffic.workloads {
+            for (key, p) in &store.pods {
+                if waypoint_of(store, &p.object.metadata).as_ref() != Some(gateway) {
+                    continue;
+                }
+                let identity = pod_identity(store, &p.object, trust_domain);
+                for ip in pod_ips(&p.object) {
+                    out.workloads.insert(
+                        ip,
+                        Arc::new(Workload {
+                            pod: key.clone(),
+                            ip,
+                            identity: identity.clone(),
+                        }),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn add_service(
+        &mut self,
+        store: &Store,
+        key: &ObjectKey,
+        svc: &Service,
+        pods_by_ip: &HashMap<IpAddr, (&ObjectKey, &Pod)>,
+        trust_domain: &str,
+    ) {
+        let Some(spec) = &svc.spec else { return };
+        let vips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        let slices: Vec<_> = store
+            .endpoint_slices
+            .iter()
+            .filter(|(k, s)| {
+                k.namespace == key.namespace
+                    && s.object
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        == Some(&key.name)
+            })
+            .map(|(_, s)| &s.object)
+            .collect();
+        for port in spec.ports.iter().flatten() {
+            let Ok(service_port) = u16::try_from(port.port) else {
+                continue;
+            };
+            let endpoints = if slices.is_empty() {
+                selected_pods(store, key, spec.selector.as_ref(), port, trust_domain)
+            } else {
+                let mut eps = Vec::new();
+                for slice in &slices {
+                    let Some(target_port) = slice
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|p| {
+                            p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or("")
+                        })
+                        .and_then(|p| p.port)
+                        .and_then(|p| u16::try_from(p).ok())
+                    else {
+                        continue;
+                    };
+                    for ep in &slice.endpoints {
+                        if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                            continue;
+                        }
+                        for addr in &ep.addresses {
+                            let Ok(ip) = addr.parse::<IpAddr>() else {
+                                continue;
+                            };
+                            let pod = pods_by_ip.get(&ip).copied().or_else(|| {
+                                let r = ep
+                                    .target_ref
+                                    .as_ref()
+                                    .filter(|r| r.kind.as_deref() == Some("Pod"))?;
+                                let k = ObjectKey::new(
+                                    r.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
+                                    r.name.clone()?,
+                                );
+                                store.pods.get_key_value(&k).map(|(k, p)| (k, &p.object))
+                            });
+                            eps.push(Endpoint {
+                                address: SocketAddr::new(ip, target_port),
+                                identity: pod
+                                    .and_then(|(_, p)| pod_identity(store, p, trust_domain)),
+                                pod: pod.map(|(k, _)| k.clone()),
+                            });
+                        }
+                    }
+                }
+                eps
+            };
+            let dest = Arc::new(ServiceDestination {
+                service: key.clone(),
+                target: service_target(key),
+                hostname: format!("{}.{}.svc.cluster.local", key.name, key.namespace),
+                port: service_port,
+                protocol: Protocol::of_port(port.app_protocol.as_deref(), port.name.as_deref()),
+                endpoints,
+            });
+            for vip in &vips {
+                self.services
+                    .insert(SocketAddr::new(*vip, service_port), dest.clone());
+            }
+        }
+    }
+}
+
+/// Endpoints as the EndpointSlice controller would derive them, for configs that list pods but no
+/// EndpointSlices: running pods in the Service's namespace matching its selector.
+fn selected_pods(
+    store: &Store,
+    key: &ObjectKey,
+    selector: Option<&BTreeMap<String, String>>,
+    port: &ServicePort,
+    trust_domain: &str,
+) -> Vec<Endpoint> {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
+        return Vec::new();
+    };
+    let target_port = match &port.target_port {
+        Some(IntOrString::Int(p)) => u16::try_from(*p).ok(),
+        // A named port resolves through the pod's container ports.
+        Some(IntOrString::String(_)) => None,
+        None => u16::try_from(port.port).ok(),
+    };
+    let mut out = Vec::new();
+    for (pk, p) in store.pods.range(ObjectKey::new(&key.namespace, "")..) {
+        if pk.namespace != key.namespace {
+            break;
+        }
+        let labels = p.object.metadata.labels.as_ref();
+        if !selector
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        {
+            continue;
+        }
+        let port = target_port.or_else(|| named_container_port(&p.object, port));
+        let Some(port) = port else { continue };
+        for ip in pod_ips(&p.object) {
+            out.push(Endpoint {
+                address: SocketAddr::new(ip, port),
+                identity: pod_identity(store, &p.object, trust_domain),
+                pod: Some(pk.clone()),
+            });
+        }
+    }
+    out
+}
+
+fn named_container_port(pod: &Pod, port: &ServicePort) -> Option<u16> {
+    let Some(IntOrString::String(name)) = &port.target_port else {
+        return None;
+    };
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(name))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: demo}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  clusterIP: 10.0.0.1
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: db, port: 5432, appProtocol: tcp}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sliced, namespace: demo}
+spec:
+  clusterIP: 10.0.0.2
+  ports: [{name: web, port: 80, targetPort: http}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sliced-1, namespace: demo, labels: {kubernetes.io/service-name: sliced}}
+addressType: IPv4
+ports: [{name: web, port: 9090}]
+endpoints:
+- addresses: [10.1.0.5]
+  targetRef: {kind: Pod, name: web-1}
+- addresses: [10.1.0.6]
+  conditions: {ready: false}
+- addresses: [10.1.0.7]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: demo, labels: {app: web}}
+spec: {serviceAccountName: web-sa, containers: [{name: c}]}
+status: {podIP: 10.1.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: demo, labels: {app: web, istio.io/dataplane-mode: none}}
+spec: {containers: [{name: c}]}
+status: {podIPs: [{ip: 10.1.0.9}]}
+"#;
+
+    fn store() -> Store {
+        let mut s = Store::default();
+        let errs = s.load_str(MESH, None);
+        assert!(errs.is_empty(), "{errs:?}");
+        s
+    }
+
+    #[test]
+    fn services_resolve_to_endpoints_with_identities() {
+        let s = store();
+        let d = Destinations::build(&s, &ObjectKey::new("demo", "waypoint"), "td");
+        let web = &d.services[&"10.0.0.1:80".parse().unwrap()];
+        assert_eq!(web.protocol, Protocol::Http);
+        assert_eq!(web.target, "Service/demo/web");
+        let eps: Vec<_> = web
+            .endpoints
+            .iter()
+            .map(|e| (e.address.to_string(), e.identity.clone()))
+            .collect();
+        assert_eq!(
+            eps,
+            vec![
+                (
+                    "10.1.0.5:8080".to_owned(),
+                    Some("spiffe://td/ns/demo/sa/web-sa".to_owned())
+                ),
+                // Opted out of ambient: plain TCP.
+                ("10.1.0.9:8080".to_owned(), None),
+            ]
+        );
+        assert_eq!(
+            d.services[&"10.0.0.1:5432".parse().unwrap()].protocol,
+            Protocol::Tcp
+        );
+        let sliced = &d.services[&"10.0.0.2:80".parse().unwrap()];
+        assert_eq!(sliced.protocol, Protocol::Unknown);
+        let eps: Vec<_> = sliced
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(eps, ["10.1.0.5:9090", "10.1.0.7:9090"], "not-ready skipped");
+        assert!(d.workloads.is_empty(), "waypoint-for defaults to service");
+    }
+
+    #[test]
+    fn other_waypoints_and_workload_mode() {
+        let mut s = store();
+        assert!(
+            Destinations::build(&s, &ObjectKey::new("demo", "other"), "td")
+                .services
+                .is_empty()
+        );
+        let gw = s
+            .gateways
+            .get_mut(&ObjectKey::new("demo", "waypoint"))
+            .unwrap();
+        gw.object.metadata.labels = Some([(WAYPOINT_FOR.to_owned(), "workload".to_owned())].into());
+        let d = Destinations::build(&s, &ObjectKey::new("demo", "waypoint"), "td");
+        assert!(d.services.is_empty());
+        assert_eq!(
+            d.workloads[&"10.1.0.5".parse().unwrap()]
+                .identity
+                .as_deref(),
+            Some("spiffe://td/ns/demo/sa/web-sa")
+        );
+    }
+
+    #[test]
+    fn protocol_selection_follows_istio() {
+        assert_eq!(Protocol::of_port(Some("HTTP"), Some("tcp")), Protocol::Http);
+        assert_eq!(Protocol::of_port(None, Some("grpc-api")), Protocol::Http2);
+        assert_eq!(Protocol::of_port(None, Some("https")), Protocol::Tcp);
+        assert_eq!(
+            Protocol::of_port(Some("weird"), Some("web")),
+            Protocol::Unknown
+        );
+        assert_eq!(Protocol::of_port(None, None), Protocol::Unknown);
+    }
+}

@@ -1,0 +1,207 @@
+//! Config: Kubernetes objects compiled into an immutable [`Snapshot`] that the data path reads
+//! without locks; a new snapshot replaces the old one atomically.
+
+pub mod file;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use gateway_api_bindings::mesh::Destinations;
+use gateway_api_bindings::{ObjectKey, Store, WaypointIdentity, authorizer_for, status};
+use policy_engine::Authorizer;
+use policy_engine::path::PathNormalization;
+
+/// Mesh-wide settings that do not come from the objects themselves.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    /// Our Gateway; when `None`, the config must hold exactly one waypoint Gateway.
+    pub gateway: Option<ObjectKey>,
+    pub root_namespace: String,
+    pub trust_domain: String,
+    pub path_normalization: PathNormalization,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            gateway: None,
+            root_namespace: "istio-system".into(),
+            trust_domain: "cluster.local".into(),
+            path_normalization: PathNormalization::Base,
+        }
+    }
+}
+
+/// Why a config was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} object(s) could not be read:\n  {}", .0.len(), .0.join("\n  "))]
+    Objects(Vec<String>),
+    #[error(
+        "no waypoint Gateway (class istio-waypoint or an HBONE listener) in the config; name one with --gateway"
+    )]
+    NoGateway,
+    #[error("several waypoint Gateways in the config ({0}); choose one with --gateway")]
+    AmbiguousGateway(String),
+}
+
+/// Everything the data path needs, compiled once.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub waypoint: WaypointIdentity,
+    pub authorizer: Authorizer,
+    pub destinations: Destinations,
+    pub path_normalization: PathNormalization,
+    /// The objects it was built from, for `/config_dump`.
+    pub store: Store,
+}
+
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+impl Snapshot {
+    /// An empty snapshot: no destinations, so every tunnel is refused until config arrives.
+    pub fn empty(settings: &MeshSettings) -> Snapshot {
+        let gateway = settings
+            .gateway
+            .clone()
+            .unwrap_or_else(|| ObjectKey::new("", ""));
+        let store = Store::default();
+        let waypoint = WaypointIdentity::from_store(&store, gateway, &settings.root_namespace);
+        Snapshot {
+            version: 0,
+            authorizer: authorizer_for(&store, &waypoint),
+            waypoint,
+            destinations: Destinations::default(),
+            path_normalization: settings.path_normalization,
+            store,
+        }
+    }
+
+    /// Compiles `store`. Policies that fail Istio's validation make the whole config invalid, as
+    /// the admission webhook would have refused them.
+    pub fn compile(store: Store, settings: &MeshSettings) -> Result<Snapshot, ConfigError> {
+        let mut invalid = Vec::new();
+        for (key, ap) in &store.authorization_policies {
+            let st = status::authorization_policy(&store, &ap.object, &settings.root_namespace);
+            for e in &st.errors {
+                invalid.push(format!(
+                    "{}: AuthorizationPolicy {key}: {}: {}",
+                    ap.origin, e.field, e.message
+                ));
+            }
+        }
+        if !invalid.is_empty() {
+            return Err(ConfigError::Objects(invalid));
+        }
+        let gateway = match &settings.gateway {
+            Some(g) => g.clone(),
+            None => {
+                let mut wps = store
+                    .gateways
+                    .iter()
+                    .filter(|(_, g)| status::is_waypoint(&g.object))
+                    .map(|(k, _)| k.clone());
+                match (wps.next(), wps.next()) {
+                    (Some(g), None) => g,
+                    (None, _) => return Err(ConfigError::NoGateway),
+                    (Some(a), Some(b)) => {
+                        return Err(ConfigError::AmbiguousGateway(format!("{a}, {b}, ...")));
+                    }
+                }
+            }
+        };
+        let waypoint = WaypointIdentity::from_store(&store, gateway, &settings.root_namespace);
+        Ok(Snapshot {
+            version: VERSIONS.fetch_add(1, Ordering::Relaxed),
+            authorizer: authorizer_for(&store, &waypoint),
+            destinations: Destinations::build(&store, &waypoint.gateway, &settings.trust_domain),
+            waypoint,
+            path_normalization: settings.path_normalization,
+            store,
+        })
+    }
+
+    /// `/config_dump`: the loaded objects and the compiled policies.
+    pub fn dump(&self) -> serde_json::Value {
+        let keys = |m: Vec<String>| serde_json::Value::from(m);
+        let services: Vec<_> = {
+            let mut v: Vec<_> = self
+                .destinations
+                .services
+                .iter()
+                .map(|(addr, d)| {
+                    serde_json::json!({
+                        "address": addr.to_string(),
+                        "service": d.service.to_string(),
+                        "protocol": format!("{:?}", d.protocol),
+                        "endpoints": d.endpoints.iter().map(|e| serde_json::json!({
+                            "address": e.address.to_string(),
+                            "identity": e.identity,
+                            "pod": e.pod.as_ref().map(ToString::to_string),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            v.sort_by_key(|d| d["address"].as_str().map(str::to_owned));
+            v
+        };
+        let mut workloads: Vec<_> = self
+            .destinations
+            .workloads
+            .values()
+            .map(|w| serde_json::json!({"ip": w.ip.to_string(), "pod": w.pod.to_string(), "identity": w.identity}))
+            .collect();
+        workloads.sort_by_key(|d| d["ip"].as_str().map(str::to_owned));
+        serde_json::json!({
+            "version": self.version,
+            "waypoint": self.waypoint.gateway.to_string(),
+            "pathNormalization": format!("{:?}", self.path_normalization),
+            "objects": {
+                "gateways": keys(self.store.gateways.keys().map(ToString::to_string).collect()),
+                "namespaces": keys(self.store.namespaces.keys().cloned().collect()),
+                "services": keys(self.store.services.keys().map(ToString::to_string).collect()),
+                "endpointSlices": keys(self.store.endpoint_slices.keys().map(ToString::to_string).collect()),
+                "pods": keys(self.store.pods.keys().map(ToString::to_string).collect()),
+                "authorizationPolicies": keys(self.store.authorization_policies.keys().map(ToString::to_string).collect()),
+                "requestAuthentications": keys(self.store.request_authentications.keys().map(ToString::to_string).collect()),
+            },
+            "destinations": {"services": services, "workloads": workloads},
+            "policies": self.authorizer.policies().iter().map(|p| serde_json::json!({
+                "policy": p.to_string(),
+                "action": p.action.as_str(),
+                "provider": p.provider,
+                "dryRun": p.dry_run,
+            })).collect::<Vec<_>>(),
+            "compiledRules": self.authorizer.compiled_rules(),
+        })
+    }
+}
+
+/// The current snapshot, shared by the data path and config sources.
+#[derive(Debug)]
+pub struct ConfigHandle {
+    current: ArcSwap<Snapshot>,
+}
+
+impl ConfigHandle {
+    pub fn new(initial: Snapshot) -> Arc<ConfigHandle> {
+        Arc::new(ConfigHandle {
+            current: ArcSwap::from_pointee(initial),
+        })
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn store(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}

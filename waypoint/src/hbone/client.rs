@@ -1,0 +1,228 @@
+//! Tunnels to destination ztunnels: mTLS with our identity, the server's SPIFFE ID checked against
+//! the destination workload, one HTTP/2 connection per (pod IP, identity) carrying many CONNECT
+//! streams, more connections only when a connection is at its stream limit.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use super::stream::{H2Stream, StreamGuard};
+use crate::metrics::Metrics;
+use crate::tls::{Identity, TlsConfigs, spiffe};
+
+/// Why a tunnel could not be opened. All of these happen before any application byte is sent,
+/// so the caller may try another endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to {0}: timed out")]
+    Timeout(SocketAddr),
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{addr} presented {found:?}, expected {expected}")]
+    WrongIdentity {
+        addr: SocketAddr,
+        expected: String,
+        found: Option<String>,
+    },
+    #[error("HTTP/2 with {addr}: {source}")]
+    H2 { addr: SocketAddr, source: h2::Error },
+    #[error("CONNECT {target} via {addr} answered {status}")]
+    Refused {
+        addr: SocketAddr,
+        target: SocketAddr,
+        status: StatusCode,
+    },
+    #[error("refusing to tunnel to ztunnel's own port {0}")]
+    ReservedPort(SocketAddr),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    ip: IpAddr,
+    identity: Arc<str>,
+}
+
+#[derive(Debug)]
+struct PooledConn {
+    send: h2::client::SendRequest<Bytes>,
+    active: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
+    /// The identity version the connection was made with; a rotated identity makes new ones.
+    tls: Arc<TlsConfigs>,
+}
+
+/// The upstream HBONE pool.
+#[derive(Debug)]
+pub struct Connector {
+    identity: Arc<Identity>,
+    conns: Mutex<HashMap<PoolKey, Vec<Arc<PooledConn>>>>,
+    /// Port the destination ztunnel listens on (15008; tests may move it).
+    pub port: u16,
+    /// Streams per connection before another connection is opened; ztunnel's pool uses 100.
+    pub max_streams: usize,
+    pub connect_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Connector {
+    pub fn new(identity: Arc<Identity>, port: u16, metrics: Arc<Metrics>) -> Connector {
+        Connector {
+            identity,
+            conns: Mutex::new(HashMap::new()),
+            port,
+            max_streams: 100,
+            connect_timeout: Duration::from_secs(5),
+            metrics,
+        }
+    }
+
+    /// Opens `CONNECT target` on a connection to `target.ip():port` whose server is `expected`.
+    pub async fn connect(
+        &self,
+        target: SocketAddr,
+        expected: &str,
+        traceparent: Option<&str>,
+    ) -> Result<H2Stream, TunnelError> {
+        if super::RESERVED_PORTS.contains(&target.port()) {
+            return Err(TunnelError::ReservedPort(target));
+        }
+        let key = PoolKey {
+            ip: target.ip(),
+            identity: expected.into(),
+        };
+        let conn = match self.checkout(&key) {
+            Some(c) => {
+                self.metrics.upstream_hbone_streams_reused.inc();
+                c
+            }
+            None => {
+                let c = self.dial(&key).await?;
+                c.active.fetch_add(1, Ordering::Relaxed);
+                self.lock().entry(key.clone()).or_default().push(c.clone());
+                c
+            }
+        };
+        let guard = StreamGuard(conn.active.clone());
+        let addr = SocketAddr::new(key.ip, self.port);
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(target.to_string());
+        if let Some(tp) = traceparent {
+            req = req.header("traceparent", tp);
+        }
+        let req = req
+            .body(())
+            .map_err(|_| TunnelError::ReservedPort(target))?;
+        let h2err = |source| TunnelError::H2 { addr, source };
+        let mut send = conn.send.clone().ready().await.map_err(h2err)?;
+        let (resp, stream) = send.send_request(req, false).map_err(h2err)?;
+        let resp = resp.await.map_err(h2err)?;
+        self.metrics.upstream_hbone_streams.inc();
+        if resp.status() != StatusCode::OK {
+            return Err(TunnelError::Refused {
+                addr,
+                target,
+                status: resp.status(),
+            });
+        }
+        Ok(H2Stream::new(stream, resp.into_body(), Some(guard)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Arc<PooledConn>>>> {
+        // A panic while holding the lock cannot leave the map inconsistent (single inserts and
+        // retains), so a poisoned lock is still usable.
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn checkout(&self, key: &PoolKey) -> Option<Arc<PooledConn>> {
+        let current = self.identity.current();
+        let mut map = self.lock();
+        let conns = map.get_mut(key)?;
+        // Closed connections go; so do idle ones made with a rotated-out identity.
+        conns.retain(|c| {
+            !c.closed.load(Ordering::Relaxed)
+                && (Arc::ptr_eq(&c.tls, &current) || c.active.load(Ordering::Relaxed) > 0)
+        });
+        let c = conns.iter().find(|c| {
+            Arc::ptr_eq(&c.tls, &current) && c.active.load(Ordering::Relaxed) < self.max_streams
+        })?;
+        c.active.fetch_add(1, Ordering::Relaxed);
+        Some(c.clone())
+    }
+
+    async fn dial(&self, key: &PoolKey) -> Result<Arc<PooledConn>, TunnelError> {
+        let addr = SocketAddr::new(key.ip, self.port);
+        let tls = self.identity.current();
+        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(TunnelError::Connect { addr, source }),
+            Err(_) => return Err(TunnelError::Timeout(addr)),
+        };
+        let _ = tcp.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+        let tls_stream = tokio::time::timeout(
+            self.connect_timeout,
+            connector.connect(ServerName::IpAddress(key.ip.into()), tcp),
+        )
+        .await
+        .map_err(|_| TunnelError::Timeout(addr))?
+        .map_err(|source| TunnelError::Tls { addr, source })?;
+        let found = tls_stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(spiffe::uri_san);
+        if found.as_deref() != Some(&*key.identity) {
+            self.metrics.upstream_identity_mismatch.inc();
+            return Err(TunnelError::WrongIdentity {
+                addr,
+                expected: key.identity.to_string(),
+                found,
+            });
+        }
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(super::STREAM_WINDOW)
+            .initial_connection_window_size(super::CONNECTION_WINDOW)
+            .max_frame_size(super::MAX_FRAME)
+            .max_header_list_size(super::MAX_HEADER_LIST)
+            .max_send_buffer_size(super::MAX_FRAME as usize)
+            .handshake::<_, Bytes>(tls_stream)
+            .await
+            .map_err(|source| TunnelError::H2 { addr, source })?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let done = closed.clone();
+        let metrics = self.metrics.clone();
+        let gauge = metrics.track_owned(|m| &m.upstream_hbone_connections);
+        tokio::spawn(async move {
+            let _gauge = gauge;
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HBONE connection ended");
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        metrics.upstream_hbone_connects.inc();
+        tracing::debug!(%addr, identity = %key.identity, "upstream HBONE connection established");
+        Ok(Arc::new(PooledConn {
+            send,
+            active: Arc::new(AtomicUsize::new(0)),
+            closed,
+            tls,
+        }))
+    }
+}

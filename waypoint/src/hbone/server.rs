@@ -1,0 +1,298 @@
+//! The HBONE listener: TLS 1.3 with a required client certificate, then HTTP/2 CONNECT streams.
+//!
+//! Each connection learns its peer's SPIFFE ID once, from the certificate, and hands every valid
+//! CONNECT to the [`TunnelHandler`] as a [`Tunnel`]. The connection future is polled for as long as
+//! any stream lives, so PINGs are answered while streams are busy. On shutdown each connection
+//! sends GOAWAY and gets a bounded grace period to finish its streams.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use policy_engine::PeerIdentity;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::headers;
+use super::stream::H2Stream;
+use crate::metrics::Metrics;
+use crate::tls::{Identity, spiffe};
+
+/// What we tell clients in SETTINGS.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// ztunnel opens up to 100 streams per connection; a higher limit never makes it queue.
+    pub max_concurrent_streams: u32,
+    pub handshake_timeout: Duration,
+    /// How long connections may finish their streams after GOAWAY on shutdown.
+    pub drain_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            max_concurrent_streams: 1000,
+            handshake_timeout: Duration::from_secs(10),
+            drain_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// One client connection (one source ztunnel, one client workload identity).
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub id: u64,
+    /// The source ztunnel's address (not the client's: see [`Tunnel::client_ip`]).
+    pub peer_addr: SocketAddr,
+    /// The client workload's SPIFFE ID from its certificate.
+    pub peer: Option<PeerIdentity>,
+}
+
+/// A CONNECT request waiting for an answer.
+#[derive(Debug)]
+pub struct Tunnel {
+    pub conn: Arc<ConnInfo>,
+    /// `:authority`: a service VIP or pod IP, with the port.
+    pub target: SocketAddr,
+    /// `forwarded: for=`: the original client address.
+    pub client_ip: Option<IpAddr>,
+    pub forwarded_host: Option<String>,
+    pub traceparent: Option<String>,
+    pub baggage: Option<String>,
+    respond: h2::server::SendResponse<Bytes>,
+    body: h2::RecvStream,
+}
+
+impl Tunnel {
+    /// Opens the tunnel (`200`) and returns its byte stream.
+    pub fn accept(mut self) -> Result<H2Stream, h2::Error> {
+        let send = self.respond.send_response(Response::new(()), false)?;
+        Ok(H2Stream::new(send, self.body, None))
+    }
+
+    /// Refuses the tunnel with `status`; ztunnel turns any non-200 into a reset for its client.
+    pub fn reject(mut self, status: StatusCode) {
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        let _ = self.respond.send_response(resp, true);
+    }
+}
+
+/// Serves accepted tunnels.
+pub trait TunnelHandler: Send + Sync + 'static {
+    fn handle(self: Arc<Self>, tunnel: Tunnel) -> impl Future<Output = ()> + Send;
+}
+
+/// Accepts connections until `shutdown` turns true, then drains them.
+pub async fn serve<H: TunnelHandler>(
+    listener: TcpListener,
+    identity: Arc<Identity>,
+    handler: Arc<H>,
+    settings: ServerSettings,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ids = AtomicU64::new(1);
+    let mut conns = JoinSet::new();
+    let conn_shutdown = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer_addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let id = ids.fetch_add(1, Ordering::Relaxed);
+                let span = tracing::info_span!("hbone_in", conn = id, peer = %peer_addr);
+                conns.spawn(
+                    serve_connection(tcp, peer_addr, id, identity.clone(), handler.clone(),
+                        settings.clone(), metrics.clone(), conn_shutdown.clone())
+                    .instrument(span),
+                );
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = signaled(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(connections = conns.len(), grace = ?settings.drain_grace, "draining HBONE connections");
+    let drained = tokio::time::timeout(settings.drain_grace, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = conns.len(),
+            "grace period over; closing remaining connections"
+        );
+        conns.shutdown().await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<H: TunnelHandler>(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    id: u64,
+    identity: Arc<Identity>,
+    handler: Arc<H>,
+    settings: ServerSettings,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.current().server.clone());
+    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            metrics.hbone_handshake_failures.inc();
+            tracing::warn!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics.hbone_handshake_failures.inc();
+            tracing::warn!("TLS handshake timed out");
+            return;
+        }
+    };
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(spiffe::uri_san)
+        .map(|id| PeerIdentity::new(&id));
+    if peer.is_none() {
+        tracing::warn!("client certificate has no SPIFFE ID; principal-based rules will not match");
+    }
+    let conn_info = Arc::new(ConnInfo {
+        id,
+        peer_addr,
+        peer,
+    });
+    let principal = conn_info.peer.as_ref().map(|p| p.uri().to_owned());
+    tracing::debug!(principal = ?principal, "HBONE connection established");
+    let mut h2 = match h2::server::Builder::new()
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .initial_window_size(super::STREAM_WINDOW)
+        .initial_connection_window_size(super::CONNECTION_WINDOW)
+        .max_frame_size(super::MAX_FRAME)
+        .max_header_list_size(super::MAX_HEADER_LIST)
+        .max_send_buffer_size(super::MAX_FRAME as usize)
+        .handshake::<_, Bytes>(tls)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+    };
+    let _active = metrics.hbone_connections.track();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            next = h2.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    let span = tracing::info_span!("tunnel", stream = %respond.stream_id().as_u32(), authority = ?req.uri().authority().map(|a| a.as_str()));
+                    let conn = conn_info.clone();
+                    let handler = handler.clone();
+                    let metrics = metrics.clone();
+                    tokio::spawn(async move {
+                        if let Some(t) = tunnel(conn, req, respond, &metrics) {
+                            handler.handle(t).await;
+                        }
+                    }.instrument(span));
+                }
+                Some(Err(e)) => {
+                    if !e.is_go_away() && !e.is_io() {
+                        tracing::warn!(error = %e, "HBONE connection error");
+                    }
+                    break;
+                }
+                None => break,
+            },
+            _ = signaled(&mut shutdown), if !draining => {
+                draining = true;
+                h2.graceful_shutdown();
+            }
+        }
+    }
+    tracing::debug!("HBONE connection closed");
+}
+
+/// Resolves once shutdown is signalled (or its sender is gone). The guard `wait_for` returns is
+/// not `Send`, so it must not live in the caller's future.
+async fn signaled(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Validates a request as RFC 9113 CONNECT with an IP authority; answers it otherwise.
+fn tunnel(
+    conn: Arc<ConnInfo>,
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    metrics: &Metrics,
+) -> Option<Tunnel> {
+    let refuse = |respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode, why: &str| {
+        metrics.tunnels_rejected.inc();
+        tracing::warn!(%status, why, "CONNECT refused");
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        let _ = respond.send_response(resp, true);
+    };
+    // h2 has already reset CONNECTs carrying :scheme or :path (RFC 9113 §8.5).
+    if req.method() != Method::CONNECT {
+        refuse(
+            &mut respond,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only CONNECT is served",
+        );
+        return None;
+    }
+    let target = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
+    let Some(target) = target else {
+        refuse(
+            &mut respond,
+            StatusCode::BAD_REQUEST,
+            ":authority must be ip:port",
+        );
+        return None;
+    };
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let forwarded = header("forwarded");
+    let client_ip = forwarded.and_then(headers::forwarded_for);
+    let forwarded_host = forwarded
+        .and_then(headers::forwarded_host)
+        .map(str::to_owned);
+    let traceparent = header("traceparent")
+        .and_then(headers::traceparent)
+        .map(str::to_owned);
+    let baggage = header("baggage").map(str::to_owned);
+    let (_, body) = req.into_parts();
+    metrics.tunnels.inc();
+    Some(Tunnel {
+        conn,
+        target,
+        client_ip,
+        forwarded_host,
+        traceparent,
+        baggage,
+        respond,
+        body,
+    })
+}

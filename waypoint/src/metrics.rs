@@ -1,0 +1,238 @@
+//! Counters and gauges, lock-free on the data path, rendered in Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A current count, held up by [`GaugeGuard`]s.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+/// Decrements its gauge on drop.
+#[derive(Debug)]
+pub struct GaugeGuard<'a>(&'a Gauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Like [`GaugeGuard`], for tasks that outlive a borrow.
+#[derive(Debug)]
+pub struct OwnedGaugeGuard(std::sync::Arc<Metrics>, fn(&Metrics) -> &Gauge);
+
+impl Drop for OwnedGaugeGuard {
+    fn drop(&mut self) {
+        (self.1)(&self.0).0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    /// Holds `gauge` up for as long as the guard lives, from any task.
+    pub fn track_owned(
+        self: &std::sync::Arc<Self>,
+        gauge: fn(&Metrics) -> &Gauge,
+    ) -> OwnedGaugeGuard {
+        gauge(self).0.fetch_add(1, Ordering::Relaxed);
+        OwnedGaugeGuard(self.clone(), gauge)
+    }
+}
+
+impl Gauge {
+    pub fn track(&self) -> GaugeGuard<'_> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        GaugeGuard(self)
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+const CODES: usize = 600;
+
+/// Every figure the waypoint exports.
+#[derive(Debug)]
+pub struct Metrics {
+    /// HTTP requests by decision (0 allowed, 1 denied) and response code.
+    requests: Box<[[AtomicU64; CODES]; 2]>,
+    pub tcp_allowed: Counter,
+    pub tcp_denied: Counter,
+    pub hbone_connections: Gauge,
+    pub hbone_handshake_failures: Counter,
+    pub tunnels: Counter,
+    pub tunnels_rejected: Counter,
+    pub upstream_hbone_connections: Gauge,
+    pub upstream_hbone_connects: Counter,
+    pub upstream_hbone_streams: Counter,
+    pub upstream_hbone_streams_reused: Counter,
+    pub upstream_identity_mismatch: Counter,
+    pub upstream_connect_failures: Counter,
+    /// Inner HTTP/1.1 connections to apps: how many requests rode an existing one.
+    pub upstream_http_new: Counter,
+    pub upstream_http_reused: Counter,
+    pub config_reloads: Counter,
+    pub config_reload_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Box::new(std::array::from_fn(|_| {
+                std::array::from_fn(|_| AtomicU64::new(0))
+            })),
+            tcp_allowed: Counter::default(),
+            tcp_denied: Counter::default(),
+            hbone_connections: Gauge::default(),
+            hbone_handshake_failures: Counter::default(),
+            tunnels: Counter::default(),
+            tunnels_rejected: Counter::default(),
+            upstream_hbone_connections: Gauge::default(),
+            upstream_hbone_connects: Counter::default(),
+            upstream_hbone_streams: Counter::default(),
+            upstream_hbone_streams_reused: Counter::default(),
+            upstream_identity_mismatch: Counter::default(),
+            upstream_connect_failures: Counter::default(),
+            upstream_http_new: Counter::default(),
+            upstream_http_reused: Counter::default(),
+            config_reloads: Counter::default(),
+            config_reload_failures: Counter::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, allowed: bool, code: u16) {
+        let code = usize::from(code).min(CODES - 1);
+        self.requests[usize::from(!allowed)][code].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests counted for `allowed` and `code`.
+    pub fn requests(&self, allowed: bool, code: u16) -> u64 {
+        self.requests[usize::from(!allowed)][usize::from(code).min(CODES - 1)]
+            .load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP waypoint_requests_total HTTP requests by policy decision and response code."
+        );
+        let _ = writeln!(out, "# TYPE waypoint_requests_total counter");
+        for (i, decision) in ["allow", "deny"].iter().enumerate() {
+            for (code, n) in self.requests[i].iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "waypoint_requests_total{{decision=\"{decision}\",code=\"{code}\"}} {n}"
+                    );
+                }
+            }
+        }
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            "waypoint_tcp_connections_allowed_total",
+            "Opaque TCP tunnels allowed.",
+            self.tcp_allowed.get(),
+        );
+        counter(
+            "waypoint_tcp_connections_denied_total",
+            "Opaque TCP tunnels denied and closed.",
+            self.tcp_denied.get(),
+        );
+        counter(
+            "waypoint_hbone_handshake_failures_total",
+            "Inbound TLS handshakes that failed.",
+            self.hbone_handshake_failures.get(),
+        );
+        counter(
+            "waypoint_tunnels_total",
+            "Inbound CONNECT streams accepted for processing.",
+            self.tunnels.get(),
+        );
+        counter(
+            "waypoint_tunnels_rejected_total",
+            "Inbound CONNECT streams refused.",
+            self.tunnels_rejected.get(),
+        );
+        counter(
+            "waypoint_upstream_hbone_connects_total",
+            "Upstream HBONE connections opened.",
+            self.upstream_hbone_connects.get(),
+        );
+        counter(
+            "waypoint_upstream_hbone_streams_total",
+            "Upstream CONNECT streams opened.",
+            self.upstream_hbone_streams.get(),
+        );
+        counter(
+            "waypoint_upstream_hbone_streams_reused_total",
+            "Upstream CONNECT streams opened on an existing connection.",
+            self.upstream_hbone_streams_reused.get(),
+        );
+        counter(
+            "waypoint_upstream_identity_mismatch_total",
+            "Upstream peers whose SPIFFE ID was not the destination's.",
+            self.upstream_identity_mismatch.get(),
+        );
+        counter(
+            "waypoint_upstream_connect_failures_total",
+            "Upstream connection attempts that failed.",
+            self.upstream_connect_failures.get(),
+        );
+        counter(
+            "waypoint_upstream_http_connections_new_total",
+            "Requests that needed a new upstream HTTP connection.",
+            self.upstream_http_new.get(),
+        );
+        counter(
+            "waypoint_upstream_http_connections_reused_total",
+            "Requests sent on a pooled upstream HTTP connection.",
+            self.upstream_http_reused.get(),
+        );
+        counter(
+            "waypoint_config_reloads_total",
+            "Config snapshots applied.",
+            self.config_reloads.get(),
+        );
+        counter(
+            "waypoint_config_reload_failures_total",
+            "Config changes rejected.",
+            self.config_reload_failures.get(),
+        );
+        let mut gauge = |name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            "waypoint_hbone_connections",
+            "Open inbound HBONE connections.",
+            self.hbone_connections.get(),
+        );
+        gauge(
+            "waypoint_upstream_hbone_connections",
+            "Open upstream HBONE connections.",
+            self.upstream_hbone_connections.get(),
+        );
+        out
+    }
+}

@@ -1,0 +1,340 @@
+//! The one Pingora HTTP app every inner HTTP connection runs through: policy per request in
+//! `request_filter`, endpoint choice in `upstream_peer`, `x-forwarded-for` on the way out.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::{HttpPeer, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp};
+use pingora::upstreams::peer::{ALPN, Proxy};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use policy_engine::authorizer::DENIED_BODY;
+use policy_engine::path;
+use policy_engine::{HttpRequest, Request};
+
+use super::destination::Destination;
+use super::inbound::TunnelCtx;
+use super::relay::{IDENTITY_HEADER, next_hop};
+use crate::config::ConfigHandle;
+use crate::metrics::Metrics;
+
+/// Endpoints tried per request when connecting fails (before any byte went upstream).
+const MAX_ATTEMPTS: usize = 3;
+
+#[derive(Debug)]
+pub struct HttpApp {
+    pub config: Arc<ConfigHandle>,
+    pub relay: PathBuf,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Per-request state.
+#[derive(Debug, Default)]
+pub struct ReqCtx {
+    tunnel: Option<Arc<TunnelCtx>>,
+    dest: Option<Destination>,
+    tried: Vec<SocketAddr>,
+    /// The request was answered by the waypoint itself (403, 400, 503).
+    local_reply: bool,
+    denied: bool,
+}
+
+struct HeaderView<'a>(&'a http::HeaderMap);
+
+impl policy_engine::Headers for HeaderView<'_> {
+    fn get(&self, lower_case_name: &str) -> Option<&str> {
+        self.0.get(lower_case_name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn tunnel_of(session: &Session) -> Option<Arc<TunnelCtx>> {
+    session
+        .as_downstream()
+        .digest()?
+        .proxy_digest
+        .as_ref()?
+        .user_data
+        .as_ref()?
+        .downcast_ref::<Arc<TunnelCtx>>()
+        .cloned()
+}
+
+/// Answers locally without closing the client's connection (`respond_error` would).
+async fn reply(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("content-type", "text/plain")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await
+}
+
+impl HttpApp {
+    async fn local(
+        &self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        status: u16,
+        body: &'static str,
+        denied: bool,
+    ) -> Result<bool> {
+        ctx.local_reply = true;
+        ctx.denied = denied;
+        reply(session, status, body).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for HttpApp {
+    type CTX = ReqCtx;
+
+    fn new_ctx(&self) -> ReqCtx {
+        ReqCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut ReqCtx) -> Result<bool> {
+        let Some(tunnel) = tunnel_of(session) else {
+            return Error::e_explain(ErrorType::InternalError, "request without tunnel context");
+        };
+        let snapshot = self.config.load();
+        let Some(dest) = Destination::resolve(&snapshot, tunnel.target) else {
+            // The destination left the config while the tunnel was open.
+            tracing::warn!(target = %tunnel.target, "destination no longer served");
+            return self
+                .local(session, ctx, 503, "no healthy upstream", false)
+                .await;
+        };
+        // Decide in a block with no await: the request view borrows data that is not `Sync`.
+        let (denied, normalized) = {
+            let req = session.req_header();
+            let raw_path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            let normalized = match path::normalize(raw_path, snapshot.path_normalization) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!(path = raw_path, error = %e, "request path rejected by normalization");
+                    return self.local(session, ctx, 400, "Bad Request", true).await;
+                }
+            };
+            let host = req
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok()))
+                .unwrap_or("");
+            let headers = HeaderView(&req.headers);
+            let request = Request {
+                peer: tunnel.conn.peer.as_ref(),
+                source_ip: tunnel.client_ip,
+                remote_ip: tunnel.client_ip,
+                destination_ip: Some(tunnel.target.ip()),
+                destination_port: Some(tunnel.target.port()),
+                sni: None,
+                http: Some(HttpRequest {
+                    method: req.method.as_str(),
+                    host,
+                    path: &normalized,
+                    headers: &headers,
+                }),
+                jwt: None,
+            };
+            let decision = snapshot.authorizer.evaluate(&request, dest.policy_target());
+            if !decision.allowed {
+                tracing::info!(
+                    peer = ?tunnel.conn.peer.as_ref().map(|p| p.uri()),
+                    client = ?tunnel.client_ip,
+                    destination = %dest,
+                    method = %req.method,
+                    path = raw_path,
+                    policy = ?decision.matched.map(|m| m.policy.to_string()),
+                    rule = ?decision.matched.map(|m| m.rule),
+                    reason = %decision,
+                    "request denied"
+                );
+            }
+            let changed = (normalized != raw_path).then(|| normalized.into_owned());
+            (!decision.allowed, changed)
+        };
+        if denied {
+            return self.local(session, ctx, 403, DENIED_BODY, true).await;
+        }
+        // The app sees the path the policy was checked against, as with Envoy's normalization.
+        if let Some(uri) = normalized.and_then(|n| n.parse::<http::Uri>().ok()) {
+            session.req_header_mut().set_uri(uri);
+        }
+        ctx.dest = Some(dest);
+        ctx.tunnel = Some(tunnel);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(dest) = &ctx.dest else {
+            return Error::e_explain(ErrorType::InternalError, "no destination resolved");
+        };
+        let Some(ep) = dest.pick(&ctx.tried) else {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(503),
+                format!("no ready endpoint for {dest}"),
+            );
+        };
+        ctx.tried.push(ep.address);
+        let mut peer = HttpPeer::new(ep.address, false, String::new());
+        let mut headers = BTreeMap::new();
+        headers.insert(
+            IDENTITY_HEADER.to_owned(),
+            ep.identity.clone().unwrap_or_default().into_bytes(),
+        );
+        peer.proxy = Some(Proxy {
+            next_hop: next_hop(&self.relay),
+            host: ep.address.ip().to_string(),
+            port: ep.address.port(),
+            headers,
+        });
+        // Not part of the pool key: a pooled connection keeps the trace of the request that
+        // opened it, as ztunnel logs one trace id per tunnel.
+        let traceparent = session
+            .req_header()
+            .headers
+            .get("traceparent")
+            .map(|v| v.as_bytes().to_vec())
+            .or_else(|| {
+                ctx.tunnel
+                    .as_ref()?
+                    .traceparent
+                    .clone()
+                    .map(String::into_bytes)
+            });
+        if let Some(tp) = traceparent {
+            peer.options
+                .extra_proxy_headers
+                .insert("traceparent".into(), tp);
+        }
+        peer.options.connection_timeout = Some(Duration::from_secs(10));
+        peer.options.idle_timeout = Some(Duration::from_secs(90));
+        if session.as_downstream().is_http2()
+            || dest.protocol() == gateway_api_bindings::mesh::Protocol::Http2
+        {
+            peer.options.alpn = ALPN::H2;
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut ReqCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let more = ctx
+            .dest
+            .as_ref()
+            .is_some_and(|d| ctx.tried.len() < MAX_ATTEMPTS.min(d.endpoint_count()));
+        tracing::warn!(endpoint = %peer._address, error = %e, retry = more, "upstream connect failed");
+        // Nothing was sent upstream yet, so another endpoint may take the request.
+        e.set_retry(more);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        if let Some(ip) = ctx.tunnel.as_ref().and_then(|t| t.client_ip) {
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        if reused {
+            self.metrics.upstream_http_reused.inc();
+        } else {
+            self.metrics.upstream_http_new.inc();
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut ReqCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                // Every upstream failure, connect or mid-response, is "service unavailable", as
+                // Envoy reports it.
+                ErrorSource::Upstream => 503,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => {
+                    // Connect failures surface as internal when the relay refused the CONNECT.
+                    if matches!(
+                        e.etype(),
+                        ErrorType::ConnectProxyFailure
+                            | ErrorType::ConnectError
+                            | ErrorType::ConnectRefused
+                            | ErrorType::ConnectTimedout
+                    ) {
+                        503
+                    } else {
+                        500
+                    }
+                }
+            },
+        };
+        if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut ReqCtx) {
+        let code = session
+            .as_downstream()
+            .response_written()
+            .map_or(0, |r| r.status.as_u16());
+        self.metrics.request(!ctx.denied, code);
+        if let Some(e) = e
+            && !ctx.local_reply
+        {
+            tracing::debug!(error = %e, code, "request failed");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The data path, in the order traffic takes it: a CONNECT arrives ([`inbound`]), its destination
+//! is resolved ([`destination`]), the inner protocol is chosen or sniffed ([`sniff`]); HTTP goes
+//! through the Pingora app ([`http`]) and opaque TCP through the relay ([`tcp`]); both reach
+//! endpoints through [`upstream`].
+
+pub mod destination;
+pub mod http;
+pub mod inbound;
+pub mod relay;
+pub mod sniff;
+pub mod tcp;
+pub mod upstream;

@@ -1,0 +1,86 @@
+//! Opaque TCP through the waypoint: the L4 decision, then a byte relay with half-close.
+
+use std::net::SocketAddr;
+
+use policy_engine::Request;
+use tokio::io::AsyncWriteExt;
+
+use super::destination::Destination;
+use super::inbound::TunnelCtx;
+use super::upstream::Upstream;
+use crate::config::Snapshot;
+use crate::hbone::stream::H2Stream;
+use crate::metrics::Metrics;
+
+/// Endpoints tried before giving up on a connection; nothing has been sent upstream before the
+/// connection is up, so trying another endpoint is safe.
+const MAX_ATTEMPTS: usize = 3;
+
+pub async fn serve(
+    mut stream: H2Stream,
+    ctx: &TunnelCtx,
+    dest: &Destination,
+    snapshot: &Snapshot,
+    upstream: &Upstream,
+    metrics: &Metrics,
+) {
+    // Decide before any await: the request borrows data that is not `Sync`.
+    let denied = {
+        let req = Request {
+            peer: ctx.conn.peer.as_ref(),
+            source_ip: ctx.client_ip,
+            remote_ip: ctx.client_ip,
+            destination_ip: Some(ctx.target.ip()),
+            destination_port: Some(ctx.target.port()),
+            sni: None,
+            http: None,
+            jwt: None,
+        };
+        let decision = snapshot.authorizer.evaluate(&req, dest.policy_target());
+        if !decision.allowed {
+            tracing::info!(
+                peer = ?ctx.conn.peer.as_ref().map(|p| p.uri()),
+                client = ?ctx.client_ip,
+                destination = %dest,
+                policy = ?decision.matched.map(|m| m.policy.to_string()),
+                reason = %decision,
+                "TCP connection denied"
+            );
+        }
+        !decision.allowed
+    };
+    if denied {
+        metrics.tcp_denied.inc();
+        // The tunnel is open (refusing the CONNECT would look like a network failure to the
+        // client's ztunnel); close it without a byte, and stop the client from sending more.
+        let _ = stream.shutdown().await;
+        stream.reset(h2::Reason::NO_ERROR);
+        return;
+    }
+    metrics.tcp_allowed.inc();
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut up = None;
+    while tried.len() < MAX_ATTEMPTS.min(dest.endpoint_count()) {
+        let Some(ep) = dest.pick(&tried) else { break };
+        tried.push(ep.address);
+        match upstream
+            .open_endpoint(&ep, ctx.traceparent.as_deref())
+            .await
+        {
+            Ok(s) => {
+                up = Some(s);
+                break;
+            }
+            Err(e) => tracing::warn!(endpoint = %ep.address, error = %e, "upstream connect failed"),
+        }
+    }
+    let Some(mut up) = up else {
+        tracing::warn!(destination = %dest, tried = tried.len(), "no endpoint reachable; closing");
+        stream.reset(h2::Reason::CONNECT_ERROR);
+        return;
+    };
+    match tokio::io::copy_bidirectional(&mut stream, &mut up).await {
+        Ok((to_app, to_client)) => tracing::debug!(to_app, to_client, "TCP relay finished"),
+        Err(e) => tracing::debug!(error = %e, "TCP relay ended with an error"),
+    }
+}

@@ -1,0 +1,87 @@
+//! An in-memory certificate authority for local runs (`--dev-ca`) and tests: it issues SPIFFE
+//! workload certificates shaped like Istio's (URI SAN only, serverAuth + clientAuth, ECDSA P-256).
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// Errors from issuing a certificate.
+#[derive(Debug, thiserror::Error)]
+#[error("issuing a certificate: {0}")]
+pub struct IssueError(#[from] rcgen::Error);
+
+/// A PEM certificate chain (leaf first, without the root) and its private key.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// A self-signed root that signs workload certificates.
+pub struct DevCa {
+    issuer: Issuer<'static, KeyPair>,
+    root_pem: String,
+}
+
+impl std::fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCa").finish_non_exhaustive()
+    }
+}
+
+impl DevCa {
+    /// A new root named `name`, valid for ten years.
+    pub fn new(name: &str) -> Result<DevCa, IssueError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, name);
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(3650);
+        let cert = params.self_signed(&key)?;
+        Ok(DevCa {
+            root_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The root certificate (the trust bundle peers need).
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// A workload certificate for `spiffe_id`, valid from a minute ago for `lifetime`.
+    pub fn issue(&self, spiffe_id: &str, lifetime: Duration) -> Result<IssuedCert, IssueError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into()?)];
+        params.distinguished_name = DistinguishedName::new();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after =
+            now + time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(1));
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert {
+            chain_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}

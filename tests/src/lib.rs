@@ -1,1 +1,19 @@
-//! End-to-end tests live in `tests/`; the local mesh harness will live here.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+//! The local mesh harness: ztunnel-like peers that speak HBONE as `shared/reference/hbone.md`
+//! describes, demo backends, and a whole demo mesh around a waypoint. Used by the end-to-end
+//! tests and by the `demo-mesh` binary.
+//!
+//! * [`net`]: unique loopback addresses per mesh, so meshes in one process do not collide.
+//! * [`pki`]: a mesh CA and workload certificates on disk.
+//! * [`http1`]: a small HTTP/1.1 client for driving requests through tunnels.
+//! * [`backend`]: an HTTP/1.1 app that echoes what it received, and a TCP echo.
+//! * [`ztunnel`]: the inbound shim (HBONE terminator for a destination pod), the outbound shim
+//!   (plain TCP for a source workload -> HBONE to the waypoint) and the HBONE client both use.
+//! * [`mesh`]: a waypoint with pods, services, shims and policies, ready to take requests.
+
+pub mod backend;
+pub mod http1;
+pub mod mesh;
+pub mod net;
+pub mod pki;
+pub mod ztunnel;

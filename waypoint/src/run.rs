@@ -104,6 +104,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
     crate::tls::provider();
     let metrics = Arc::new(Metrics::default());
     let identity = Arc::new(Identity::load(opts.identity.clone())?);
+    let seen = config::file::fingerprint(&opts.config);
     let snapshot = config::file::load(&opts.config, &opts.settings)?;
     tracing::info!(
         version = snapshot.version,
@@ -171,6 +172,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
         tokio::spawn(admin::serve(metrics_listener, admin_state, Role::Metrics)),
         tokio::spawn(config::file::watch(
             opts.config.clone(),
+            seen,
             opts.settings.clone(),
             config.clone(),
             metrics.clone(),

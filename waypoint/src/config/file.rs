@@ -26,7 +26,10 @@ pub fn load(path: &Path, settings: &MeshSettings) -> Result<Snapshot, ConfigErro
 }
 
 /// What identifies a version of the files: names, sizes and modification times.
-fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// Take it before loading, and hand it to [`watch`], so a change made during the load is seen.
+pub fn fingerprint(path: &Path) -> Fingerprint {
     let mut files = vec![path.to_path_buf()];
     let mut out = Vec::new();
     while let Some(p) = files.pop() {
@@ -49,12 +52,12 @@ fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 /// Polls `path` every `interval` and applies valid changes to `handle`.
 pub async fn watch(
     path: PathBuf,
+    mut seen: Fingerprint,
     settings: MeshSettings,
     handle: Arc<ConfigHandle>,
     metrics: Arc<Metrics>,
     interval: Duration,
 ) {
-    let mut seen = fingerprint(&path);
     loop {
         tokio::time::sleep(interval).await;
         let now = fingerprint(&path);

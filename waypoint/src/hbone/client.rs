@@ -71,6 +71,9 @@ struct PooledConn {
 pub struct Connector {
     identity: Arc<Identity>,
     conns: Mutex<HashMap<PoolKey, Vec<Arc<PooledConn>>>>,
+    /// One dial in flight per key: concurrent requests wait for it and share the connection
+    /// instead of each opening their own.
+    dialing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Port the destination ztunnel listens on (15008; tests may move it).
     pub port: u16,
     /// Streams per connection before another connection is opened; ztunnel's pool uses 100.
@@ -84,6 +87,7 @@ impl Connector {
         Connector {
             identity,
             conns: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashMap::new()),
             port,
             max_streams: 100,
             connect_timeout: Duration::from_secs(5),
@@ -111,10 +115,26 @@ impl Connector {
                 c
             }
             None => {
-                let c = self.dial(&key).await?;
-                c.active.fetch_add(1, Ordering::Relaxed);
-                self.lock().entry(key.clone()).or_default().push(c.clone());
-                c
+                let gate = self
+                    .dialing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(key.clone())
+                    .or_default()
+                    .clone();
+                let _turn = gate.lock().await;
+                match self.checkout(&key) {
+                    Some(c) => {
+                        self.metrics.upstream_hbone_streams_reused.inc();
+                        c
+                    }
+                    None => {
+                        let c = self.dial(&key).await?;
+                        c.active.fetch_add(1, Ordering::Relaxed);
+                        self.lock().entry(key.clone()).or_default().push(c.clone());
+                        c
+                    }
+                }
             }
         };
         let guard = StreamGuard(conn.active.clone());

@@ -81,6 +81,7 @@ impl Tunnel {
         let mut resp = Response::new(());
         *resp.status_mut() = status;
         let _ = self.respond.send_response(resp, true);
+        super::stream::drain_later(self.body);
     }
 }
 
@@ -252,6 +253,9 @@ fn tunnel(
         *resp.status_mut() = status;
         let _ = respond.send_response(resp, true);
     };
+    // Keep the request body alive after refusing, so the refusal is not overtaken by a reset.
+    let (parts, body) = req.into_parts();
+    let req = http::Request::from_parts(parts, ());
     // h2 has already reset CONNECTs carrying :scheme or :path (RFC 9113 §8.5).
     if req.method() != Method::CONNECT {
         refuse(
@@ -283,7 +287,6 @@ fn tunnel(
         .and_then(headers::traceparent)
         .map(str::to_owned);
     let baggage = header("baggage").map(str::to_owned);
-    let (_, body) = req.into_parts();
     metrics.tunnels.inc();
     Some(Tunnel {
         conn,

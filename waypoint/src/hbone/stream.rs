@@ -29,7 +29,8 @@ impl Drop for StreamGuard {
 /// The two halves of a CONNECT stream.
 pub struct H2Stream {
     send: SendStream<Bytes>,
-    recv: RecvStream,
+    /// Taken by `Drop` to finish the stream in the background.
+    recv: Option<RecvStream>,
     /// Received but not yet read.
     pending: Bytes,
     write_closed: bool,
@@ -46,6 +47,11 @@ impl fmt::Debug for H2Stream {
 }
 
 impl H2Stream {
+    /// Wraps the halves of a CONNECT stream whose `200` has been sent or received.
+    pub fn from_parts(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self::new(send, recv, None)
+    }
+
     pub(crate) fn new(
         send: SendStream<Bytes>,
         recv: RecvStream,
@@ -53,7 +59,7 @@ impl H2Stream {
     ) -> Self {
         H2Stream {
             send,
-            recv,
+            recv: Some(recv),
             pending: Bytes::new(),
             write_closed: false,
             _guard: guard,
@@ -88,16 +94,21 @@ impl H2Stream {
     /// Abandons the stream with `reason` (a denied TCP connection, a failed upstream).
     pub fn reset(&mut self, reason: h2::Reason) {
         self.send.send_reset(reason);
+        self.write_closed = true;
+        self.recv = None;
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(recv) = self.recv.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
         loop {
-            match ready!(self.recv.poll_data(cx)) {
+            match ready!(recv.poll_data(cx)) {
                 None => return Poll::Ready(Ok(())),
                 Some(Ok(b)) => {
                     // Return the window as soon as a frame is buffered: at most one frame per
                     // stream is held here, so the peer cannot make us buffer more.
-                    let _ = self.recv.flow_control().release_capacity(b.len());
+                    let _ = recv.flow_control().release_capacity(b.len());
                     if b.is_empty() {
                         continue;
                     }
@@ -111,6 +122,38 @@ impl H2Stream {
             }
         }
     }
+}
+
+impl Drop for H2Stream {
+    /// Closes like a socket: END_STREAM for our side, then the peer gets time to end its side.
+    /// Dropping an open stream would make h2 reset it, and a reset can overtake the response
+    /// still queued for the peer.
+    fn drop(&mut self) {
+        if !self.write_closed {
+            let _ = self.send.send_data(Bytes::new(), true);
+        }
+        if let Some(recv) = self.recv.take()
+            && !recv.is_end_stream()
+        {
+            drain_later(recv);
+        }
+    }
+}
+
+/// Reads and discards what the peer still sends, for at most a few seconds, then lets h2 close
+/// the stream.
+pub(crate) fn drain_later(mut recv: RecvStream) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Some(Ok(b)) = recv.data().await {
+                let _ = recv.flow_control().release_capacity(b.len());
+            }
+        })
+        .await;
+    });
 }
 
 pub(crate) fn h2_to_io(e: h2::Error) -> io::Error {

@@ -87,6 +87,16 @@ impl HttpApp {
     ) -> Result<bool> {
         ctx.local_reply = true;
         ctx.denied = denied;
+        // Read the unread request body first: the next request on this connection starts after
+        // it (Envoy keeps the connection open after a 403 too).
+        if session
+            .as_downstream_mut()
+            .drain_request_body()
+            .await
+            .is_err()
+        {
+            session.set_keepalive(None);
+        }
         reply(session, status, body).await?;
         Ok(true)
     }

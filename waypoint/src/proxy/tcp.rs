@@ -52,9 +52,15 @@ pub async fn serve(
     if denied {
         metrics.tcp_denied.inc();
         // The tunnel is open (refusing the CONNECT would look like a network failure to the
-        // client's ztunnel); close it without a byte, and stop the client from sending more.
+        // client's ztunnel); end it without a byte. A reset here would discard the queued 200,
+        // so wait (bounded) for the client to end its side, discarding what it sends.
         let _ = stream.shutdown().await;
-        stream.reset(h2::Reason::NO_ERROR);
+        let mut sink = tokio::io::sink();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::copy(&mut stream, &mut sink),
+        )
+        .await;
         return;
     }
     metrics.tcp_allowed.inc();

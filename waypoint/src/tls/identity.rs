@@ -72,6 +72,8 @@ pub struct TlsConfigs {
 pub struct Identity {
     current: ArcSwap<TlsConfigs>,
     source: IdentitySource,
+    /// File modification times taken before the first load, so a change during it is seen.
+    loaded_mtimes: Vec<Option<SystemTime>>,
 }
 
 struct Material {
@@ -83,10 +85,19 @@ struct Material {
 impl Identity {
     /// Loads the identity once; fails when the source is unusable.
     pub fn load(source: IdentitySource) -> Result<Identity, IdentityError> {
+        let loaded_mtimes = match &source {
+            IdentitySource::Files {
+                cert_chain,
+                key,
+                trust_bundle,
+            } => mtimes(&[cert_chain.clone(), key.clone(), trust_bundle.clone()]),
+            IdentitySource::DevCa { .. } => Vec::new(),
+        };
         let configs = build(read(&source)?)?;
         Ok(Identity {
             current: ArcSwap::from_pointee(configs),
             source,
+            loaded_mtimes,
         })
     }
 
@@ -104,7 +115,7 @@ impl Identity {
                 trust_bundle,
             } => {
                 let files = [cert_chain.clone(), key.clone(), trust_bundle.clone()];
-                let mut seen = mtimes(&files);
+                let mut seen = self.loaded_mtimes.clone();
                 loop {
                     tokio::time::sleep(poll).await;
                     let now = mtimes(&files);

@@ -7,7 +7,7 @@
 pub mod dev_ca;
 pub mod identity;
 pub mod spiffe;
-mod verify;
+pub mod verify;
 
 pub use identity::{Identity, IdentitySource, TlsConfigs};
 

@@ -9,14 +9,12 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 
 #[derive(Debug)]
-pub(crate) struct MeshServerVerifier {
+pub struct MeshServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
 }
 
 impl MeshServerVerifier {
-    pub(crate) fn new(
-        roots: Arc<RootCertStore>,
-    ) -> Result<Self, rustls::server::VerifierBuilderError> {
+    pub fn new(roots: Arc<RootCertStore>) -> Result<Self, rustls::server::VerifierBuilderError> {
         let inner =
             WebPkiServerVerifier::builder_with_provider(roots, super::provider()).build()?;
         Ok(MeshServerVerifier { inner })

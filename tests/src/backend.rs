@@ -1,0 +1,96 @@
+//! Demo apps behind the mesh: an HTTP/1.1 server that reports what reached it, and a TCP echo.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Starts an HTTP/1.1 keep-alive server on `addr`. Every response is `200` with a body of
+/// `name method path` and one `header: value` line per interesting header it received
+/// (`x-forwarded-for`, `traceparent`), so tests can see what the waypoint forwarded.
+pub async fn http(addr: SocketAddr, name: &'static str) -> std::io::Result<JoinHandle<()>> {
+    let l = TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve_http(s, name));
+        }
+    }))
+}
+
+async fn serve_http(mut s: TcpStream, name: &'static str) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        // Read one request head.
+        let (head_len, method, path, content_length, extra) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                let get = |k: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(k))
+                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                };
+                let mut extra = String::new();
+                for k in ["x-forwarded-for", "traceparent"] {
+                    if let Some(v) = get(k) {
+                        extra.push_str(&format!("{k}: {v}\n"));
+                    }
+                }
+                let cl = get("content-length")
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                break (
+                    n,
+                    req.method.unwrap_or("").to_owned(),
+                    req.path.unwrap_or("").to_owned(),
+                    cl,
+                    extra,
+                );
+            }
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        while buf.len() < head_len + content_length {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf.drain(..head_len + content_length);
+        // `/delay/<ms>` answers late: in-flight requests for drain tests.
+        if let Some(ms) = path
+            .strip_prefix("/delay/")
+            .and_then(|m| m.parse::<u64>().ok())
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(ms.min(10_000))).await;
+        }
+        let body = format!("{name} {method} {path}\n{extra}");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(resp.as_bytes()).await?;
+    }
+}
+
+/// Starts a TCP echo server on `addr`; it echoes until the client half-closes, then closes.
+pub async fn echo(addr: SocketAddr) -> std::io::Result<JoinHandle<()>> {
+    let l = TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    }))
+}

@@ -1,0 +1,283 @@
+//! A whole demo mesh on loopback: the waypoint (in-process, file config, file identity), two
+//! httpbin pods, a tcp-echo pod and a pod outside the mesh, each ambient pod behind its own
+//! inbound ztunnel shim, and client identities `sleep` (allowed by the example policies) and
+//! `curl` (not).
+//!
+//! The cluster it describes is `examples/mesh.yaml` plus the pods and endpoints a cluster would
+//! report, with loopback pod IPs. The Gateway takes both service and workload traffic
+//! (`istio.io/waypoint-for: all`) so both addressing modes can be exercised.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use waypoint::run::{RunOptions, Running};
+use waypoint::tls::IdentitySource;
+
+use crate::backend;
+use crate::net::Block;
+use crate::pki::{Pki, WorkloadCert};
+use crate::ztunnel::{self, HboneClient, InboundShim};
+
+pub const NAMESPACE: &str = "ambient-demo";
+pub const HTTPBIN_VIP: &str = "10.96.0.10:8000";
+pub const TCP_ECHO_VIP: &str = "10.96.0.20:9000";
+pub const LEGACY_VIP: &str = "10.96.0.30:80";
+/// A service VIP nobody defined.
+pub const UNKNOWN_VIP: &str = "10.96.9.9:80";
+/// The example policies shipped in `examples/policies`.
+pub fn example_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies")
+}
+
+/// How to start a mesh.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// AuthorizationPolicy YAML, written to `policies.yaml` beside the generated cluster config.
+    pub policies: String,
+    pub drain_grace: Duration,
+    /// `[::]`-style fixed ports instead of per-block addresses (the demo uses fixed ones).
+    pub waypoint_addr: Option<SocketAddr>,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        let mut policies = String::new();
+        if let Ok(rd) = std::fs::read_dir(example_policies()) {
+            let mut files: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            for f in files {
+                if let Ok(t) = std::fs::read_to_string(&f) {
+                    policies.push_str(&t);
+                    policies.push_str("\n---\n");
+                }
+            }
+        }
+        MeshOptions {
+            policies,
+            drain_grace: Duration::from_secs(5),
+            waypoint_addr: None,
+        }
+    }
+}
+
+/// A running demo mesh. Dropping it stops everything but the waypoint, which
+/// [`Mesh::shutdown`] drains.
+#[derive(Debug)]
+pub struct Mesh {
+    pub block: Block,
+    pub dir: PathBuf,
+    pub pki: Pki,
+    pub waypoint: Option<Running>,
+    pub waypoint_cert: WorkloadCert,
+    /// Client identities: `sleep` (allowed by the examples) and `curl`.
+    pub sleep: WorkloadCert,
+    pub curl: WorkloadCert,
+    pub httpbin_pods: Vec<IpAddr>,
+    pub tcp_echo_pod: IpAddr,
+    pub legacy_pod: IpAddr,
+    pub inbound: Vec<InboundShim>,
+    backends: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for b in &self.backends {
+            b.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The cluster as a file config: namespace, waypoint Gateway, services, pods.
+pub fn cluster_yaml(block: &Block) -> String {
+    let pod = |name: &str, app: &str, sa: &str, ip: IpAddr, extra_labels: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NAMESPACE}, labels: {{app: {app}{extra_labels}}}}}\n\
+             spec: {{serviceAccountName: {sa}, containers: [{{name: app}}]}}\nstatus: {{podIP: \"{ip}\"}}\n---\n"
+        )
+    };
+    let mut y = format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {NAMESPACE}
+  labels: {{istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: waypoint, namespace: {NAMESPACE}, labels: {{istio.io/waypoint-for: all}}}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: httpbin, namespace: {NAMESPACE}}}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {{app: httpbin}}
+  ports: [{{name: http, port: 8000, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: tcp-echo, namespace: {NAMESPACE}}}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {{app: tcp-echo}}
+  ports: [{{name: tcp, port: 9000, targetPort: 9000}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: legacy, namespace: {NAMESPACE}}}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {{app: legacy}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+"#
+    );
+    y.push_str(&pod("httpbin-1", "httpbin", "httpbin", block.ip(11), ""));
+    y.push_str(&pod("httpbin-2", "httpbin", "httpbin", block.ip(12), ""));
+    y.push_str(&pod("tcp-echo-1", "tcp-echo", "tcp-echo", block.ip(21), ""));
+    y.push_str(&pod(
+        "legacy-1",
+        "legacy",
+        "legacy",
+        block.ip(31),
+        ", istio.io/dataplane-mode: none",
+    ));
+    y
+}
+
+fn spiffe(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/{sa}")
+}
+
+impl Mesh {
+    pub async fn start(opts: MeshOptions) -> anyhow::Result<Mesh> {
+        let block = Block::allocate();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "waypoint-mesh-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pki = Pki::new(&dir.join("pki"), "demo mesh CA")?;
+        let config = dir.join("config");
+        std::fs::create_dir_all(&config)?;
+        std::fs::write(config.join("cluster.yaml"), cluster_yaml(&block))?;
+        std::fs::write(config.join("policies.yaml"), &opts.policies)?;
+
+        let waypoint_cert = pki.issue(&spiffe("waypoint"), "waypoint")?;
+        let sleep = pki.issue(&spiffe("sleep"), "sleep")?;
+        let curl = pki.issue(&spiffe("curl"), "curl")?;
+
+        let mut backends = Vec::new();
+        let mut inbound = Vec::new();
+        let httpbin_pods = vec![block.ip(11), block.ip(12)];
+        let httpbin_cert = pki.issue(&spiffe("httpbin"), "httpbin")?;
+        for (ip, name) in httpbin_pods.iter().zip(["httpbin-1", "httpbin-2"]) {
+            backends.push(backend::http(SocketAddr::new(*ip, 8080), name).await?);
+            inbound.push(ztunnel::inbound(SocketAddr::new(*ip, 15008), &pki, &httpbin_cert).await?);
+        }
+        let tcp_echo_pod = block.ip(21);
+        backends.push(backend::echo(SocketAddr::new(tcp_echo_pod, 9000)).await?);
+        let echo_cert = pki.issue(&spiffe("tcp-echo"), "tcp-echo")?;
+        inbound
+            .push(ztunnel::inbound(SocketAddr::new(tcp_echo_pod, 15008), &pki, &echo_cert).await?);
+        // Outside the mesh: no ztunnel, the waypoint must send plain TCP.
+        let legacy_pod = block.ip(31);
+        backends.push(backend::http(SocketAddr::new(legacy_pod, 8080), "legacy").await?);
+
+        let identity = IdentitySource::Files {
+            cert_chain: waypoint_cert.chain_path.clone(),
+            key: waypoint_cert.key_path.clone(),
+            trust_bundle: pki.root_path(),
+        };
+        let wp_ip = block.ip(1);
+        let mut run = RunOptions::new(config, identity);
+        run.hbone_addr = opts.waypoint_addr.unwrap_or(SocketAddr::new(wp_ip, 15008));
+        run.readiness_addr = SocketAddr::new(wp_ip, 0);
+        run.metrics_addr = SocketAddr::new(wp_ip, 0);
+        run.admin_addr = SocketAddr::new(wp_ip, 0);
+        run.server.drain_grace = opts.drain_grace;
+        run.poll_interval = Duration::from_millis(100);
+        let waypoint = waypoint::run::start(run).await?;
+        Ok(Mesh {
+            block,
+            dir,
+            pki,
+            waypoint: Some(waypoint),
+            waypoint_cert,
+            sleep,
+            curl,
+            httpbin_pods,
+            tcp_echo_pod,
+            legacy_pod,
+            inbound,
+            backends,
+        })
+    }
+
+    pub fn running(&self) -> &Running {
+        self.waypoint
+            .as_ref()
+            .expect("waypoint is running until shutdown")
+    }
+
+    pub fn waypoint_addr(&self) -> SocketAddr {
+        self.running().hbone_addr
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
+    pub fn client_config(&self, who: &WorkloadCert) -> Arc<rustls::ClientConfig> {
+        ztunnel::client_config(&self.pki, who).expect("client config from harness certificates")
+    }
+
+    /// An HBONE connection to the waypoint as `who`.
+    pub async fn hbone(&self, who: &WorkloadCert) -> anyhow::Result<HboneClient> {
+        HboneClient::connect(self.waypoint_addr(), self.client_config(who)).await
+    }
+
+    /// The `forwarded` header a source ztunnel sends for a client at `127.0.0.1:<port>`.
+    pub fn forwarded(client_port: u16) -> String {
+        format!("for=\"127.0.0.1:{client_port}\";host=httpbin.{NAMESPACE}.svc.cluster.local")
+    }
+
+    /// Replaces the policies file and waits until the waypoint applied a newer config.
+    pub async fn set_policies(&self, yaml: &str) -> anyhow::Result<()> {
+        let before = self.running().config.load().version;
+        let path = self.config_dir().join("policies.yaml");
+        // Write-and-rename, as a ConfigMap mount updates: never a half-written file.
+        let tmp = self.dir.join("policies.yaml.tmp");
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, &path)?;
+        self.wait_for_config(|v| v > before).await
+    }
+
+    /// Waits (bounded) until the config version satisfies `ok`, polling the snapshot the data
+    /// path reads (the reload itself is asynchronous and has no other signal).
+    pub async fn wait_for_config(&self, ok: impl Fn(u64) -> bool) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !ok(self.running().config.load().version) {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("config did not change within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Stops the waypoint gracefully.
+    pub async fn shutdown(&mut self) {
+        if let Some(w) = self.waypoint.take() {
+            w.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! A mesh CA and workload certificates written to a directory, as a Secret mount would hold them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use waypoint::tls::dev_ca::DevCa;
+
+/// A CA plus the directory its files go to.
+#[derive(Debug)]
+pub struct Pki {
+    pub ca: DevCa,
+    pub dir: PathBuf,
+}
+
+/// One workload's certificate, in memory and on disk.
+#[derive(Debug, Clone)]
+pub struct WorkloadCert {
+    pub spiffe_id: String,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+    pub chain_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path, name: &str) -> anyhow::Result<Pki> {
+        std::fs::create_dir_all(dir)?;
+        let ca = DevCa::new(name)?;
+        std::fs::write(dir.join("root-cert.pem"), ca.root_pem())?;
+        Ok(Pki {
+            ca,
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn root_path(&self) -> PathBuf {
+        self.dir.join("root-cert.pem")
+    }
+
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca.root_pem().as_bytes()).flatten() {
+            let _ = roots.add(c);
+        }
+        roots
+    }
+
+    /// Issues a day-long certificate for `spiffe_id`, saved as `<file_stem>.pem` / `-key.pem`.
+    pub fn issue(&self, spiffe_id: &str, file_stem: &str) -> anyhow::Result<WorkloadCert> {
+        let issued = self.ca.issue(spiffe_id, Duration::from_secs(24 * 3600))?;
+        let chain_path = self.dir.join(format!("{file_stem}.pem"));
+        let key_path = self.dir.join(format!("{file_stem}-key.pem"));
+        std::fs::write(&chain_path, &issued.chain_pem)?;
+        std::fs::write(&key_path, &issued.key_pem)?;
+        Ok(WorkloadCert {
+            spiffe_id: spiffe_id.to_owned(),
+            chain: CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()?,
+            key: Arc::new(PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?),
+            chain_path,
+            key_path,
+        })
+    }
+}

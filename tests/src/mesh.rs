@@ -37,8 +37,15 @@ pub struct MeshOptions {
     /// AuthorizationPolicy YAML, written to `policies.yaml` beside the generated cluster config.
     pub policies: String,
     pub drain_grace: Duration,
-    /// `[::]`-style fixed ports instead of per-block addresses (the demo uses fixed ones).
-    pub waypoint_addr: Option<SocketAddr>,
+    /// Run this waypoint binary as a child process instead of in-process (benchmarks read its
+    /// CPU and memory from /proc).
+    pub waypoint_bin: Option<PathBuf>,
+    /// Loopback block to use instead of a fresh one.
+    pub block: Option<Block>,
+    /// Start the demo apps on the pod IPs (off when nginx serves them).
+    pub apps: bool,
+    /// Where config and certificates go (kept); a temporary directory otherwise.
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for MeshOptions {
@@ -57,7 +64,10 @@ impl Default for MeshOptions {
         MeshOptions {
             policies,
             drain_grace: Duration::from_secs(5),
-            waypoint_addr: None,
+            waypoint_bin: None,
+            block: None,
+            apps: true,
+            dir: None,
         }
     }
 }
@@ -70,6 +80,9 @@ pub struct Mesh {
     pub dir: PathBuf,
     pub pki: Pki,
     pub waypoint: Option<Running>,
+    /// The waypoint process, when it runs as one.
+    pub child: Option<std::process::Child>,
+    pub waypoint_addr: SocketAddr,
     pub waypoint_cert: WorkloadCert,
     /// Client identities: `sleep` (allowed by the examples) and `curl`.
     pub sleep: WorkloadCert,
@@ -79,6 +92,7 @@ pub struct Mesh {
     pub legacy_pod: IpAddr,
     pub inbound: Vec<InboundShim>,
     backends: Vec<tokio::task::JoinHandle<()>>,
+    keep_dir: bool,
 }
 
 impl Drop for Mesh {
@@ -86,7 +100,13 @@ impl Drop for Mesh {
         for b in &self.backends {
             b.abort();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -151,19 +171,71 @@ spec:
     y
 }
 
+/// `waypoint run` as a child on `ip`: HBONE 15008, readiness 15021, metrics 15020, admin 15000.
+fn spawn_waypoint(
+    bin: &Path,
+    config: &Path,
+    cert: &WorkloadCert,
+    pki: &Pki,
+    ip: IpAddr,
+) -> anyhow::Result<std::process::Child> {
+    let addr = |port: u16| SocketAddr::new(ip, port).to_string();
+    let child = std::process::Command::new(bin)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--cert-chain")
+        .arg(&cert.chain_path)
+        .arg("--key")
+        .arg(&cert.key_path)
+        .arg("--trust-bundle")
+        .arg(pki.root_path())
+        .args(["--hbone-addr", &addr(15008)])
+        .args(["--readiness-addr", &addr(15021)])
+        .args(["--metrics-addr", &addr(15020)])
+        .args(["--admin-addr", &addr(15000)])
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .spawn()?;
+    Ok(child)
+}
+
+/// Polls the readiness endpoint (bounded): the waypoint's own readiness signal.
+async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await
+            && let Ok(Some(r)) =
+                crate::http1::request(&mut s, "GET", "/healthz/ready", &[], "").await
+            && r.status == 200
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "waypoint not ready within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn spiffe(sa: &str) -> String {
     format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/{sa}")
 }
 
 impl Mesh {
     pub async fn start(opts: MeshOptions) -> anyhow::Result<Mesh> {
-        let block = Block::allocate();
+        let block = opts.block.unwrap_or_else(Block::allocate);
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "waypoint-mesh-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
+        let dir = opts.dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "waypoint-mesh-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ))
+        });
         let _ = std::fs::remove_dir_all(&dir);
         let pki = Pki::new(&dir.join("pki"), "demo mesh CA")?;
         let config = dir.join("config");
@@ -180,7 +252,9 @@ impl Mesh {
         let httpbin_pods = vec![block.ip(11), block.ip(12)];
         let httpbin_cert = pki.issue(&spiffe("httpbin"), "httpbin")?;
         for (ip, name) in httpbin_pods.iter().zip(["httpbin-1", "httpbin-2"]) {
-            backends.push(backend::http(SocketAddr::new(*ip, 8080), name).await?);
+            if opts.apps {
+                backends.push(backend::http(SocketAddr::new(*ip, 8080), name).await?);
+            }
             inbound.push(ztunnel::inbound(SocketAddr::new(*ip, 15008), &pki, &httpbin_cert).await?);
         }
         let tcp_echo_pod = block.ip(21);
@@ -198,8 +272,30 @@ impl Mesh {
             trust_bundle: pki.root_path(),
         };
         let wp_ip = block.ip(1);
+        if let Some(bin) = &opts.waypoint_bin {
+            let child = spawn_waypoint(bin, &config, &waypoint_cert, &pki, wp_ip)?;
+            let waypoint_addr = SocketAddr::new(wp_ip, 15008);
+            wait_ready(SocketAddr::new(wp_ip, 15021)).await?;
+            return Ok(Mesh {
+                block,
+                dir,
+                pki,
+                waypoint: None,
+                child: Some(child),
+                waypoint_addr,
+                waypoint_cert,
+                sleep,
+                curl,
+                httpbin_pods,
+                tcp_echo_pod,
+                legacy_pod,
+                inbound,
+                backends,
+                keep_dir: opts.dir.is_some(),
+            });
+        }
         let mut run = RunOptions::new(config, identity);
-        run.hbone_addr = opts.waypoint_addr.unwrap_or(SocketAddr::new(wp_ip, 15008));
+        run.hbone_addr = SocketAddr::new(wp_ip, 15008);
         run.readiness_addr = SocketAddr::new(wp_ip, 0);
         run.metrics_addr = SocketAddr::new(wp_ip, 0);
         run.admin_addr = SocketAddr::new(wp_ip, 0);
@@ -210,6 +306,8 @@ impl Mesh {
             block,
             dir,
             pki,
+            child: None,
+            waypoint_addr: waypoint.hbone_addr,
             waypoint: Some(waypoint),
             waypoint_cert,
             sleep,
@@ -219,6 +317,7 @@ impl Mesh {
             legacy_pod,
             inbound,
             backends,
+            keep_dir: opts.dir.is_some(),
         })
     }
 
@@ -229,7 +328,7 @@ impl Mesh {
     }
 
     pub fn waypoint_addr(&self) -> SocketAddr {
-        self.running().hbone_addr
+        self.waypoint_addr
     }
 
     pub fn config_dir(&self) -> PathBuf {

@@ -23,6 +23,11 @@ impl Block {
         }
     }
 
+    /// `127.a.b.0/24`, for runs that configure other programs (nginx) with these addresses.
+    pub fn fixed(a: u8, b: u8) -> Block {
+        Block { a, b }
+    }
+
     pub fn ip(&self, host: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(127, self.a, self.b, host))
     }

@@ -40,6 +40,30 @@ pub fn client_config(pki: &Pki, cert: &WorkloadCert) -> anyhow::Result<Arc<rustl
     Ok(Arc::new(c))
 }
 
+/// Like [`client_config`], from PEM files (a root bundle, a chain and its key).
+pub fn client_config_files(
+    root: &std::path::Path,
+    chain: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(root)? {
+        roots.add(c?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(chain)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let verifier = MeshServerVerifier::new(Arc::new(roots))?;
+    let mut c = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain, key)?;
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(c))
+}
+
 /// One HBONE connection.
 #[derive(Debug, Clone)]
 pub struct HboneClient {

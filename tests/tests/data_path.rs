@@ -48,6 +48,16 @@ spec:
   rules: [{from: [{source: {principals: [cluster.local/ns/ambient-demo/sa/sleep]}}]}]
 "#;
 
+/// Waits (bounded) for a condition that follows a response: Pingora counts a request in its
+/// `logging` hook, after the response went out.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn opts(policies: &str) -> MeshOptions {
     MeshOptions {
         policies: policies.to_owned(),
@@ -131,8 +141,10 @@ async fn allow_deny_and_what_reaches_the_app() {
         );
 
         let m = &mesh.running().metrics;
-        assert_eq!(m.requests(true, 200), 2);
-        assert_eq!(m.requests(false, 403), 2);
+        eventually("2 allowed and 2 denied requests counted", || {
+            m.requests(true, 200) == 2 && m.requests(false, 403) == 2
+        })
+        .await;
     })
     .await
     .unwrap();
@@ -411,7 +423,7 @@ async fn a_thousand_concurrent_streams_on_one_connection() {
             assert_eq!(t.await.unwrap(), (200, true));
         }
         let m = &mesh.running().metrics;
-        assert_eq!(m.requests(true, 200), 1000);
+        eventually("1000 requests counted", || m.requests(true, 200) == 1000).await;
         // Upstream: many CONNECT streams share few connections (<= 100 streams each).
         let conns: u64 = mesh
             .inbound
@@ -518,6 +530,8 @@ async fn admin_endpoints() {
         let c = mesh.hbone(&mesh.sleep).await.unwrap();
         let mut s = tunnel(&c, HTTPBIN_VIP).await;
         assert_eq!(get(&mut s, "GET", "/").await.status, 200);
+        let m = &mesh.running().metrics;
+        eventually("the request is counted", || m.requests(true, 200) == 1).await;
         let fetch = |addr, path: &'static str| async move {
             let mut t = tokio::net::TcpStream::connect(addr).await.unwrap();
             http1::request(&mut t, "GET", path, &[], "")
@@ -553,6 +567,47 @@ async fn admin_endpoints() {
             3
         );
         assert_eq!(dump["policies"].as_array().unwrap().len(), 4);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_files_are_reloaded_and_bad_ones_ignored() {
+    tokio::time::timeout(LIMIT, async {
+        let mesh = Mesh::start(opts(ALLOW_SLEEP_AT_GATEWAY)).await.unwrap();
+        let old = mesh.hbone(&mesh.sleep).await.unwrap();
+        let mut old_tunnel = tunnel(&old, HTTPBIN_VIP).await;
+        // Rotate: same CA, new key and certificate (a new SPIFFE ID makes the change visible).
+        let rotated = "spiffe://cluster.local/ns/ambient-demo/sa/waypoint-rotated";
+        let fresh = mesh.pki.issue(rotated, "fresh").unwrap();
+        std::fs::copy(&fresh.key_path, &mesh.waypoint_cert.key_path).unwrap();
+        std::fs::copy(&fresh.chain_path, &mesh.waypoint_cert.chain_path).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = mesh.hbone(&mesh.sleep).await.unwrap();
+            if c.server_id.as_deref() == Some(rotated) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "new identity not picked up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The connection made before the rotation keeps working.
+        assert_eq!(get(&mut old_tunnel, "GET", "/").await.status, 200);
+        // A broken key is rejected; the current identity stays.
+        std::fs::write(&mesh.waypoint_cert.key_path, "not a key").unwrap();
+        let identity = &mesh.running().identity;
+        let before = identity.current();
+        identity.reload();
+        assert!(
+            Arc::ptr_eq(&before, &identity.current()),
+            "a failed reload keeps the identity"
+        );
+        let c = mesh.hbone(&mesh.sleep).await.unwrap();
+        assert_eq!(c.server_id.as_deref(), Some(rotated));
     })
     .await
     .unwrap();

@@ -7,14 +7,38 @@
 //! * `127.0.0.1:15102`: workload `curl`  -> httpbin (denied: not an allowed principal)
 //! * `127.0.0.1:15103`: workload `sleep` -> tcp-echo (denied at L4 by the default-deny policy)
 //!
-//! It checks those three outcomes itself, prints them, and serves until Ctrl-C.
+//! It checks those three outcomes itself, prints them, and serves until Ctrl-C (or SIGTERM).
+//! `benches/load.sh` runs it with the waypoint as a separate process and nginx as the app.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use waypoint_tests::mesh::{HTTPBIN_VIP, Mesh, MeshOptions, TCP_ECHO_VIP};
+use waypoint_tests::net::Block;
 use waypoint_tests::ztunnel;
+
+#[derive(Parser, Debug)]
+#[command(about = "The waypoint inside a local demo mesh")]
+struct Args {
+    /// Run this `waypoint` binary as a child process instead of in-process.
+    #[arg(long)]
+    waypoint_bin: Option<PathBuf>,
+    /// Use loopback block 127.A.B.0/24 (`A.B`); pods are .11/.12 (httpbin), .21, .31.
+    #[arg(long)]
+    block: Option<String>,
+    /// Do not start the httpbin apps (something else listens on the pod IPs, port 8080).
+    #[arg(long)]
+    no_apps: bool,
+    /// Write config and certificates here and keep them.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Policies to use instead of examples/policies (a YAML file).
+    #[arg(long)]
+    policies: Option<PathBuf>,
+}
 
 const SLEEP_PORT: u16 = 15101;
 const CURL_PORT: u16 = 15102;
@@ -55,7 +79,22 @@ async fn get(addr: SocketAddr, method: &str) -> anyhow::Result<String> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let mesh = Mesh::start(MeshOptions::default()).await?;
+    let args = Args::parse();
+    let mut opts = MeshOptions::default();
+    opts.waypoint_bin = args.waypoint_bin;
+    opts.apps = !args.no_apps;
+    opts.dir = args.dir;
+    if let Some(p) = &args.policies {
+        opts.policies = std::fs::read_to_string(p)?;
+    }
+    if let Some(b) = &args.block {
+        let (a, b) = b
+            .split_once('.')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("--block wants A.B, got {b:?}"))?;
+        opts.block = Some(Block::fixed(a, b));
+    }
+    let mesh = Mesh::start(opts).await?;
     let wp = mesh.waypoint_addr();
     let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let shim = |port, who, target: &str| {
@@ -108,7 +147,11 @@ async fn run() -> anyhow::Result<()> {
     eprintln!("  curl -s http://127.0.0.1:{CURL_PORT}/get              # 403: curl is not allowed");
     eprintln!("  oha -z 10s http://127.0.0.1:{SLEEP_PORT}/get");
     eprintln!("\nCtrl-C to stop.");
-    tokio::signal::ctrl_c().await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     let mut mesh = mesh;
     mesh.shutdown().await;
     Ok(())

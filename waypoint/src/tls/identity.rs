@@ -258,3 +258,66 @@ fn build(m: Material) -> Result<TlsConfigs, IdentityError> {
         expires_in,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path, chain: &str, key: &str, roots: &str) -> IdentitySource {
+        std::fs::create_dir_all(dir).unwrap();
+        let p = |n: &str, t: &str| {
+            let p = dir.join(n);
+            std::fs::write(&p, t).unwrap();
+            p
+        };
+        IdentitySource::Files {
+            cert_chain: p("chain.pem", chain),
+            key: p("key.pem", key),
+            trust_bundle: p("roots.pem", roots),
+        }
+    }
+
+    #[test]
+    fn bad_material_is_named() {
+        let dir = std::env::temp_dir().join(format!("waypoint-identity-{}", std::process::id()));
+        let ca = DevCa::new("t").unwrap();
+        let good = ca
+            .issue("spiffe://td/ns/a/sa/b", Duration::from_secs(3600))
+            .unwrap();
+        let ok =
+            Identity::load(files(&dir, &good.chain_pem, &good.key_pem, ca.root_pem())).unwrap();
+        assert_eq!(ok.current().spiffe_id, "spiffe://td/ns/a/sa/b");
+        assert!(ok.current().expires_in.unwrap() > 3000);
+
+        let e = Identity::load(files(&dir, &good.chain_pem, "", ca.root_pem())).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                IdentityError::Empty {
+                    what: "private key",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = Identity::load(files(&dir, "garbage", &good.key_pem, ca.root_pem())).unwrap_err();
+        assert!(e.to_string().contains("chain.pem"), "{e}");
+        let other = ca
+            .issue("spiffe://td/ns/a/sa/c", Duration::from_secs(3600))
+            .unwrap();
+        let e = Identity::load(files(&dir, &good.chain_pem, &other.key_pem, ca.root_pem()))
+            .unwrap_err();
+        assert!(
+            matches!(e, IdentityError::Tls(_)),
+            "a key that does not match: {e}"
+        );
+        let e = Identity::load(IdentitySource::Files {
+            cert_chain: dir.join("missing.pem"),
+            key: dir.join("key.pem"),
+            trust_bundle: dir.join("roots.pem"),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

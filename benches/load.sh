@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Load benchmark: direct -> nginx proxy -> waypoint, back to back in every repetition, as
+# shared/reference/performance.md prescribes. Needs nginx, oha (cargo install oha --locked) and
+# taskset; prints ratios, CPU us per request, latency deltas at a fixed rate, upstream reuse and
+# memory. Settings: REPS (3), DURATION seconds (10), CONNS (16), RATE (1000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for tool in nginx oha taskset python3; do
+  command -v "$tool" >/dev/null || { echo "load.sh: $tool is missing" >&2; exit 2; }
+done
+cargo build --release --locked -p waypoint -p waypoint-tests --bins
+target="${CARGO_TARGET_DIR:-target}/release"
+ulimit -n 65536 2>/dev/null || ulimit -n 4096
+exec python3 benches/load.py "$target"

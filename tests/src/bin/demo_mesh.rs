@@ -80,10 +80,12 @@ async fn get(addr: SocketAddr, method: &str) -> anyhow::Result<String> {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut opts = MeshOptions::default();
-    opts.waypoint_bin = args.waypoint_bin;
-    opts.apps = !args.no_apps;
-    opts.dir = args.dir;
+    let mut opts = MeshOptions {
+        waypoint_bin: args.waypoint_bin,
+        apps: !args.no_apps,
+        dir: args.dir,
+        ..MeshOptions::default()
+    };
     if let Some(p) = &args.policies {
         opts.policies = std::fs::read_to_string(p)?;
     }

@@ -66,24 +66,6 @@ pub struct Snapshot {
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
 
 impl Snapshot {
-    /// An empty snapshot: no destinations, so every tunnel is refused until config arrives.
-    pub fn empty(settings: &MeshSettings) -> Snapshot {
-        let gateway = settings
-            .gateway
-            .clone()
-            .unwrap_or_else(|| ObjectKey::new("", ""));
-        let store = Store::default();
-        let waypoint = WaypointIdentity::from_store(&store, gateway, &settings.root_namespace);
-        Snapshot {
-            version: 0,
-            authorizer: authorizer_for(&store, &waypoint),
-            waypoint,
-            destinations: Destinations::default(),
-            path_normalization: settings.path_normalization,
-            store,
-        }
-    }
-
     /// Compiles `store`. Policies that fail Istio's validation make the whole config invalid, as
     /// the admission webhook would have refused them.
     pub fn compile(store: Store, settings: &MeshSettings) -> Result<Snapshot, ConfigError> {

@@ -68,6 +68,7 @@ pub fn client_config_files(
 #[derive(Debug, Clone)]
 pub struct HboneClient {
     send: h2::client::SendRequest<Bytes>,
+    ping: Arc<tokio::sync::Mutex<Option<h2::PingPong>>>,
     /// The server's SPIFFE ID.
     pub server_id: Option<String>,
 }
@@ -105,10 +106,27 @@ impl HboneClient {
             .max_header_list_size(16 * 1024)
             .handshake::<_, Bytes>(tls)
             .await?;
+        let mut conn = conn;
+        let ping = Arc::new(tokio::sync::Mutex::new(conn.ping_pong()));
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(HboneClient { send, server_id })
+        Ok(HboneClient {
+            send,
+            ping,
+            server_id,
+        })
+    }
+
+    /// Sends a PING and waits for its PONG (what ztunnel does every 10 s).
+    pub async fn ping(&self) -> anyhow::Result<std::time::Duration> {
+        let mut guard = self.ping.lock().await;
+        let pp = guard
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("ping handle already taken"))?;
+        let start = std::time::Instant::now();
+        pp.ping(h2::Ping::opaque()).await?;
+        Ok(start.elapsed())
     }
 
     /// Sends `CONNECT authority` with `headers`.
@@ -253,6 +271,8 @@ async fn serve_inbound(
                 let _ = respond.send_response(status(StatusCode::SERVICE_UNAVAILABLE), true);
                 return;
             };
+            // As ztunnel does: a response relayed in several writes must not wait for ACKs.
+            let _ = app.set_nodelay(true);
             let Ok(send) = respond.send_response(Response::new(()), false) else {
                 return;
             };
@@ -291,6 +311,7 @@ pub async fn outbound(
     let traces = Arc::new(AtomicU64::new(1));
     let task = tokio::spawn(async move {
         while let Ok((mut app, _)) = listener.accept().await {
+            let _ = app.set_nodelay(true);
             let config = config.clone();
             let pool = client_conn.clone();
             let n = traces.fetch_add(1, Ordering::Relaxed);

@@ -507,6 +507,9 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
             assert!(tokio::time::Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // PINGs are answered while a stream is busy (ztunnel drops a connection after 20 s).
+        let rtt = tokio::time::timeout(Duration::from_secs(2), c.ping()).await.unwrap().unwrap();
+        assert!(rtt < Duration::from_secs(2));
         let addr = mesh.waypoint_addr();
         mesh.shutdown().await;
         let r = in_flight.await.unwrap();

@@ -112,12 +112,18 @@ async fn run() -> anyhow::Result<()> {
     let _sleep = shim(SLEEP_PORT, &mesh.sleep, HTTPBIN_VIP).await?;
     let _curl = shim(CURL_PORT, &mesh.curl, HTTPBIN_VIP).await?;
     let _tcp = shim(SLEEP_TCP_PORT, &mesh.sleep, TCP_ECHO_VIP).await?;
-    let running = mesh.running();
-
-    eprintln!(
-        "\nwaypoint: HBONE {wp}, metrics http://{}/metrics, config dump http://{}/config_dump",
-        running.metrics_addr, running.admin_addr
-    );
+    match &mesh.waypoint {
+        Some(running) => eprintln!(
+            "\nwaypoint: HBONE {wp}, metrics http://{}/metrics, config dump http://{}/config_dump",
+            running.metrics_addr, running.admin_addr
+        ),
+        None => eprintln!(
+            "\nwaypoint: process {}, HBONE {wp}, metrics http://{}:15020/metrics, config dump http://{}:15000/config_dump",
+            mesh.child.as_ref().map_or(0, std::process::Child::id),
+            wp.ip(),
+            wp.ip()
+        ),
+    }
     eprintln!(
         "config:   {} (edit policies.yaml there; changes apply live)\n",
         mesh.config_dir().display()

@@ -45,11 +45,16 @@ def rss_kib(pid):
     return 0
 
 
-def busy_ticks():
-    with open("/proc/stat") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + parts[4]
-    return sum(parts[:8]) - idle
+def all_ticks():
+    """CPU ticks of every process on the machine, by pid."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                out[int(d)] = ticks(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
 
 
 def children(pid):
@@ -97,17 +102,19 @@ def oha(url, rate=None):
 
 def measured(url, sut, others, rate=None):
     """Runs oha against url; returns its figures plus the SUT's CPU and the foreign CPU share."""
-    procs = sut + others
-    t0 = {p: ticks(p) for p in procs}
-    b0 = busy_ticks()
+    procs = set(sut + others + [os.getpid()])
+    t0 = all_ticks()
     r = oha(url, rate)
-    b1 = busy_ticks()
-    used = {p: ticks(p) - t0[p] for p in procs}
-    sut_ticks = sum(used[p] for p in sut)
-    known = sum(used.values()) + r["loadgen_ticks"]
+    t1 = all_ticks()
+    used = {p: t1[p] - t0.get(p, 0) for p in t1}
+    sut_ticks = sum(used.get(p, 0) for p in sut)
+    # Foreign: every process that is not part of the benchmark (oha has exited by now, so it
+    # is not in t1; its own CPU came from rusage). Kernel time spent on our loopback traffic is
+    # attributed to our processes or to no process, so it does not count as foreign.
+    foreign = sum(v for p, v in used.items() if p not in procs and p in t0)
     capacity = DURATION * HZ * os.cpu_count()
     r["sut_us_per_req"] = sut_ticks / HZ * 1e6 / max(r["done"], 1)
-    r["foreign"] = max(0.0, (b1 - b0 - known) / capacity)
+    r["foreign"] = foreign / capacity
     return r
 
 

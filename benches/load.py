@@ -19,7 +19,8 @@ import tempfile
 import time
 import urllib.request
 
-TARGET = sys.argv[1]
+TARGET = sys.argv[1]  # the harness binaries (demo-mesh, hbone-idle)
+WAYPOINT = sys.argv[2] if len(sys.argv) > 2 else f"{TARGET}/waypoint"  # the system under test
 REPS = int(os.environ.get("REPS", "3"))
 DURATION = int(os.environ.get("DURATION", "10"))
 CONNS = int(os.environ.get("CONNS", "16"))
@@ -147,7 +148,7 @@ def main():
     )
     log = os.path.join(OUT, "mesh.log")
     mesh = subprocess.Popen(
-        ["taskset", "-c", "0", f"{TARGET}/demo-mesh", "--waypoint-bin", f"{TARGET}/waypoint",
+        ["taskset", "-c", "0", f"{TARGET}/demo-mesh", "--waypoint-bin", WAYPOINT,
          "--block", "77.77", "--no-apps", "--dir", os.path.join(OUT, "mesh"),
          "--policies", "benches/allow-one.yaml"],
         stdout=open(log, "w"), stderr=subprocess.STDOUT,
@@ -229,8 +230,8 @@ def run(origin_workers, proxy_workers, shims, wp):
           f"(target +100 / +200; includes both ztunnel shims)")
     print(f"upstream HTTP connection reuse: {100 * med(lambda r: r['reuse']):.3f}% (target >= 99.9%)")
     print(f"failed requests: {sum(r['failed'] for r in rows)}")
-    print(f"idle RSS, empty config: {idle_rss / 1024:.1f} MiB (target <= 10 MB)")
-    print(f"memory per 1000 idle HBONE connections: {per_1000 / 1024:.1f} MiB (target <= 25 MB)")
+    print(f"idle RSS, empty config: {idle_rss / 1024:.1f} MiB = {idle_rss * 1.024 / 1000:.1f} MB (target <= 10 MB)")
+    print(f"memory per 1000 idle HBONE connections: {per_1000 / 1024:.1f} MiB = {per_1000 * 1.024 / 1000:.1f} MB (target <= 25 MB)")
 
 
 def idle_waypoint_rss():
@@ -243,7 +244,7 @@ def idle_waypoint_rss():
                 "spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n")
     ip = "127.77.78.1"
     p = subprocess.Popen(
-        [f"{TARGET}/waypoint", "run", "--config", d, "--dev-ca", "--hbone-addr", f"{ip}:15008",
+        [WAYPOINT, "run", "--config", d, "--dev-ca", "--hbone-addr", f"{ip}:15008",
          "--readiness-addr", f"{ip}:15021", "--metrics-addr", f"{ip}:15020", "--admin-addr", f"{ip}:15000"],
         stderr=subprocess.DEVNULL,
     )

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 for tool in nginx oha taskset python3; do
   command -v "$tool" >/dev/null || { echo "load.sh: $tool is missing" >&2; exit 2; }
 done
-cargo build --release --locked -p waypoint -p waypoint-tests --bins
-target="${CARGO_TARGET_DIR:-target}/release"
-ulimit -n 65536 2>/dev/null || ulimit -n 4096
-exec python3 benches/load.py "$target"
+# The system under test is built as it ships (profile dist); the harness needs no LTO.
+cargo build --profile dist --locked -p waypoint --bin waypoint
+cargo build --release --locked -p waypoint-tests --bins
+target="${CARGO_TARGET_DIR:-target}"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+exec python3 benches/load.py "$target/release" "$target/dist/waypoint"

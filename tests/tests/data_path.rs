@@ -295,7 +295,8 @@ async fn untrusted_client_certificate_is_rejected() {
         }
         .await;
         assert!(outcome.is_err(), "{outcome:?}");
-        assert_eq!(mesh.running().metrics.hbone_handshake_failures.get(), 1);
+        let m = &mesh.running().metrics;
+        eventually("the failed handshake is counted", || m.hbone_handshake_failures.get() == 1).await;
         // The listener is unharmed.
         let c = mesh.hbone(&mesh.sleep).await.unwrap();
         let mut s = tunnel(&c, HTTPBIN_VIP).await;

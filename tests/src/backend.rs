@@ -94,3 +94,29 @@ pub async fn echo(addr: SocketAddr) -> std::io::Result<JoinHandle<()>> {
         }
     }))
 }
+
+/// Starts an HTTP/2 prior-knowledge (h2c) server on `addr`, like a gRPC app: every request gets
+/// `200` with body `name h2c <method> <path>`.
+pub async fn h2c(addr: SocketAddr, name: &'static str) -> std::io::Result<JoinHandle<()>> {
+    let l = TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let body = format!("{name} h2c {} {}\n", req.method(), req.uri().path());
+                    let resp = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "text/plain")
+                        .body(())
+                        .unwrap_or_default();
+                    if let Ok(mut send) = respond.send_response(resp, false) {
+                        let _ = send.send_data(bytes::Bytes::from(body), true);
+                    }
+                }
+            });
+        }
+    }))
+}

@@ -24,6 +24,8 @@ pub const NAMESPACE: &str = "ambient-demo";
 pub const HTTPBIN_VIP: &str = "10.96.0.10:8000";
 pub const TCP_ECHO_VIP: &str = "10.96.0.20:9000";
 pub const LEGACY_VIP: &str = "10.96.0.30:80";
+/// A gRPC-style service (`appProtocol: grpc`): h2c inside the tunnel.
+pub const GRPC_VIP: &str = "10.96.0.40:50051";
 /// A service VIP nobody defined.
 pub const UNKNOWN_VIP: &str = "10.96.9.9:80";
 /// The example policies shipped in `examples/policies`.
@@ -156,11 +158,20 @@ spec:
   selector: {{app: legacy}}
   ports: [{{name: http, port: 80, targetPort: 8080}}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {{name: grpc, namespace: {NAMESPACE}}}
+spec:
+  clusterIP: 10.96.0.40
+  selector: {{app: grpc}}
+  ports: [{{name: api, port: 50051, targetPort: 50051, appProtocol: grpc}}]
+---
 "#
     );
     y.push_str(&pod("httpbin-1", "httpbin", "httpbin", block.ip(11), ""));
     y.push_str(&pod("httpbin-2", "httpbin", "httpbin", block.ip(12), ""));
     y.push_str(&pod("tcp-echo-1", "tcp-echo", "tcp-echo", block.ip(21), ""));
+    y.push_str(&pod("grpc-1", "grpc", "grpc", block.ip(41), ""));
     y.push_str(&pod(
         "legacy-1",
         "legacy",
@@ -262,6 +273,12 @@ impl Mesh {
         let echo_cert = pki.issue(&spiffe("tcp-echo"), "tcp-echo")?;
         inbound
             .push(ztunnel::inbound(SocketAddr::new(tcp_echo_pod, 15008), &pki, &echo_cert).await?);
+        let grpc_pod = block.ip(41);
+        if opts.apps {
+            backends.push(backend::h2c(SocketAddr::new(grpc_pod, 50051), "grpc-1").await?);
+        }
+        let grpc_cert = pki.issue(&spiffe("grpc"), "grpc")?;
+        inbound.push(ztunnel::inbound(SocketAddr::new(grpc_pod, 15008), &pki, &grpc_cert).await?);
         // Outside the mesh: no ztunnel, the waypoint must send plain TCP.
         let legacy_pod = block.ip(31);
         backends.push(backend::http(SocketAddr::new(legacy_pod, 8080), "legacy").await?);

@@ -9,7 +9,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use waypoint::hbone::stream::H2Stream;
 use waypoint_tests::http1;
-use waypoint_tests::mesh::{HTTPBIN_VIP, LEGACY_VIP, Mesh, MeshOptions, TCP_ECHO_VIP, UNKNOWN_VIP};
+use waypoint_tests::mesh::{
+    GRPC_VIP, HTTPBIN_VIP, LEGACY_VIP, Mesh, MeshOptions, TCP_ECHO_VIP, UNKNOWN_VIP,
+};
 use waypoint_tests::pki::Pki;
 use waypoint_tests::ztunnel::HboneClient;
 
@@ -296,7 +298,10 @@ async fn untrusted_client_certificate_is_rejected() {
         .await;
         assert!(outcome.is_err(), "{outcome:?}");
         let m = &mesh.running().metrics;
-        eventually("the failed handshake is counted", || m.hbone_handshake_failures.get() == 1).await;
+        eventually("the failed handshake is counted", || {
+            m.hbone_handshake_failures.get() == 1
+        })
+        .await;
         // The listener is unharmed.
         let c = mesh.hbone(&mesh.sleep).await.unwrap();
         let mut s = tunnel(&c, HTTPBIN_VIP).await;
@@ -509,7 +514,10 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // PINGs are answered while a stream is busy (ztunnel drops a connection after 20 s).
-        let rtt = tokio::time::timeout(Duration::from_secs(2), c.ping()).await.unwrap().unwrap();
+        let rtt = tokio::time::timeout(Duration::from_secs(2), c.ping())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(rtt < Duration::from_secs(2));
         let addr = mesh.waypoint_addr();
         mesh.shutdown().await;
@@ -568,7 +576,7 @@ async fn admin_endpoints() {
         assert_eq!(dump["waypoint"], "ambient-demo/waypoint");
         assert_eq!(
             dump["destinations"]["services"].as_array().unwrap().len(),
-            3
+            4
         );
         assert_eq!(dump["policies"].as_array().unwrap().len(), 4);
     })
@@ -612,6 +620,51 @@ async fn identity_files_are_reloaded_and_bad_ones_ignored() {
         );
         let c = mesh.hbone(&mesh.sleep).await.unwrap();
         assert_eq!(c.server_id.as_deref(), Some(rotated));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_inside_the_tunnel_is_decided_per_request() {
+    tokio::time::timeout(LIMIT, async {
+        // sleep may call anything but /admin.*; everything else is denied.
+        let policies = format!("{ALLOW_SLEEP_AT_GATEWAY}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-admin, namespace: ambient-demo}}\nspec:\n  action: DENY\n  targetRefs: [{{kind: Service, group: \"\", name: grpc}}]\n  rules: [{{to: [{{operation: {{paths: [\"/admin.*\"]}}}}]}}]\n");
+        let mesh = Mesh::start(opts(&policies)).await.unwrap();
+        let c = mesh.hbone(&mesh.sleep).await.unwrap();
+        let s = tunnel(&c, GRPC_VIP).await;
+        // HTTP/2 with prior knowledge over the tunnel, as a gRPC client sends it.
+        let (send, conn) = h2::client::handshake(s).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let call = |path: &'static str| {
+            let send = send.clone();
+            async move {
+                let mut send = send.ready().await.unwrap();
+                let req = http::Request::builder()
+                    .method("POST")
+                    .uri(format!("http://grpc{path}"))
+                    .body(())
+                    .unwrap();
+                let (resp, _) = send.send_request(req, true).unwrap();
+                let resp = resp.await.unwrap();
+                let status = resp.status().as_u16();
+                let mut body = resp.into_body();
+                let mut text = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    text.extend_from_slice(&chunk.unwrap());
+                }
+                (status, String::from_utf8_lossy(&text).into_owned())
+            }
+        };
+        let (status, body) = call("/echo.Echo/Say").await;
+        assert_eq!(status, 200);
+        assert_eq!(body, "grpc-1 h2c POST /echo.Echo/Say\n");
+        let (status, body) = call("/admin.Admin/Shutdown").await;
+        assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+        // The connection carries on after a denial.
+        assert_eq!(call("/echo.Echo/Again").await.0, 200);
     })
     .await
     .unwrap();

@@ -669,3 +669,38 @@ async fn h2c_inside_the_tunnel_is_decided_per_request() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_is_skipped() {
+    tokio::time::timeout(LIMIT, async {
+        let mesh = Mesh::start(opts(ALLOW_SLEEP_AT_GATEWAY)).await.unwrap();
+        // A third httpbin pod whose node is gone: nothing listens on its IP.
+        let cluster = mesh.config_dir().join("cluster.yaml");
+        let dead = mesh.block.ip(13);
+        let mut text = std::fs::read_to_string(&cluster).unwrap();
+        text.push_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: httpbin-3, namespace: ambient-demo, labels: {{app: httpbin}}}}\nspec: {{serviceAccountName: httpbin, containers: [{{name: app}}]}}\nstatus: {{podIP: \"{dead}\"}}\n"
+        ));
+        let before = mesh.running().config.load().version;
+        std::fs::write(&cluster, text).unwrap();
+        mesh.wait_for_config(|v| v > before).await.unwrap();
+        let c = mesh.hbone(&mesh.sleep).await.unwrap();
+        // Fresh tunnels, so each request picks an endpoint anew; round-robin reaches the dead
+        // one within a few requests (the counter is shared with other tests, hence the bound).
+        let m = &mesh.running().metrics;
+        let mut n = 0;
+        while m.upstream_connect_failures.get() == 0 {
+            assert!(n < 30, "the dead endpoint was never tried");
+            n += 1;
+            let mut s = tunnel(&c, HTTPBIN_VIP).await;
+            let r = get(&mut s, "GET", "/").await;
+            assert_eq!(r.status, 200, "the dead endpoint is skipped: {}", r.body);
+        }
+        for _ in 0..3 {
+            let mut s = tunnel(&c, HTTPBIN_VIP).await;
+            assert_eq!(get(&mut s, "GET", "/").await.status, 200);
+        }
+    })
+    .await
+    .unwrap();
+}

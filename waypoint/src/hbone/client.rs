@@ -49,6 +49,8 @@ pub enum TunnelError {
     },
     #[error("refusing to tunnel to ztunnel's own port {0}")]
     ReservedPort(SocketAddr),
+    #[error("cannot express {0} as a CONNECT authority")]
+    BadTarget(SocketAddr),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -147,7 +149,7 @@ impl Connector {
         }
         let req = req
             .body(())
-            .map_err(|_| TunnelError::ReservedPort(target))?;
+            .map_err(|_| TunnelError::BadTarget(target))?;
         let h2err = |source| TunnelError::H2 { addr, source };
         let mut send = conn.send.clone().ready().await.map_err(h2err)?;
         let (resp, stream) = send.send_request(req, false).map_err(h2err)?;

@@ -147,9 +147,7 @@ impl Connector {
         if let Some(tp) = traceparent {
             req = req.header("traceparent", tp);
         }
-        let req = req
-            .body(())
-            .map_err(|_| TunnelError::BadTarget(target))?;
+        let req = req.body(()).map_err(|_| TunnelError::BadTarget(target))?;
         let h2err = |source| TunnelError::H2 { addr, source };
         let mut send = conn.send.clone().ready().await.map_err(h2err)?;
         let (resp, stream) = send.send_request(req, false).map_err(h2err)?;

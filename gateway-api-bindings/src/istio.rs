@@ -33,7 +33,8 @@ pub struct PolicyTargetReference {
     group = "security.istio.io",
     version = "v1",
     kind = "AuthorizationPolicy",
-    namespaced
+    namespaced,
+    status = "IstioStatus"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
@@ -124,7 +125,8 @@ pub struct Condition {
     group = "security.istio.io",
     version = "v1",
     kind = "RequestAuthentication",
-    namespaced
+    namespaced,
+    status = "IstioStatus"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestAuthenticationSpec {
@@ -189,7 +191,8 @@ pub struct ClaimToHeader {
     group = "networking.istio.io",
     version = "v1",
     kind = "ServiceEntry",
-    namespaced
+    namespaced,
+    status = "ServiceEntryStatus"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceEntrySpec {
@@ -199,6 +202,21 @@ pub struct ServiceEntrySpec {
     pub addresses: Vec<String>,
     #[serde(default)]
     pub ports: Vec<ServiceEntryPort>,
+    /// Inline endpoints, shaped like WorkloadEntry specs.
+    #[serde(default)]
+    pub endpoints: Vec<WorkloadEntrySpec>,
+    /// Selects Pods and WorkloadEntries in the ServiceEntry's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub resolution: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -211,4 +229,67 @@ pub struct ServiceEntryPort {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_port: Option<u32>,
+}
+
+/// Istio writes the addresses it allocated for host-only ServiceEntries here.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntryStatus {
+    #[serde(default)]
+    pub addresses: Vec<AllocatedAddress>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocatedAddress {
+    #[serde(default)]
+    pub value: String,
+}
+
+/// `networking.istio.io` WorkloadEntry: a non-Kubernetes workload (a VM, an external host).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "WorkloadEntry",
+    namespaced
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadEntrySpec {
+    #[serde(default)]
+    pub address: String,
+    /// Port name -> port number overrides.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub service_account: String,
+    #[serde(default)]
+    pub network: String,
+}
+
+/// The part of Istio's `IstioStatus` the waypoint reads back: conditions written by others
+/// (istiod's `ZtunnelAccepted`, say) are carried over when we write ours.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioStatus {
+    #[serde(default)]
+    pub conditions: Vec<IstioCondition>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
 }

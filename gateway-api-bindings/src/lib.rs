@@ -19,4 +19,4 @@ pub mod translate;
 pub use attachment::{
     WaypointIdentity, authorizer_for, binding, service_entry_target, service_target,
 };
-pub use store::{LoadError, Object, ObjectKey, Origin, Sourced, Store};
+pub use store::{Kind, LoadError, Object, ObjectKey, Origin, Sourced, Store};

@@ -6,15 +6,17 @@
 //! both lookups with what the data path needs: the engine target key for `targetRefs`, the inner
 //! protocol, and the endpoints with the identity their ztunnel presents.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::attachment::service_target;
+use crate::attachment::{service_entry_target, service_target};
+use crate::istio::{ServiceEntry, WorkloadEntrySpec};
 use crate::status::waypoint_of;
 use crate::store::{ObjectKey, Store};
 
@@ -168,7 +170,7 @@ pub fn in_ambient(store: &Store, pod: &Pod) -> bool {
     }
 }
 
-fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
     let Some(status) = &pod.status else {
         return Vec::new();
     };
@@ -202,138 +204,439 @@ fn pod_identity(store: &Store, pod: &Pod, trust_domain: &str) -> Option<String> 
 impl Destinations {
     /// Everything `gateway` serves in `store`.
     pub fn build(store: &Store, gateway: &ObjectKey, trust_domain: &str) -> Destinations {
-        let traffic = TrafficFor::of_gateway(store, gateway);
-        let mut pods_by_ip: HashMap<IpAddr, (&ObjectKey, &Pod)> = HashMap::new();
-        for (key, p) in &store.pods {
-            for ip in pod_ips(&p.object) {
-                pods_by_ip.insert(ip, (key, &p.object));
-            }
+        let mut b = DestinationBuilder::new(gateway.clone(), trust_domain);
+        b.rebuild(store);
+        b.destinations().clone()
+    }
+}
+
+/// A Service or a ServiceEntry: what owns a set of destination addresses.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServiceRef {
+    Service(ObjectKey),
+    ServiceEntry(ObjectKey),
+}
+
+/// What changed since the last build, for [`DestinationBuilder::update`].
+#[derive(Debug, Default, Clone)]
+pub struct Changed {
+    /// Services and ServiceEntries whose own object, or whose EndpointSlices, changed.
+    pub services: BTreeSet<ServiceRef>,
+    /// Pods and WorkloadEntries (by key; the namespace is what matters for selectors).
+    pub pods: BTreeSet<ObjectKey>,
+    pub workload_entries: BTreeSet<ObjectKey>,
+    /// Gateways, Namespaces or mesh settings changed: rebuild everything.
+    pub everything: bool,
+}
+
+impl Changed {
+    pub fn is_empty(&self) -> bool {
+        !self.everything
+            && self.services.is_empty()
+            && self.pods.is_empty()
+            && self.workload_entries.is_empty()
+    }
+}
+
+/// Keeps [`Destinations`] up to date incrementally: an endpoint change recomputes the Services it
+/// touches, not the whole mesh. The reverse indexes live here, outside the published tables, so a
+/// snapshot clones only the lookups the data path reads.
+#[derive(Debug)]
+pub struct DestinationBuilder {
+    gateway: ObjectKey,
+    trust_domain: String,
+    current: Destinations,
+    addrs_of: HashMap<ServiceRef, Vec<SocketAddr>>,
+    /// Pod or WorkloadEntry key -> the services whose endpoints name it.
+    services_of: HashMap<ObjectKey, BTreeSet<ServiceRef>>,
+    workload_ips: HashMap<ObjectKey, Vec<IpAddr>>,
+}
+
+impl DestinationBuilder {
+    pub fn new(gateway: ObjectKey, trust_domain: &str) -> DestinationBuilder {
+        DestinationBuilder {
+            gateway,
+            trust_domain: trust_domain.to_owned(),
+            current: Destinations::default(),
+            addrs_of: HashMap::new(),
+            services_of: HashMap::new(),
+            workload_ips: HashMap::new(),
         }
-        let mut out = Destinations::default();
+    }
+
+    pub fn destinations(&self) -> &Destinations {
+        &self.current
+    }
+
+    /// Recomputes everything from `store`.
+    pub fn rebuild(&mut self, store: &Store) {
+        self.current = Destinations::default();
+        self.addrs_of.clear();
+        self.services_of.clear();
+        self.workload_ips.clear();
+        let traffic = TrafficFor::of_gateway(store, &self.gateway);
         if traffic.services {
-            for (key, svc) in &store.services {
-                if waypoint_of(store, &svc.object.metadata).as_ref() != Some(gateway) {
-                    continue;
-                }
-                out.add_service(store, key, &svc.object, &pods_by_ip, trust_domain);
+            for key in store.services.keys() {
+                self.refresh_service(store, &ServiceRef::Service(key.clone()));
+            }
+            for key in store.service_entries.keys() {
+                self.refresh_service(store, &ServiceRef::ServiceEntry(key.clone()));
             }
         }
         if traffic.workloads {
-            for (key, p) in &store.pods {
-                if waypoint_of(store, &p.object.metadata).as_ref() != Some(gateway) {
-                    continue;
+            for key in store.pods.keys() {
+                self.refresh_workload(store, key);
+            }
+        }
+    }
+
+    /// Applies `changed`; returns whether anything was recomputed.
+    pub fn update(&mut self, store: &Store, changed: &Changed) -> bool {
+        if changed.everything {
+            self.rebuild(store);
+            return true;
+        }
+        let traffic = TrafficFor::of_gateway(store, &self.gateway);
+        let mut services = changed.services.clone();
+        for key in changed.pods.iter().chain(&changed.workload_entries) {
+            if let Some(s) = self.services_of.get(key) {
+                services.extend(s.iter().cloned());
+            }
+            // A new pod may match selectors it did not match before: Services without
+            // EndpointSlices and ServiceEntries select within the pod's namespace.
+            let ns = ObjectKey::new(&key.namespace, "");
+            for (sk, _) in store.services.range(ns.clone()..) {
+                if sk.namespace != key.namespace {
+                    break;
                 }
-                let identity = pod_identity(store, &p.object, trust_domain);
-                for ip in pod_ips(&p.object) {
-                    out.workloads.insert(
-                        ip,
-                        Arc::new(Workload {
-                            pod: key.clone(),
-                            ip,
-                            identity: identity.clone(),
-                        }),
-                    );
+                if !store.slices_by_service.contains_key(sk) {
+                    services.insert(ServiceRef::Service(sk.clone()));
+                }
+            }
+            for (sk, se) in store.service_entries.range(ns..) {
+                if sk.namespace != key.namespace {
+                    break;
+                }
+                if se.object.spec.workload_selector.is_some() {
+                    services.insert(ServiceRef::ServiceEntry(sk.clone()));
                 }
             }
         }
-        out
+        if traffic.services {
+            for s in &services {
+                self.refresh_service(store, s);
+            }
+        }
+        if traffic.workloads {
+            for key in &changed.pods {
+                self.refresh_workload(store, key);
+            }
+        }
+        !services.is_empty() || !changed.pods.is_empty()
     }
 
-    fn add_service(
-        &mut self,
-        store: &Store,
-        key: &ObjectKey,
-        svc: &Service,
-        pods_by_ip: &HashMap<IpAddr, (&ObjectKey, &Pod)>,
-        trust_domain: &str,
-    ) {
-        let Some(spec) = &svc.spec else { return };
-        let vips: Vec<IpAddr> = spec
-            .cluster_ips
+    fn forget_service(&mut self, s: &ServiceRef) {
+        for addr in self.addrs_of.remove(s).unwrap_or_default() {
+            if let Some(d) = self.current.services.get(&addr)
+                && d.owner() == *s
+            {
+                self.current.services.remove(&addr);
+            }
+        }
+    }
+
+    fn refresh_service(&mut self, store: &Store, s: &ServiceRef) {
+        self.forget_service(s);
+        let dests = match s {
+            ServiceRef::Service(key) => match store.services.get(key) {
+                Some(svc)
+                    if waypoint_of(store, &svc.object.metadata).as_ref() == Some(&self.gateway) =>
+                {
+                    service_destinations(store, key, &svc.object, &self.trust_domain)
+                }
+                _ => Vec::new(),
+            },
+            ServiceRef::ServiceEntry(key) => match store.service_entries.get(key) {
+                Some(se)
+                    if waypoint_of(store, &se.object.metadata).as_ref() == Some(&self.gateway) =>
+                {
+                    service_entry_destinations(store, key, &se.object, &self.trust_domain)
+                }
+                _ => Vec::new(),
+            },
+        };
+        let mut addrs = Vec::new();
+        for (addr, dest) in dests {
+            for ep in &dest.endpoints {
+                if let Some(p) = &ep.pod {
+                    self.services_of
+                        .entry(p.clone())
+                        .or_default()
+                        .insert(s.clone());
+                }
+            }
+            addrs.push(addr);
+            self.current.services.insert(addr, dest);
+        }
+        if !addrs.is_empty() {
+            self.addrs_of.insert(s.clone(), addrs);
+        }
+    }
+
+    fn refresh_workload(&mut self, store: &Store, key: &ObjectKey) {
+        for ip in self.workload_ips.remove(key).unwrap_or_default() {
+            if self
+                .current
+                .workloads
+                .get(&ip)
+                .is_some_and(|w| w.pod == *key)
+            {
+                self.current.workloads.remove(&ip);
+            }
+        }
+        let Some(p) = store.pods.get(key) else { return };
+        if waypoint_of(store, &p.object.metadata).as_ref() != Some(&self.gateway) {
+            return;
+        }
+        let identity = pod_identity(store, &p.object, &self.trust_domain);
+        let ips = pod_ips(&p.object);
+        for ip in &ips {
+            self.current.workloads.insert(
+                *ip,
+                Arc::new(Workload {
+                    pod: key.clone(),
+                    ip: *ip,
+                    identity: identity.clone(),
+                }),
+            );
+        }
+        self.workload_ips.insert(key.clone(), ips);
+    }
+}
+
+impl ServiceDestination {
+    /// The object this destination belongs to.
+    pub fn owner(&self) -> ServiceRef {
+        if self.target.starts_with("ServiceEntry/") {
+            ServiceRef::ServiceEntry(self.service.clone())
+        } else {
+            ServiceRef::Service(self.service.clone())
+        }
+    }
+}
+
+fn service_destinations(
+    store: &Store,
+    key: &ObjectKey,
+    svc: &Service,
+    trust_domain: &str,
+) -> Vec<(SocketAddr, Arc<ServiceDestination>)> {
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    let vips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let slices: Vec<&EndpointSlice> = store
+        .slices_by_service
+        .get(key)
+        .into_iter()
+        .flatten()
+        .filter_map(|k| store.endpoint_slices.get(k))
+        .map(|s| &s.object)
+        .collect();
+    let mut out = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        let Ok(service_port) = u16::try_from(port.port) else {
+            continue;
+        };
+        let endpoints = if slices.is_empty() {
+            selected_pods(store, key, spec.selector.as_ref(), port, trust_domain)
+        } else {
+            slice_endpoints(store, key, &slices, port, trust_domain)
+        };
+        let dest = Arc::new(ServiceDestination {
+            service: key.clone(),
+            target: service_target(key),
+            hostname: format!("{}.{}.svc.cluster.local", key.name, key.namespace),
+            port: service_port,
+            protocol: Protocol::of_port(port.app_protocol.as_deref(), port.name.as_deref()),
+            endpoints,
+        });
+        for vip in &vips {
+            out.push((SocketAddr::new(*vip, service_port), dest.clone()));
+        }
+    }
+    out
+}
+
+fn slice_endpoints(
+    store: &Store,
+    key: &ObjectKey,
+    slices: &[&EndpointSlice],
+    port: &ServicePort,
+    trust_domain: &str,
+) -> Vec<Endpoint> {
+    let mut eps = Vec::new();
+    for slice in slices {
+        let Some(target_port) = slice
+            .ports
             .iter()
             .flatten()
-            .chain(spec.cluster_ip.iter())
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
-        let slices: Vec<_> = store
-            .endpoint_slices
-            .iter()
-            .filter(|(k, s)| {
-                k.namespace == key.namespace
-                    && s.object
+            .find(|p| p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or(""))
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for addr in &ep.addresses {
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    continue;
+                };
+                let pod_key = store.pods_by_ip.get(&ip).cloned().or_else(|| {
+                    let r = ep
+                        .target_ref
+                        .as_ref()
+                        .filter(|r| r.kind.as_deref() == Some("Pod"))?;
+                    Some(ObjectKey::new(
+                        r.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
+                        r.name.clone()?,
+                    ))
+                });
+                let pod = pod_key.as_ref().and_then(|k| store.pods.get(k));
+                eps.push(Endpoint {
+                    address: SocketAddr::new(ip, target_port),
+                    identity: pod.and_then(|p| pod_identity(store, &p.object, trust_domain)),
+                    // Kept even before the pod is known, so its arrival refreshes this service.
+                    pod: pod_key,
+                });
+            }
+        }
+    }
+    eps
+}
+
+/// ServiceEntry destinations: its addresses (and those Istio allocated) on each port, with
+/// inline endpoints plus the Pods and WorkloadEntries its `workloadSelector` picks.
+fn service_entry_destinations(
+    store: &Store,
+    key: &ObjectKey,
+    se: &ServiceEntry,
+    trust_domain: &str,
+) -> Vec<(SocketAddr, Arc<ServiceDestination>)> {
+    let spec = &se.spec;
+    let allocated = se
+        .status
+        .iter()
+        .flat_map(|s| s.addresses.iter().map(|a| &a.value));
+    let vips: Vec<IpAddr> = spec
+        .addresses
+        .iter()
+        .chain(allocated)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let hostname = spec.hosts.first().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for port in &spec.ports {
+        let Ok(number) = u16::try_from(port.number) else {
+            continue;
+        };
+        let default_port = port
+            .target_port
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(number);
+        let port_of = |ports: &BTreeMap<String, u32>| {
+            ports
+                .get(&port.name)
+                .and_then(|p| u16::try_from(*p).ok())
+                .unwrap_or(default_port)
+        };
+        let mut endpoints = Vec::new();
+        let mut entry = |we: &WorkloadEntrySpec, ns: &str, owner: Option<ObjectKey>| {
+            let Ok(ip) = we.address.parse::<IpAddr>() else {
+                // DNS-resolved endpoints are not supported: the waypoint dials IPs only.
+                return;
+            };
+            endpoints.push(Endpoint {
+                address: SocketAddr::new(ip, port_of(&we.ports)),
+                identity: workload_entry_identity(we, ns, trust_domain),
+                pod: owner,
+            });
+        };
+        for ep in &spec.endpoints {
+            entry(ep, &key.namespace, None);
+        }
+        if let Some(sel) = &spec.workload_selector {
+            let matches = |labels: &BTreeMap<String, String>| {
+                sel.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            };
+            let ns = ObjectKey::new(&key.namespace, "");
+            for (wk, we) in store.workload_entries.range(ns.clone()..) {
+                if wk.namespace != key.namespace {
+                    break;
+                }
+                let labels = we.object.metadata.labels.clone().unwrap_or_default();
+                if matches(&labels) || matches(&we.object.spec.labels) {
+                    entry(&we.object.spec, &key.namespace, Some(wk.clone()));
+                }
+            }
+            for (pk, p) in store.pods.range(ns..) {
+                if pk.namespace != key.namespace {
+                    break;
+                }
+                if !matches(
+                    p.object
                         .metadata
                         .labels
                         .as_ref()
-                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                        == Some(&key.name)
-            })
-            .map(|(_, s)| &s.object)
-            .collect();
-        for port in spec.ports.iter().flatten() {
-            let Ok(service_port) = u16::try_from(port.port) else {
-                continue;
-            };
-            let endpoints = if slices.is_empty() {
-                selected_pods(store, key, spec.selector.as_ref(), port, trust_domain)
-            } else {
-                let mut eps = Vec::new();
-                for slice in &slices {
-                    let Some(target_port) = slice
-                        .ports
-                        .iter()
-                        .flatten()
-                        .find(|p| {
-                            p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or("")
-                        })
-                        .and_then(|p| p.port)
-                        .and_then(|p| u16::try_from(p).ok())
-                    else {
-                        continue;
-                    };
-                    for ep in &slice.endpoints {
-                        if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                            continue;
-                        }
-                        for addr in &ep.addresses {
-                            let Ok(ip) = addr.parse::<IpAddr>() else {
-                                continue;
-                            };
-                            let pod = pods_by_ip.get(&ip).copied().or_else(|| {
-                                let r = ep
-                                    .target_ref
-                                    .as_ref()
-                                    .filter(|r| r.kind.as_deref() == Some("Pod"))?;
-                                let k = ObjectKey::new(
-                                    r.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
-                                    r.name.clone()?,
-                                );
-                                store.pods.get_key_value(&k).map(|(k, p)| (k, &p.object))
-                            });
-                            eps.push(Endpoint {
-                                address: SocketAddr::new(ip, target_port),
-                                identity: pod
-                                    .and_then(|(_, p)| pod_identity(store, p, trust_domain)),
-                                pod: pod.map(|(k, _)| k.clone()),
-                            });
-                        }
-                    }
+                        .unwrap_or(&BTreeMap::new()),
+                ) {
+                    continue;
                 }
-                eps
-            };
-            let dest = Arc::new(ServiceDestination {
-                service: key.clone(),
-                target: service_target(key),
-                hostname: format!("{}.{}.svc.cluster.local", key.name, key.namespace),
-                port: service_port,
-                protocol: Protocol::of_port(port.app_protocol.as_deref(), port.name.as_deref()),
-                endpoints,
-            });
-            for vip in &vips {
-                self.services
-                    .insert(SocketAddr::new(*vip, service_port), dest.clone());
+                for ip in pod_ips(&p.object) {
+                    endpoints.push(Endpoint {
+                        address: SocketAddr::new(ip, default_port),
+                        identity: pod_identity(store, &p.object, trust_domain),
+                        pod: Some(pk.clone()),
+                    });
+                }
             }
         }
+        let dest = Arc::new(ServiceDestination {
+            service: key.clone(),
+            target: service_entry_target(key),
+            hostname: hostname.clone(),
+            port: number,
+            protocol: Protocol::of_port(Some(&port.protocol), Some(&port.name)),
+            endpoints,
+        });
+        for vip in &vips {
+            out.push((SocketAddr::new(*vip, number), dest.clone()));
+        }
     }
+    out
+}
+
+/// A WorkloadEntry (or inline ServiceEntry endpoint) is reached over HBONE only when its own
+/// labels enroll it in ambient: ServiceEntries mostly describe hosts outside the mesh, so the
+/// namespace's enrollment is not inherited.
+fn workload_entry_identity(we: &WorkloadEntrySpec, ns: &str, trust_domain: &str) -> Option<String> {
+    (we.labels.get(DATAPLANE_MODE).map(String::as_str) == Some("ambient")).then(|| {
+        let sa = if we.service_account.is_empty() {
+            "default"
+        } else {
+            &we.service_account
+        };
+        spiffe_id(trust_domain, ns, sa)
+    })
 }
 
 /// Endpoints as the EndpointSlice controller would derive them, for configs that list pods but no

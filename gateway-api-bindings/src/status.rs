@@ -6,10 +6,8 @@ use std::collections::BTreeMap;
 use kube::ResourceExt;
 use policy_engine::{FieldIssue, validate};
 
-use crate::attachment::{
-    GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, WAYPOINT_CLASS, canonical_group, target_refs,
-};
-use crate::istio::{AuthorizationPolicy, PolicyTargetReference};
+use crate::attachment::{GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, WAYPOINT_CLASS, canonical_group};
+use crate::istio::{AuthorizationPolicy, PolicyTargetReference, RequestAuthentication};
 use crate::store::{ObjectKey, Store};
 use crate::translate;
 
@@ -82,8 +80,7 @@ pub fn authorization_policy(
     ap: &AuthorizationPolicy,
     root_namespace: &str,
 ) -> PolicyStatus {
-    let ns = ap.namespace().unwrap_or_else(|| "default".into());
-    let mut errors = target_ref_errors(ap);
+    let mut errors = target_ref_errors(&Targeting::of_authorization_policy(ap));
     let mut warnings = Vec::new();
     match translate::policy_spec(ap) {
         Ok(spec) => {
@@ -96,7 +93,71 @@ pub fn authorization_policy(
             message: e.to_string(),
         }),
     }
-    let refs = target_refs(ap);
+    let t = Targeting::of_authorization_policy(ap);
+    conclude(store, &t, errors, warnings, root_namespace)
+}
+
+/// The same for a RequestAuthentication: targetRefs bind it exactly like an AuthorizationPolicy.
+pub fn request_authentication(
+    store: &Store,
+    ra: &RequestAuthentication,
+    root_namespace: &str,
+) -> PolicyStatus {
+    let t = Targeting::of_request_authentication(ra);
+    let mut errors = target_ref_errors(&t);
+    errors.extend(jwt_rule_errors(ra));
+    conclude(store, &t, errors, Vec::new(), root_namespace)
+}
+
+/// What binds a policy: the part AuthorizationPolicy and RequestAuthentication share.
+#[derive(Debug)]
+pub struct Targeting<'a> {
+    pub namespace: String,
+    pub generation: Option<i64>,
+    pub selector: bool,
+    pub target_ref: Option<&'a PolicyTargetReference>,
+    pub target_refs: &'a [PolicyTargetReference],
+}
+
+impl<'a> Targeting<'a> {
+    pub fn of_authorization_policy(ap: &'a AuthorizationPolicy) -> Targeting<'a> {
+        Targeting {
+            namespace: ap.namespace().unwrap_or_else(|| "default".into()),
+            generation: ap.metadata.generation,
+            selector: ap.spec.selector.is_some(),
+            target_ref: ap.spec.target_ref.as_ref(),
+            target_refs: &ap.spec.target_refs,
+        }
+    }
+
+    pub fn of_request_authentication(ra: &'a RequestAuthentication) -> Targeting<'a> {
+        Targeting {
+            namespace: ra.namespace().unwrap_or_else(|| "default".into()),
+            generation: ra.metadata.generation,
+            selector: ra.spec.selector.is_some(),
+            target_ref: ra.spec.target_ref.as_ref(),
+            target_refs: &ra.spec.target_refs,
+        }
+    }
+
+    /// `targetRefs`, or `[targetRef]` when `targetRefs` is empty.
+    pub fn refs(&self) -> Vec<&'a PolicyTargetReference> {
+        if self.target_refs.is_empty() {
+            self.target_ref.into_iter().collect()
+        } else {
+            self.target_refs.iter().collect()
+        }
+    }
+}
+
+fn conclude(
+    store: &Store,
+    t: &Targeting<'_>,
+    errors: Vec<FieldIssue>,
+    warnings: Vec<FieldIssue>,
+    root_namespace: &str,
+) -> PolicyStatus {
+    let refs = t.refs();
     if refs.is_empty() {
         return PolicyStatus {
             condition: None,
@@ -104,10 +165,10 @@ pub fn authorization_policy(
             warnings,
         };
     }
-    let generation = ap.metadata.generation;
+    let generation = t.generation;
     let results: Vec<RefResult> = refs
         .iter()
-        .map(|r| ref_result(store, &ns, r, root_namespace))
+        .map(|r| ref_result(store, &t.namespace, r, root_namespace))
         .collect();
     let mut condition = flatten(&results, generation);
     if !errors.is_empty() {
@@ -125,6 +186,107 @@ pub fn authorization_policy(
         errors,
         warnings,
     }
+}
+
+/// Whether the waypoint `gateway` should report on a policy: one of its refs names `gateway`,
+/// a Service or ServiceEntry that uses it, or the waypoint's class (from the root namespace); or
+/// the policy lives in the waypoint's namespace (so a ref to a missing target is reported by
+/// the namespace's waypoint).
+pub fn concerns(
+    store: &Store,
+    t: &Targeting<'_>,
+    gateway: &ObjectKey,
+    root_namespace: &str,
+) -> bool {
+    let refs = t.refs();
+    if refs.is_empty() {
+        return false;
+    }
+    if t.namespace == gateway.namespace {
+        return true;
+    }
+    refs.iter().any(|r| {
+        let key = ObjectKey::new(&t.namespace, r.name.clone());
+        match r.kind.as_str() {
+            "Gateway" => key == *gateway,
+            "GatewayClass" => {
+                t.namespace == root_namespace
+                    && store
+                        .gateways
+                        .get(gateway)
+                        .is_some_and(|g| g.object.spec.gateway_class_name == r.name)
+            }
+            "Service" => store
+                .services
+                .get(&key)
+                .is_some_and(|s| waypoint_of(store, &s.object.metadata).as_ref() == Some(gateway)),
+            "ServiceEntry" => store
+                .service_entries
+                .get(&key)
+                .is_some_and(|s| waypoint_of(store, &s.object.metadata).as_ref() == Some(gateway)),
+            _ => false,
+        }
+    })
+}
+
+/// The checks istiod's webhook makes on `jwtRules` that matter before tokens are validated.
+fn jwt_rule_errors(ra: &RequestAuthentication) -> Vec<FieldIssue> {
+    let mut out = Vec::new();
+    let mut issue = |field: String, message: &str| {
+        out.push(FieldIssue {
+            field,
+            message: message.into(),
+        })
+    };
+    for (i, r) in ra.spec.jwt_rules.iter().enumerate() {
+        let f = format!("spec.jwtRules[{i}]");
+        if r.issuer.is_empty() {
+            issue(format!("{f}.issuer"), "issuer must be set");
+        }
+        if r.audiences.iter().any(String::is_empty) {
+            issue(format!("{f}.audiences"), "audience must be non-empty");
+        }
+        if let Some(uri) = &r.jwks_uri {
+            let ok = ["https://", "http://"].iter().any(|s| {
+                uri.strip_prefix(s)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+            });
+            if !ok {
+                issue(
+                    format!("{f}.jwksUri"),
+                    "jwksUri must be an http or https URL with a host",
+                );
+            }
+        }
+        if let Some(jwks) = &r.jwks
+            && serde_json::from_str::<serde_json::Value>(jwks)
+                .ok()
+                .and_then(|v| v.get("keys").cloned())
+                .is_none_or(|k| !k.is_array())
+        {
+            issue(
+                format!("{f}.jwks"),
+                "jwks must be a JSON Web Key Set with a keys array",
+            );
+        }
+        for (j, h) in r.from_headers.iter().enumerate() {
+            if h.name.is_empty() {
+                issue(
+                    format!("{f}.fromHeaders[{j}].name"),
+                    "header name must be set",
+                );
+            }
+        }
+        for (j, c) in r.output_claim_to_headers.iter().enumerate() {
+            if c.header.is_empty() || c.claim.is_empty() {
+                issue(
+                    format!("{f}.outputClaimToHeaders[{j}]"),
+                    "header and claim must both be set",
+                );
+            }
+        }
+    }
+    out
 }
 
 fn flatten(results: &[RefResult], generation: Option<i64>) -> Condition {
@@ -294,15 +456,14 @@ fn service_waypoint(
     }
 }
 
-fn target_ref_errors(ap: &AuthorizationPolicy) -> Vec<FieldIssue> {
+fn target_ref_errors(s: &Targeting<'_>) -> Vec<FieldIssue> {
     let mut out = Vec::new();
-    let s = &ap.spec;
-    let set = usize::from(s.selector.is_some())
+    let set = usize::from(s.selector)
         + usize::from(s.target_ref.is_some())
         + usize::from(!s.target_refs.is_empty());
     if set > 1 {
         out.push(FieldIssue {
-            field: if s.selector.is_some() {
+            field: if s.selector {
                 "spec.selector".into()
             } else {
                 "spec.targetRef".into()
@@ -318,7 +479,7 @@ fn target_ref_errors(ap: &AuthorizationPolicy) -> Vec<FieldIssue> {
     }
     let refs = s
         .target_ref
-        .iter()
+        .into_iter()
         .map(|r| ("spec.targetRef".to_owned(), r));
     let refs = refs.chain(
         s.target_refs

@@ -1,7 +1,8 @@
 //! A pure index of the Kubernetes objects the waypoint reads, fed by files (here) or by watchers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use gateway_api::apis::standard::gatewayclasses::GatewayClass;
@@ -11,7 +12,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 
-use crate::istio::{AuthorizationPolicy, RequestAuthentication, ServiceEntry};
+use crate::istio::{AuthorizationPolicy, RequestAuthentication, ServiceEntry, WorkloadEntry};
+use crate::mesh::{SERVICE_NAME_LABEL, pod_ips};
 
 /// `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,10 +70,107 @@ pub enum Object {
     Service(Service),
     Namespace(Namespace),
     ServiceEntry(ServiceEntry),
+    WorkloadEntry(WorkloadEntry),
     AuthorizationPolicy(AuthorizationPolicy),
     RequestAuthentication(RequestAuthentication),
     EndpointSlice(EndpointSlice),
     Pod(Pod),
+}
+
+/// The kinds the waypoint reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Gateway,
+    GatewayClass,
+    Service,
+    Namespace,
+    ServiceEntry,
+    WorkloadEntry,
+    AuthorizationPolicy,
+    RequestAuthentication,
+    EndpointSlice,
+    Pod,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 10] = [
+        Kind::Gateway,
+        Kind::GatewayClass,
+        Kind::Service,
+        Kind::Namespace,
+        Kind::ServiceEntry,
+        Kind::WorkloadEntry,
+        Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
+        Kind::EndpointSlice,
+        Kind::Pod,
+    ];
+
+    /// `(group, kind)` as in `apiVersion`/`kind`.
+    pub fn group_kind(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Gateway => ("gateway.networking.k8s.io", "Gateway"),
+            Kind::GatewayClass => ("gateway.networking.k8s.io", "GatewayClass"),
+            Kind::Service => ("", "Service"),
+            Kind::Namespace => ("", "Namespace"),
+            Kind::ServiceEntry => ("networking.istio.io", "ServiceEntry"),
+            Kind::WorkloadEntry => ("networking.istio.io", "WorkloadEntry"),
+            Kind::AuthorizationPolicy => ("security.istio.io", "AuthorizationPolicy"),
+            Kind::RequestAuthentication => ("security.istio.io", "RequestAuthentication"),
+            Kind::EndpointSlice => ("discovery.k8s.io", "EndpointSlice"),
+            Kind::Pod => ("", "Pod"),
+        }
+    }
+
+    fn of(group: &str, kind: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.group_kind() == (group, kind))
+    }
+
+    /// Cluster-scoped kinds are keyed by name alone (namespace `""`).
+    pub fn cluster_scoped(self) -> bool {
+        matches!(self, Kind::GatewayClass | Kind::Namespace)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.group_kind().1)
+    }
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Gateway(_) => Kind::Gateway,
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Service(_) => Kind::Service,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::ServiceEntry(_) => Kind::ServiceEntry,
+            Object::WorkloadEntry(_) => Kind::WorkloadEntry,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::RequestAuthentication(_) => Kind::RequestAuthentication,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Pod(_) => Kind::Pod,
+        }
+    }
+
+    /// The key it is stored under (namespace `""` for cluster-scoped kinds).
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Object::GatewayClass(o) => ObjectKey::new("", o.name_any()),
+            Object::Namespace(o) => ObjectKey::new("", o.name_any()),
+            Object::Gateway(o) => key_of(o),
+            Object::Service(o) => key_of(o),
+            Object::ServiceEntry(o) => key_of(o),
+            Object::WorkloadEntry(o) => key_of(o),
+            Object::AuthorizationPolicy(o) => key_of(o),
+            Object::RequestAuthentication(o) => key_of(o),
+            Object::EndpointSlice(o) => key_of(o),
+            Object::Pod(o) => key_of(o),
+        }
+    }
 }
 
 /// A document that could not be turned into an object.
@@ -94,10 +193,15 @@ pub struct Store {
     pub services: BTreeMap<ObjectKey, Sourced<Service>>,
     pub namespaces: BTreeMap<String, Sourced<Namespace>>,
     pub service_entries: BTreeMap<ObjectKey, Sourced<ServiceEntry>>,
+    pub workload_entries: BTreeMap<ObjectKey, Sourced<WorkloadEntry>>,
     pub authorization_policies: BTreeMap<ObjectKey, Sourced<AuthorizationPolicy>>,
     pub request_authentications: BTreeMap<ObjectKey, Sourced<RequestAuthentication>>,
     pub endpoint_slices: BTreeMap<ObjectKey, Sourced<EndpointSlice>>,
     pub pods: BTreeMap<ObjectKey, Sourced<Pod>>,
+    /// Service -> its EndpointSlices (by the `kubernetes.io/service-name` label).
+    pub slices_by_service: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Pod IP -> pod.
+    pub pods_by_ip: HashMap<IpAddr, ObjectKey>,
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> ObjectKey {
@@ -110,22 +214,170 @@ fn key_of<K: kube::Resource>(o: &K) -> ObjectKey {
 impl Store {
     /// Inserts or replaces an object.
     pub fn apply(&mut self, object: Object, origin: Origin) {
+        let key = object.key();
         macro_rules! put {
             ($map:ident, $k:expr, $o:expr) => {{
                 self.$map.insert($k, Sourced { object: $o, origin });
             }};
         }
         match object {
-            Object::Gateway(o) => put!(gateways, key_of(&o), o),
-            Object::GatewayClass(o) => put!(gateway_classes, o.name_any(), o),
-            Object::Service(o) => put!(services, key_of(&o), o),
-            Object::Namespace(o) => put!(namespaces, o.name_any(), o),
-            Object::ServiceEntry(o) => put!(service_entries, key_of(&o), o),
-            Object::AuthorizationPolicy(o) => put!(authorization_policies, key_of(&o), o),
-            Object::RequestAuthentication(o) => put!(request_authentications, key_of(&o), o),
-            Object::EndpointSlice(o) => put!(endpoint_slices, key_of(&o), o),
-            Object::Pod(o) => put!(pods, key_of(&o), o),
+            Object::Gateway(o) => put!(gateways, key, o),
+            Object::GatewayClass(o) => put!(gateway_classes, key.name, o),
+            Object::Service(o) => put!(services, key, o),
+            Object::Namespace(o) => put!(namespaces, key.name, o),
+            Object::ServiceEntry(o) => put!(service_entries, key, o),
+            Object::WorkloadEntry(o) => put!(workload_entries, key, o),
+            Object::AuthorizationPolicy(o) => put!(authorization_policies, key, o),
+            Object::RequestAuthentication(o) => put!(request_authentications, key, o),
+            Object::EndpointSlice(o) => {
+                self.unindex_slice(&key);
+                if let Some(svc) = slice_service(&o) {
+                    self.slices_by_service
+                        .entry(ObjectKey::new(&key.namespace, svc))
+                        .or_default()
+                        .insert(key.clone());
+                }
+                put!(endpoint_slices, key, o)
+            }
+            Object::Pod(o) => {
+                self.unindex_pod(&key);
+                for ip in pod_ips(&o) {
+                    self.pods_by_ip.insert(ip, key.clone());
+                }
+                put!(pods, key, o)
+            }
         }
+    }
+
+    /// Removes an object; returns whether it was there.
+    pub fn remove(&mut self, kind: Kind, key: &ObjectKey) -> bool {
+        match kind {
+            Kind::Gateway => self.gateways.remove(key).is_some(),
+            Kind::GatewayClass => self.gateway_classes.remove(&key.name).is_some(),
+            Kind::Service => self.services.remove(key).is_some(),
+            Kind::Namespace => self.namespaces.remove(&key.name).is_some(),
+            Kind::ServiceEntry => self.service_entries.remove(key).is_some(),
+            Kind::WorkloadEntry => self.workload_entries.remove(key).is_some(),
+            Kind::AuthorizationPolicy => self.authorization_policies.remove(key).is_some(),
+            Kind::RequestAuthentication => self.request_authentications.remove(key).is_some(),
+            Kind::EndpointSlice => {
+                self.unindex_slice(key);
+                self.endpoint_slices.remove(key).is_some()
+            }
+            Kind::Pod => {
+                self.unindex_pod(key);
+                self.pods.remove(key).is_some()
+            }
+        }
+    }
+
+    pub fn contains(&self, kind: Kind, key: &ObjectKey) -> bool {
+        match kind {
+            Kind::Gateway => self.gateways.contains_key(key),
+            Kind::GatewayClass => self.gateway_classes.contains_key(&key.name),
+            Kind::Service => self.services.contains_key(key),
+            Kind::Namespace => self.namespaces.contains_key(&key.name),
+            Kind::ServiceEntry => self.service_entries.contains_key(key),
+            Kind::WorkloadEntry => self.workload_entries.contains_key(key),
+            Kind::AuthorizationPolicy => self.authorization_policies.contains_key(key),
+            Kind::RequestAuthentication => self.request_authentications.contains_key(key),
+            Kind::EndpointSlice => self.endpoint_slices.contains_key(key),
+            Kind::Pod => self.pods.contains_key(key),
+        }
+    }
+
+    /// Every key of one kind, for replacing a kind wholesale after a relist.
+    pub fn keys(&self, kind: Kind) -> Vec<ObjectKey> {
+        fn k<T>(m: &BTreeMap<ObjectKey, T>) -> Vec<ObjectKey> {
+            m.keys().cloned().collect()
+        }
+        fn named<T>(m: &BTreeMap<String, T>) -> Vec<ObjectKey> {
+            m.keys().map(|n| ObjectKey::new("", n.clone())).collect()
+        }
+        match kind {
+            Kind::Gateway => k(&self.gateways),
+            Kind::GatewayClass => named(&self.gateway_classes),
+            Kind::Service => k(&self.services),
+            Kind::Namespace => named(&self.namespaces),
+            Kind::ServiceEntry => k(&self.service_entries),
+            Kind::WorkloadEntry => k(&self.workload_entries),
+            Kind::AuthorizationPolicy => k(&self.authorization_policies),
+            Kind::RequestAuthentication => k(&self.request_authentications),
+            Kind::EndpointSlice => k(&self.endpoint_slices),
+            Kind::Pod => k(&self.pods),
+        }
+    }
+
+    fn unindex_slice(&mut self, key: &ObjectKey) {
+        let Some(old) = self.endpoint_slices.get(key) else {
+            return;
+        };
+        if let Some(svc) = slice_service(&old.object) {
+            let skey = ObjectKey::new(&key.namespace, svc);
+            if let Some(set) = self.slices_by_service.get_mut(&skey) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.slices_by_service.remove(&skey);
+                }
+            }
+        }
+    }
+
+    fn unindex_pod(&mut self, key: &ObjectKey) {
+        let Some(old) = self.pods.get(key) else {
+            return;
+        };
+        for ip in pod_ips(&old.object) {
+            if self.pods_by_ip.get(&ip) == Some(key) {
+                self.pods_by_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Reads one object known to be of `kind` (list items from the API server carry no type).
+    pub fn parse_as(
+        kind: Kind,
+        value: serde_json::Value,
+        origin: &Origin,
+    ) -> Result<Object, LoadError> {
+        let meta = |k: &str| {
+            value
+                .get("metadata")
+                .and_then(|m| m.get(k))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        let ident = format!(
+            "{kind} {}/{}",
+            meta("namespace").unwrap_or_default(),
+            meta("name").unwrap_or_else(|| "<unnamed>".into())
+        );
+        Self::parse_kind(kind, value, origin, &ident)
+    }
+
+    fn parse_kind<D>(
+        kind: Kind,
+        value: D,
+        origin: &Origin,
+        ident: &str,
+    ) -> Result<Object, LoadError>
+    where
+        D: for<'de> serde::Deserializer<'de>,
+    {
+        Ok(match kind {
+            Kind::Gateway => Object::Gateway(typed(value, origin, ident)?),
+            Kind::GatewayClass => Object::GatewayClass(typed(value, origin, ident)?),
+            Kind::Service => Object::Service(typed(value, origin, ident)?),
+            Kind::Namespace => Object::Namespace(typed(value, origin, ident)?),
+            Kind::ServiceEntry => Object::ServiceEntry(typed(value, origin, ident)?),
+            Kind::WorkloadEntry => Object::WorkloadEntry(typed(value, origin, ident)?),
+            Kind::AuthorizationPolicy => Object::AuthorizationPolicy(typed(value, origin, ident)?),
+            Kind::RequestAuthentication => {
+                Object::RequestAuthentication(typed(value, origin, ident)?)
+            }
+            Kind::EndpointSlice => Object::EndpointSlice(typed(value, origin, ident)?),
+            Kind::Pod => Object::Pod(typed(value, origin, ident)?),
+        })
     }
 
     /// Loads a multi-document YAML file, or every `.yaml`/`.yml` file under a directory (sorted,
@@ -200,30 +452,7 @@ impl Store {
             return;
         }
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-        let parsed: Option<Result<Object, LoadError>> = match (group, kind.as_str()) {
-            ("gateway.networking.k8s.io", "Gateway") => {
-                Some(typed(value, origin, &ident).map(Object::Gateway))
-            }
-            ("gateway.networking.k8s.io", "GatewayClass") => {
-                Some(typed(value, origin, &ident).map(Object::GatewayClass))
-            }
-            ("", "Service") => Some(typed(value, origin, &ident).map(Object::Service)),
-            ("", "Namespace") => Some(typed(value, origin, &ident).map(Object::Namespace)),
-            ("", "Pod") => Some(typed(value, origin, &ident).map(Object::Pod)),
-            ("discovery.k8s.io", "EndpointSlice") => {
-                Some(typed(value, origin, &ident).map(Object::EndpointSlice))
-            }
-            ("networking.istio.io", "ServiceEntry") => {
-                Some(typed(value, origin, &ident).map(Object::ServiceEntry))
-            }
-            ("security.istio.io", "AuthorizationPolicy") => {
-                Some(typed(value, origin, &ident).map(Object::AuthorizationPolicy))
-            }
-            ("security.istio.io", "RequestAuthentication") => {
-                Some(typed(value, origin, &ident).map(Object::RequestAuthentication))
-            }
-            _ => None,
-        };
+        let parsed = Kind::of(group, &kind).map(|k| Self::parse_kind(k, value, origin, &ident));
         match parsed {
             Some(Ok(object)) => self.apply(object, origin.clone()),
             Some(Err(e)) => errors.push(e),
@@ -234,8 +463,8 @@ impl Store {
     }
 }
 
-fn typed<T: DeserializeOwned>(
-    value: serde_yaml::Value,
+fn typed<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(
+    value: D,
     origin: &Origin,
     ident: &str,
 ) -> Result<T, LoadError> {
@@ -252,6 +481,10 @@ fn typed<T: DeserializeOwned>(
             message: e.into_inner().to_string(),
         }
     })
+}
+
+fn slice_service(slice: &EndpointSlice) -> Option<&String> {
+    slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)
 }
 
 fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, std::io::Error> {

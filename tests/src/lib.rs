@@ -10,9 +10,11 @@
 //! * [`ztunnel`]: the inbound shim (HBONE terminator for a destination pod), the outbound shim
 //!   (plain TCP for a source workload -> HBONE to the waypoint) and the HBONE client both use.
 //! * [`mesh`]: a waypoint with pods, services, shims and policies, ready to take requests.
+//! * [`kube_api`]: an in-process Kubernetes API server (list/watch/status/leases over HTTPS).
 
 pub mod backend;
 pub mod http1;
+pub mod kube_api;
 pub mod mesh;
 pub mod net;
 pub mod pki;

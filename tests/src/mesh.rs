@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use waypoint::run::{RunOptions, Running};
+use waypoint::config::kube::KubeOptions;
+use waypoint::run::{ConfigSource, RunOptions, Running};
 use waypoint::tls::IdentitySource;
 
 use crate::backend;
@@ -48,6 +49,9 @@ pub struct MeshOptions {
     pub apps: bool,
     /// Where config and certificates go (kept); a temporary directory otherwise.
     pub dir: Option<PathBuf>,
+    /// Read the config from an API server instead of the files (which are still written, and
+    /// are what the caller loads into the server: see [`cluster_yaml`]).
+    pub kube: Option<KubeOptions>,
 }
 
 impl Default for MeshOptions {
@@ -70,6 +74,7 @@ impl Default for MeshOptions {
             block: None,
             apps: true,
             dir: None,
+            kube: None,
         }
     }
 }
@@ -311,7 +316,11 @@ impl Mesh {
                 keep_dir: opts.dir.is_some(),
             });
         }
-        let mut run = RunOptions::new(config, identity);
+        let source = match opts.kube.clone() {
+            Some(k) => ConfigSource::Kubernetes(Box::new(k)),
+            None => ConfigSource::File(config),
+        };
+        let mut run = RunOptions::new(source, identity);
         run.hbone_addr = SocketAddr::new(wp_ip, 15008);
         run.readiness_addr = SocketAddr::new(wp_ip, 0);
         run.metrics_addr = SocketAddr::new(wp_ip, 0);
@@ -336,6 +345,23 @@ impl Mesh {
             backends,
             keep_dir: opts.dir.is_some(),
         })
+    }
+
+    /// Waits (bounded) until the waypoint reports ready: with the Kubernetes source, after its
+    /// first full sync.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        wait_ready(self.running().readiness_addr).await
+    }
+
+    /// Whether `/healthz/ready` says 200 right now.
+    pub async fn is_ready(&self) -> bool {
+        let Ok(mut s) = tokio::net::TcpStream::connect(self.running().readiness_addr).await else {
+            return false;
+        };
+        matches!(
+            crate::http1::request(&mut s, "GET", "/healthz/ready", &[], "").await,
+            Ok(Some(r)) if r.status == 200
+        )
     }
 
     pub fn running(&self) -> &Running {

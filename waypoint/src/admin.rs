@@ -73,7 +73,7 @@ async fn answer(mut s: TcpStream, state: &AdminState, role: Role) -> std::io::Re
     };
     match path.as_str() {
         "/healthz/ready" if role != Role::Metrics => {
-            if state.ready.load(Ordering::Relaxed) {
+            if state.ready.load(Ordering::Relaxed) && state.config.is_synced() {
                 respond(&mut s, 200, "text/plain", "ready\n").await
             } else {
                 respond(&mut s, 503, "text/plain", "not ready\n").await
@@ -89,7 +89,7 @@ async fn answer(mut s: TcpStream, state: &AdminState, role: Role) -> std::io::Re
             .await
         }
         "/config_dump" if role == Role::Admin => {
-            let dump = state.config.load().dump();
+            let dump = state.config.dump();
             let body = serde_json::to_string_pretty(&dump).unwrap_or_default();
             respond(&mut s, 200, "application/json", &body).await
         }

@@ -59,6 +59,9 @@ impl Gauge {
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
 }
 
 const CODES: usize = 600;
@@ -85,6 +88,18 @@ pub struct Metrics {
     pub upstream_http_reused: Counter,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
+    /// The version of the snapshot the data path reads.
+    pub config_version: Gauge,
+    /// Kubernetes source: watch events received, watch errors (each followed by a backoff).
+    pub kube_events: Counter,
+    pub kube_watch_errors: Counter,
+    /// Kubernetes objects rejected as invalid (kept out of the snapshot).
+    pub kube_invalid_objects: Counter,
+    /// Status subresource writes, and those that failed.
+    pub status_writes: Counter,
+    pub status_write_failures: Counter,
+    /// 1 while this replica holds the status Lease.
+    pub status_leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -109,6 +124,13 @@ impl Default for Metrics {
             upstream_http_reused: Counter::default(),
             config_reloads: Counter::default(),
             config_reload_failures: Counter::default(),
+            config_version: Gauge::default(),
+            kube_events: Counter::default(),
+            kube_watch_errors: Counter::default(),
+            kube_invalid_objects: Counter::default(),
+            status_writes: Counter::default(),
+            status_write_failures: Counter::default(),
+            status_leader: Gauge::default(),
         }
     }
 }
@@ -220,6 +242,31 @@ impl Metrics {
             "Config changes rejected.",
             self.config_reload_failures.get(),
         );
+        counter(
+            "waypoint_kube_events_total",
+            "Kubernetes watch events received.",
+            self.kube_events.get(),
+        );
+        counter(
+            "waypoint_kube_watch_errors_total",
+            "Kubernetes watch or list failures (each retried with backoff).",
+            self.kube_watch_errors.get(),
+        );
+        counter(
+            "waypoint_kube_invalid_objects_total",
+            "Kubernetes objects rejected as invalid.",
+            self.kube_invalid_objects.get(),
+        );
+        counter(
+            "waypoint_status_writes_total",
+            "Status subresource writes (server-side apply).",
+            self.status_writes.get(),
+        );
+        counter(
+            "waypoint_status_write_failures_total",
+            "Status subresource writes that failed.",
+            self.status_write_failures.get(),
+        );
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
@@ -232,6 +279,16 @@ impl Metrics {
             "waypoint_upstream_hbone_connections",
             "Open upstream HBONE connections.",
             self.upstream_hbone_connections.get(),
+        );
+        gauge(
+            "waypoint_config_version",
+            "Version of the config snapshot in use.",
+            self.config_version.get(),
+        );
+        gauge(
+            "waypoint_status_leader",
+            "1 while this replica holds the status lease.",
+            self.status_leader.get(),
         );
         out
     }

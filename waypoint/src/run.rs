@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState, Role};
-use crate::config::{self, ConfigHandle, MeshSettings};
+use crate::config::kube::KubeOptions;
+use crate::config::{self, ConfigHandle, MeshSettings, Snapshot};
 use crate::hbone::client::Connector;
 use crate::hbone::server::{self, ServerSettings};
 use crate::metrics::Metrics;
@@ -24,10 +25,19 @@ use crate::proxy::relay;
 use crate::proxy::upstream::Upstream;
 use crate::tls::{Identity, IdentitySource};
 
+/// Where the config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A YAML file or directory, polled.
+    File(PathBuf),
+    /// The Kubernetes API server.
+    Kubernetes(Box<KubeOptions>),
+}
+
 /// Everything `waypoint run` is told.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub config: PathBuf,
+    pub config: ConfigSource,
     pub settings: MeshSettings,
     pub identity: IdentitySource,
     pub hbone_addr: SocketAddr,
@@ -44,8 +54,8 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// Defaults for everything but the config path and identity.
-    pub fn new(config: PathBuf, identity: IdentitySource) -> RunOptions {
+    /// Defaults for everything but the config source and identity.
+    pub fn new(config: ConfigSource, identity: IdentitySource) -> RunOptions {
         RunOptions {
             config,
             settings: MeshSettings::default(),
@@ -73,6 +83,8 @@ pub enum StartError {
     Relay(std::io::Error),
     #[error("loading the config: {0}")]
     Config(#[from] config::ConfigError),
+    #[error("connecting to Kubernetes: {0}")]
+    Kube(#[from] config::kube::KubeError),
     #[error("loading the identity: {0}")]
     Identity(#[from] crate::tls::identity::IdentityError),
 }
@@ -104,18 +116,49 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
     crate::tls::provider();
     let metrics = Arc::new(Metrics::default());
     let identity = Arc::new(Identity::load(opts.identity.clone())?);
-    let seen = config::file::fingerprint(&opts.config);
-    let snapshot = config::file::load(&opts.config, &opts.settings)?;
-    tracing::info!(
-        version = snapshot.version,
-        waypoint = %snapshot.waypoint.gateway,
-        services = snapshot.destinations.services.len(),
-        workloads = snapshot.destinations.workloads.len(),
-        policies = snapshot.authorizer.policies().len(),
-        spiffe_id = %identity.current().spiffe_id,
-        "config loaded"
-    );
-    let config = ConfigHandle::new(snapshot);
+    let mut background = Vec::new();
+    let config = match &opts.config {
+        ConfigSource::File(path) => {
+            let seen = config::file::fingerprint(path);
+            let (snapshot, store) = config::file::load(path, &opts.settings)?;
+            tracing::info!(
+                version = snapshot.version,
+                waypoint = %snapshot.waypoint.gateway,
+                services = snapshot.destinations.services.len(),
+                workloads = snapshot.destinations.workloads.len(),
+                policies = snapshot.authorizer.policies().len(),
+                spiffe_id = %identity.current().spiffe_id,
+                "config loaded"
+            );
+            metrics
+                .config_version
+                .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
+            let config = ConfigHandle::new(snapshot, store);
+            background.push(tokio::spawn(config::file::watch(
+                path.clone(),
+                seen,
+                opts.settings.clone(),
+                config.clone(),
+                metrics.clone(),
+                opts.poll_interval,
+            )));
+            config
+        }
+        ConfigSource::Kubernetes(k) => {
+            let config = ConfigHandle::unsynced(Snapshot::empty(&opts.settings));
+            background.extend(
+                config::kube::start(
+                    (**k).clone(),
+                    opts.settings.clone(),
+                    config.clone(),
+                    metrics.clone(),
+                )
+                .await?,
+            );
+            tracing::info!(gateway = %k.gateway, "watching the Kubernetes API; ready after the first full sync");
+            config
+        }
+    };
 
     let hbone_listener = bind("HBONE", opts.hbone_addr).await?;
     let readiness_listener = bind("readiness", opts.readiness_addr).await?;
@@ -157,7 +200,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         ready: ready.clone(),
     };
-    let background = vec![
+    background.extend([
         tokio::spawn(relay::serve(relay_listener, upstream)),
         tokio::spawn(admin::serve(
             readiness_listener,
@@ -170,16 +213,8 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
             Role::Admin,
         )),
         tokio::spawn(admin::serve(metrics_listener, admin_state, Role::Metrics)),
-        tokio::spawn(config::file::watch(
-            opts.config.clone(),
-            seen,
-            opts.settings.clone(),
-            config.clone(),
-            metrics.clone(),
-            opts.poll_interval,
-        )),
         tokio::spawn(identity.clone().watch(opts.poll_interval)),
-    ];
+    ]);
     let hbone = tokio::spawn(server::serve(
         hbone_listener,
         identity.clone(),

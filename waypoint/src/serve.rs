@@ -11,7 +11,9 @@ use clap::Args;
 use gateway_api_bindings::ObjectKey;
 use policy_engine::path::PathNormalization;
 use waypoint::config::MeshSettings;
-use waypoint::run::RunOptions;
+use waypoint::config::kube::KubeOptions;
+use waypoint::config::kube::mesh_config::{MeshConfig, Overrides};
+use waypoint::run::{ConfigSource, RunOptions};
 use waypoint::tls::IdentitySource;
 use waypoint::tls::dev_ca::DevCa;
 
@@ -19,18 +21,38 @@ use waypoint::tls::dev_ca::DevCa;
 pub(crate) struct RunArgs {
     /// A YAML file (multi-document) or a directory of them: Gateway, Services, EndpointSlices,
     /// Pods, Namespaces, AuthorizationPolicies. Watched; valid changes apply without a restart.
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    config: Option<PathBuf>,
+    /// Read the config from the Kubernetes API server (in-cluster, or --kubeconfig).
     #[arg(long)]
-    config: PathBuf,
-    /// Our Gateway as `namespace/name`; needed only when the config holds several waypoints.
+    kubernetes: bool,
+    /// A kubeconfig file for --kubernetes (default: in-cluster, then KUBECONFIG, ~/.kube/config).
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// Our Gateway as `namespace/name`. With --kubernetes it defaults to $GATEWAY_NAME in
+    /// $POD_NAMESPACE; with --config it is needed only when the files hold several waypoints.
     #[arg(long)]
     gateway: Option<String>,
-    #[arg(long, default_value = "istio-system")]
-    root_namespace: String,
-    #[arg(long, default_value = "cluster.local")]
-    trust_domain: String,
-    /// Mesh `pathNormalization`: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
-    #[arg(long, default_value = "BASE")]
-    path_normalization: String,
+    /// Istio's mesh ConfigMap (`namespace/name`, key `mesh`), read with --kubernetes.
+    #[arg(long, default_value = "istio-system/istio")]
+    mesh_config: String,
+    /// Do not write policy and Gateway status (no Lease either).
+    #[arg(long)]
+    no_status: bool,
+    /// Istio's root namespace [default: the mesh config's, else istio-system].
+    #[arg(long)]
+    root_namespace: Option<String>,
+    /// [default: the mesh config's, else cluster.local]
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// Mesh `pathNormalization`: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES
+    /// [default: the mesh config's, else BASE].
+    #[arg(long)]
+    path_normalization: Option<String>,
     /// PEM certificate chain (leaf first) with the waypoint's SPIFFE ID; reloaded on change.
     #[arg(long, requires_all = ["key", "trust_bundle"], conflicts_with = "dev_ca")]
     cert_chain: Option<PathBuf>,
@@ -69,22 +91,50 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let path_normalization = PathNormalization::parse(&args.path_normalization)
-        .with_context(|| format!("unknown --path-normalization {:?}", args.path_normalization))?;
-    let gateway = match &args.gateway {
-        Some(g) => {
-            let Some((ns, name)) = g.split_once('/') else {
-                bail!("--gateway must be namespace/name, got {g:?}");
-            };
-            Some(ObjectKey::new(ns, name))
-        }
+    let path_normalization = match &args.path_normalization {
+        Some(p) => Some(
+            PathNormalization::parse(p)
+                .with_context(|| format!("unknown --path-normalization {p:?}"))?,
+        ),
         None => None,
     };
-    let settings = MeshSettings {
-        gateway,
-        root_namespace: args.root_namespace,
-        trust_domain: args.trust_domain,
+    let key = |flag: &str, v: &str| match v.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok(ObjectKey::new(ns, name)),
+        _ => bail!("{flag} must be namespace/name, got {v:?}"),
+    };
+    let mut gateway = match &args.gateway {
+        Some(g) => Some(key("--gateway", g)?),
+        None => None,
+    };
+    if args.kubernetes && gateway.is_none() {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let (Some(name), Some(ns)) = (env("GATEWAY_NAME"), env("POD_NAMESPACE")) else {
+            bail!(
+                "--kubernetes needs --gateway namespace/name (or GATEWAY_NAME and POD_NAMESPACE)"
+            );
+        };
+        gateway = Some(ObjectKey::new(ns, name));
+    }
+    let overrides = Overrides {
+        root_namespace: args.root_namespace.clone(),
+        trust_domain: args.trust_domain.clone(),
         path_normalization,
+    };
+    let mut settings = MeshConfig::default().settings(&overrides, &MeshSettings::default());
+    settings.gateway = gateway.clone();
+    let source = match (&args.config, gateway) {
+        (Some(path), _) => ConfigSource::File(path.clone()),
+        (None, Some(gateway)) => {
+            let mut k = KubeOptions::new(gateway);
+            k.kubeconfig = args.kubeconfig.clone();
+            k.mesh_config = key("--mesh-config", &args.mesh_config)?;
+            k.overrides = overrides;
+            if args.no_status {
+                k.status = None;
+            }
+            ConfigSource::Kubernetes(Box::new(k))
+        }
+        (None, None) => bail!("give --config PATH or --kubernetes"),
     };
     let identity = match (args.cert_chain, args.key, args.trust_bundle, args.dev_ca) {
         (Some(cert_chain), Some(key), Some(trust_bundle), false) => IdentitySource::Files {
@@ -94,9 +144,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         (None, None, None, true) => {
             // The waypoint's service account is named after its Gateway.
-            let snapshot = waypoint::config::file::load(&args.config, &settings)
-                .with_context(|| format!("loading {}", args.config.display()))?;
-            let gw = &snapshot.waypoint.gateway;
+            let gw = match &source {
+                ConfigSource::File(path) => {
+                    let (snapshot, _) = waypoint::config::file::load(path, &settings)
+                        .with_context(|| format!("loading {}", path.display()))?;
+                    snapshot.waypoint.gateway
+                }
+                ConfigSource::Kubernetes(k) => k.gateway.clone(),
+            };
             let spiffe_id = gateway_api_bindings::mesh::spiffe_id(
                 &settings.trust_domain,
                 &gw.namespace,
@@ -109,7 +164,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         _ => bail!("give --cert-chain, --key and --trust-bundle, or --dev-ca"),
     };
-    let mut opts = RunOptions::new(args.config, identity);
+    let mut opts = RunOptions::new(source, identity);
     opts.settings = settings;
     opts.hbone_addr = args.hbone_addr;
     opts.readiness_addr = args.readiness_addr;

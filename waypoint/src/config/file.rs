@@ -11,7 +11,7 @@ use super::{ConfigError, ConfigHandle, MeshSettings, Snapshot};
 use crate::metrics::Metrics;
 
 /// Reads and compiles `path`.
-pub fn load(path: &Path, settings: &MeshSettings) -> Result<Snapshot, ConfigError> {
+pub fn load(path: &Path, settings: &MeshSettings) -> Result<(Snapshot, Store), ConfigError> {
     let mut store = Store::default();
     let errors = store.load_path(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -22,7 +22,8 @@ pub fn load(path: &Path, settings: &MeshSettings) -> Result<Snapshot, ConfigErro
             errors.iter().map(ToString::to_string).collect(),
         ));
     }
-    Snapshot::compile(store, settings)
+    let snapshot = Snapshot::compile(&store, settings)?;
+    Ok((snapshot, store))
 }
 
 /// What identifies a version of the files: names, sizes and modification times.
@@ -69,8 +70,9 @@ pub async fn watch(
         let (p, s) = (path.clone(), settings.clone());
         let result = tokio::task::spawn_blocking(move || load(&p, &s)).await;
         match result {
-            Ok(Ok(snapshot)) => {
+            Ok(Ok((snapshot, store))) => {
                 tracing::info!(version = snapshot.version, path = %path.display(), "config change applied");
+                *handle.objects() = store;
                 handle.store(snapshot);
                 metrics.config_reloads.inc();
             }

@@ -1,10 +1,16 @@
 //! Config: Kubernetes objects compiled into an immutable [`Snapshot`] that the data path reads
 //! without locks; a new snapshot replaces the old one atomically.
+//!
+//! Two sources feed it: [`file`] (YAML files, the embedded default) and [`kube`] (watchers on
+//! the API server). Both keep a [`Store`] of the objects they read and publish snapshots built
+//! from it; the policies and the destinations are compiled separately, so an endpoint change
+//! reuses the compiled policies.
 
 pub mod file;
+pub mod kube;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use gateway_api_bindings::mesh::Destinations;
@@ -13,7 +19,7 @@ use policy_engine::Authorizer;
 use policy_engine::path::PathNormalization;
 
 /// Mesh-wide settings that do not come from the objects themselves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshSettings {
     /// Our Gateway; when `None`, the config must hold exactly one waypoint Gateway.
     pub gateway: Option<ObjectKey>,
@@ -51,27 +57,50 @@ pub enum ConfigError {
     AmbiguousGateway(String),
 }
 
-/// Everything the data path needs, compiled once.
+/// Everything the data path needs, compiled once. Parts are shared between snapshots when they
+/// did not change.
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
     pub waypoint: WaypointIdentity,
-    pub authorizer: Authorizer,
-    pub destinations: Destinations,
+    pub authorizer: Arc<Authorizer>,
+    pub destinations: Arc<Destinations>,
     pub path_normalization: PathNormalization,
-    /// The objects it was built from, for `/config_dump`.
-    pub store: Store,
 }
 
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
 
+/// A process-wide increasing snapshot version.
+pub fn next_version() -> u64 {
+    VERSIONS.fetch_add(1, Ordering::Relaxed)
+}
+
 impl Snapshot {
+    /// Serves nothing: every destination is unknown. Used until a source has synced.
+    pub fn empty(settings: &MeshSettings) -> Snapshot {
+        let gateway = settings
+            .gateway
+            .clone()
+            .unwrap_or_else(|| ObjectKey::new("", ""));
+        Snapshot {
+            version: next_version(),
+            waypoint: WaypointIdentity {
+                gateway,
+                class: gateway_api_bindings::attachment::WAYPOINT_CLASS.to_owned(),
+                root_namespace: settings.root_namespace.clone(),
+            },
+            authorizer: Arc::new(policy_engine::AuthorizerBuilder::new().build()),
+            destinations: Arc::default(),
+            path_normalization: settings.path_normalization,
+        }
+    }
+
     /// Compiles `store`. Policies that fail Istio's validation make the whole config invalid, as
     /// the admission webhook would have refused them.
-    pub fn compile(store: Store, settings: &MeshSettings) -> Result<Snapshot, ConfigError> {
+    pub fn compile(store: &Store, settings: &MeshSettings) -> Result<Snapshot, ConfigError> {
         let mut invalid = Vec::new();
         for (key, ap) in &store.authorization_policies {
-            let st = status::authorization_policy(&store, &ap.object, &settings.root_namespace);
+            let st = status::authorization_policy(store, &ap.object, &settings.root_namespace);
             for e in &st.errors {
                 invalid.push(format!(
                     "{}: AuthorizationPolicy {key}: {}: {}",
@@ -99,19 +128,23 @@ impl Snapshot {
                 }
             }
         };
-        let waypoint = WaypointIdentity::from_store(&store, gateway, &settings.root_namespace);
+        let waypoint = WaypointIdentity::from_store(store, gateway, &settings.root_namespace);
         Ok(Snapshot {
-            version: VERSIONS.fetch_add(1, Ordering::Relaxed),
-            authorizer: authorizer_for(&store, &waypoint),
-            destinations: Destinations::build(&store, &waypoint.gateway, &settings.trust_domain),
+            version: next_version(),
+            authorizer: Arc::new(authorizer_for(store, &waypoint)),
+            destinations: Arc::new(Destinations::build(
+                store,
+                &waypoint.gateway,
+                &settings.trust_domain,
+            )),
             waypoint,
             path_normalization: settings.path_normalization,
-            store,
         })
     }
 
-    /// `/config_dump`: the loaded objects and the compiled policies.
-    pub fn dump(&self) -> serde_json::Value {
+    /// `/config_dump`: the loaded objects (`store`, what the snapshot was built from) and the
+    /// compiled policies.
+    pub fn dump(&self, store: &Store) -> serde_json::Value {
         let keys = |m: Vec<String>| serde_json::Value::from(m);
         let services: Vec<_> = {
             let mut v: Vec<_> = self
@@ -146,13 +179,15 @@ impl Snapshot {
             "waypoint": self.waypoint.gateway.to_string(),
             "pathNormalization": format!("{:?}", self.path_normalization),
             "objects": {
-                "gateways": keys(self.store.gateways.keys().map(ToString::to_string).collect()),
-                "namespaces": keys(self.store.namespaces.keys().cloned().collect()),
-                "services": keys(self.store.services.keys().map(ToString::to_string).collect()),
-                "endpointSlices": keys(self.store.endpoint_slices.keys().map(ToString::to_string).collect()),
-                "pods": keys(self.store.pods.keys().map(ToString::to_string).collect()),
-                "authorizationPolicies": keys(self.store.authorization_policies.keys().map(ToString::to_string).collect()),
-                "requestAuthentications": keys(self.store.request_authentications.keys().map(ToString::to_string).collect()),
+                "gateways": keys(store.gateways.keys().map(ToString::to_string).collect()),
+                "namespaces": keys(store.namespaces.keys().cloned().collect()),
+                "services": keys(store.services.keys().map(ToString::to_string).collect()),
+                "endpointSlices": keys(store.endpoint_slices.keys().map(ToString::to_string).collect()),
+                "pods": keys(store.pods.keys().map(ToString::to_string).collect()),
+                "serviceEntries": keys(store.service_entries.keys().map(ToString::to_string).collect()),
+                "workloadEntries": keys(store.workload_entries.keys().map(ToString::to_string).collect()),
+                "authorizationPolicies": keys(store.authorization_policies.keys().map(ToString::to_string).collect()),
+                "requestAuthentications": keys(store.request_authentications.keys().map(ToString::to_string).collect()),
             },
             "destinations": {"services": services, "workloads": workloads},
             "policies": self.authorizer.policies().iter().map(|p| serde_json::json!({
@@ -166,16 +201,31 @@ impl Snapshot {
     }
 }
 
-/// The current snapshot, shared by the data path and config sources.
+/// The current snapshot, shared by the data path and config sources, plus the objects behind
+/// it (for `/config_dump` and status, never read on the data path).
 #[derive(Debug)]
 pub struct ConfigHandle {
     current: ArcSwap<Snapshot>,
+    store: Arc<Mutex<Store>>,
+    synced: AtomicBool,
 }
 
 impl ConfigHandle {
-    pub fn new(initial: Snapshot) -> Arc<ConfigHandle> {
+    /// A handle serving `initial`, already synced (the file source loads before it starts).
+    pub fn new(initial: Snapshot, store: Store) -> Arc<ConfigHandle> {
         Arc::new(ConfigHandle {
             current: ArcSwap::from_pointee(initial),
+            store: Arc::new(Mutex::new(store)),
+            synced: AtomicBool::new(true),
+        })
+    }
+
+    /// A handle that is not ready until a source calls [`ConfigHandle::mark_synced`].
+    pub fn unsynced(initial: Snapshot) -> Arc<ConfigHandle> {
+        Arc::new(ConfigHandle {
+            current: ArcSwap::from_pointee(initial),
+            store: Arc::default(),
+            synced: AtomicBool::new(false),
         })
     }
 
@@ -185,5 +235,33 @@ impl ConfigHandle {
 
     pub fn store(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
+    }
+
+    /// The objects the current snapshot was built from.
+    pub fn objects(&self) -> MutexGuard<'_, Store> {
+        // A panic while a source held the lock leaves a store that is still a valid index.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Shared with a source that mutates it in place.
+    pub fn objects_handle(&self) -> Arc<Mutex<Store>> {
+        self.store.clone()
+    }
+
+    /// Whether the source has delivered a complete view at least once.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// `/config_dump`.
+    pub fn dump(&self) -> serde_json::Value {
+        let snapshot = self.load();
+        let mut d = snapshot.dump(&self.objects());
+        d["synced"] = self.is_synced().into();
+        d
     }
 }

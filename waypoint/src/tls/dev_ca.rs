@@ -58,6 +58,30 @@ impl DevCa {
         &self.root_pem
     }
 
+    /// A TLS server certificate for `hosts` (DNS names or IP addresses), for local servers the
+    /// waypoint talks to (a test API server, say).
+    pub fn issue_server(
+        &self,
+        hosts: &[&str],
+        lifetime: Duration,
+    ) -> Result<IssuedCert, IssueError> {
+        let key = KeyPair::generate()?;
+        let hosts: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
+        let mut params = CertificateParams::new(hosts)?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after =
+            now + time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(1));
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert {
+            chain_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// A workload certificate for `spiffe_id`, valid from a minute ago for `lifetime`.
     pub fn issue(&self, spiffe_id: &str, lifetime: Duration) -> Result<IssuedCert, IssueError> {
         let key = KeyPair::generate()?;

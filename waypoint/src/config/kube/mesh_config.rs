@@ -1,0 +1,117 @@
+//! Istio's mesh config (`istio-system/istio`, key `mesh`): the settings the waypoint takes from it.
+
+use policy_engine::path::PathNormalization;
+use serde::Deserialize;
+
+use crate::config::MeshSettings;
+
+/// Flags given explicitly; each wins over the mesh config.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub root_namespace: Option<String>,
+    pub trust_domain: Option<String>,
+    pub path_normalization: Option<PathNormalization>,
+}
+
+/// What the ConfigMap said; unset fields keep Istio's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeshConfig {
+    pub root_namespace: Option<String>,
+    pub trust_domain: Option<String>,
+    pub path_normalization: Option<PathNormalization>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    #[serde(default)]
+    root_namespace: Option<String>,
+    #[serde(default)]
+    trust_domain: Option<String>,
+    #[serde(default)]
+    path_normalization: Option<RawNormalization>,
+}
+
+#[derive(Deserialize)]
+struct RawNormalization {
+    #[serde(default)]
+    normalization: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshConfigError {
+    #[error("the mesh config is not valid YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("unknown pathNormalization.normalization {0:?}")]
+    Normalization(String),
+}
+
+impl MeshConfig {
+    /// Parses the `mesh` key. Fields the waypoint does not use are ignored.
+    pub fn parse(text: &str) -> Result<MeshConfig, MeshConfigError> {
+        let raw: Option<Raw> = serde_yaml::from_str(text)?;
+        let Some(raw) = raw else {
+            return Ok(MeshConfig::default());
+        };
+        let path_normalization = match raw.path_normalization.and_then(|p| p.normalization) {
+            Some(n) => Some(PathNormalization::parse(&n).ok_or(MeshConfigError::Normalization(n))?),
+            None => None,
+        };
+        Ok(MeshConfig {
+            root_namespace: raw.root_namespace.filter(|s| !s.is_empty()),
+            trust_domain: raw.trust_domain.filter(|s| !s.is_empty()),
+            path_normalization,
+        })
+    }
+
+    /// Flags, then this config, then Istio's defaults.
+    pub fn settings(&self, overrides: &Overrides, base: &MeshSettings) -> MeshSettings {
+        let defaults = MeshSettings::default();
+        MeshSettings {
+            gateway: base.gateway.clone(),
+            root_namespace: overrides
+                .root_namespace
+                .clone()
+                .or_else(|| self.root_namespace.clone())
+                .unwrap_or(defaults.root_namespace),
+            trust_domain: overrides
+                .trust_domain
+                .clone()
+                .or_else(|| self.trust_domain.clone())
+                .unwrap_or(defaults.trust_domain),
+            path_normalization: overrides
+                .path_normalization
+                .or(self.path_normalization)
+                .unwrap_or(defaults.path_normalization),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_config_map_and_defaults_fill_in() {
+        let mc = MeshConfig::parse(
+            "trustDomain: example.org\nrootNamespace: mesh-root\npathNormalization:\n  normalization: MERGE_SLASHES\naccessLogFile: /dev/stdout\n",
+        )
+        .unwrap();
+        let base = MeshSettings::default();
+        let s = mc.settings(&Overrides::default(), &base);
+        assert_eq!(s.trust_domain, "example.org");
+        assert_eq!(s.root_namespace, "mesh-root");
+        assert_eq!(s.path_normalization, PathNormalization::MergeSlashes);
+        let flags = Overrides {
+            trust_domain: Some("flag.td".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(mc.settings(&flags, &base).trust_domain, "flag.td");
+        let empty = MeshConfig::parse("")
+            .unwrap()
+            .settings(&Overrides::default(), &base);
+        assert_eq!(empty.root_namespace, "istio-system");
+        assert_eq!(empty.path_normalization, PathNormalization::Base);
+        assert!(MeshConfig::parse("pathNormalization: {normalization: SOMETIMES}").is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! The Kubernetes config source: watchers on the API server feed the same [`Store`] the file
+//! source loads, and a sync thread publishes snapshots from it.
+//!
+//! * [`watch`]: one kube-runtime watcher per kind (backoff on errors, relist after a 410).
+//! * [`sync`]: debounced, incremental snapshot builds; readiness after the first full sync.
+//! * [`status`] and [`lease`]: `WaypointAccepted` / `Programmed` written by the Lease holder.
+//! * [`mesh_config`]: root namespace, trust domain and path normalization from Istio's mesh
+//!   ConfigMap, unless flags say otherwise.
+//!
+//! An API server that is down at start-up or later costs nothing but freshness: the last
+//! snapshot keeps serving and watchers retry with backoff. Readiness stays false until every
+//! kind has been listed once.
+//!
+//! [`Store`]: gateway_api_bindings::Store
+
+pub mod lease;
+pub mod mesh_config;
+pub mod status;
+pub mod sync;
+pub mod watch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_api_bindings::ObjectKey;
+use tokio::sync::watch as tokio_watch;
+use tokio::task::JoinHandle;
+
+use self::lease::LeaseOptions;
+use self::mesh_config::Overrides;
+use crate::config::{ConfigHandle, MeshSettings};
+use crate::metrics::Metrics;
+
+/// Our own field manager for status writes.
+pub const FIELD_MANAGER: &str = "rust-waypoint";
+
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// Our Gateway.
+    pub gateway: ObjectKey,
+    /// A kubeconfig file; otherwise in-cluster config (or `KUBECONFIG`, `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Istio's mesh ConfigMap.
+    pub mesh_config: ObjectKey,
+    /// Settings given as flags: they win over the mesh ConfigMap.
+    pub overrides: Overrides,
+    /// A burst of changes ends after this much quiet...
+    pub debounce: Duration,
+    /// ...or after this long at most.
+    pub max_delay: Duration,
+    /// `None`: never write status (a read-only replica, or RBAC without status rights).
+    pub status: Option<LeaseOptions>,
+}
+
+impl KubeOptions {
+    pub fn new(gateway: ObjectKey) -> KubeOptions {
+        let identity = std::env::var("POD_NAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("waypoint-{}", std::process::id()));
+        KubeOptions {
+            kubeconfig: None,
+            mesh_config: ObjectKey::new("istio-system", "istio"),
+            overrides: Overrides::default(),
+            debounce: Duration::from_millis(10),
+            max_delay: Duration::from_millis(200),
+            status: Some(LeaseOptions {
+                namespace: gateway.namespace.clone(),
+                name: format!("{}-waypoint-status", gateway.name),
+                identity,
+                duration: Duration::from_secs(15),
+                renew_every: Duration::from_secs(2),
+            }),
+            gateway,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("reading the kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no Kubernetes client config (in-cluster or kubeconfig): {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("building the Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+    #[error("starting the config sync thread: {0}")]
+    Thread(std::io::Error),
+}
+
+async fn client(opts: &KubeOptions) -> Result<kube::Client, KubeError> {
+    let config = match &opts.kubeconfig {
+        Some(path) => {
+            let err = |source| KubeError::Kubeconfig {
+                path: path.clone(),
+                source,
+            };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(err)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(err)?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Starts the watchers, the sync thread and (when enabled) the status writer. Returns at once:
+/// readiness follows the first full sync.
+pub async fn start(
+    opts: KubeOptions,
+    base: MeshSettings,
+    handle: Arc<ConfigHandle>,
+    metrics: Arc<Metrics>,
+) -> Result<Vec<JoinHandle<()>>, KubeError> {
+    let client = client(&opts).await?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (status_tx, status_rx) = tokio_watch::channel(Arc::default());
+    let sync = sync::Sync {
+        gateway: opts.gateway.clone(),
+        overrides: opts.overrides.clone(),
+        base,
+        handle: handle.clone(),
+        metrics: metrics.clone(),
+        status: status_tx,
+        quiet: opts.debounce,
+        max_delay: opts.max_delay,
+    };
+    std::thread::Builder::new()
+        .name("config-sync".into())
+        .spawn(move || sync.run(rx))
+        .map_err(KubeError::Thread)?;
+    let mut tasks = watch::spawn_all(&client, &opts.mesh_config, &tx, &metrics);
+    drop(tx);
+    if let Some(lease) = opts.status.clone() {
+        let (leader_tx, leader_rx) = tokio_watch::channel(false);
+        tasks.push(tokio::spawn(lease::elect(
+            client.clone(),
+            lease,
+            leader_tx,
+            metrics.clone(),
+        )));
+        let writer = status::StatusWriter {
+            client,
+            gateway: opts.gateway.clone(),
+            field_manager: FIELD_MANAGER.to_owned(),
+            handle,
+            metrics,
+        };
+        tasks.push(tokio::spawn(writer.run(status_rx, leader_rx)));
+    }
+    Ok(tasks)
+}

@@ -1,0 +1,360 @@
+//! Writes the `WaypointAccepted` condition on the policies that concern this waypoint, and
+//! `Programmed` on its Gateway, with server-side apply under our own field manager. Only the
+//! Lease holder writes.
+//!
+//! Istio declares policy `status` without a schema, so its `conditions` list is replaced as a
+//! whole by an apply: we carry over conditions of other types (istiod's `ZtunnelAccepted`) from
+//! the object as last seen. Writes are skipped when the object already shows the condition.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use gateway_api_bindings::istio::IstioCondition;
+use gateway_api_bindings::status::{self, Condition, Targeting};
+use gateway_api_bindings::{Kind, Object, ObjectKey, Store};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::sync::StatusInput;
+use crate::config::ConfigHandle;
+use crate::metrics::Metrics;
+
+/// How many status writes are in flight at once.
+const CONCURRENCY: usize = 8;
+/// After a failed write, try again this much later even if nothing changed.
+const RETRY: Duration = Duration::from_secs(5);
+
+impl std::fmt::Debug for StatusWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusWriter")
+            .field("gateway", &self.gateway)
+            .field("field_manager", &self.field_manager)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One status write.
+#[derive(Debug, Clone, PartialEq)]
+struct Write {
+    kind: Kind,
+    key: ObjectKey,
+    body: serde_json::Value,
+}
+
+pub struct StatusWriter {
+    pub client: Client,
+    pub gateway: ObjectKey,
+    pub field_manager: String,
+    pub handle: Arc<ConfigHandle>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl StatusWriter {
+    pub async fn run(
+        self,
+        mut input: watch::Receiver<Arc<StatusInput>>,
+        mut leader: watch::Receiver<bool>,
+    ) {
+        // What we last wrote, so a write whose echo has not come back yet is not repeated.
+        let mut written: HashMap<(Kind, ObjectKey), serde_json::Value> = HashMap::new();
+        let mut retry = false;
+        loop {
+            let changed = tokio::select! {
+                r = input.changed() => r.is_ok(),
+                r = leader.changed() => r.is_ok(),
+                _ = tokio::time::sleep(RETRY), if retry => true,
+            };
+            if !changed {
+                return;
+            }
+            if !*leader.borrow_and_update() {
+                written.clear();
+                continue;
+            }
+            let current = input.borrow_and_update().clone();
+            if !current.synced {
+                continue;
+            }
+            let writes: Vec<Write> = {
+                let store = self.handle.objects();
+                desired(&store, &current, &self.gateway)
+                    .into_iter()
+                    .filter(|w| written.get(&(w.kind, w.key.clone())) != Some(&w.body))
+                    .collect()
+            };
+            if writes.is_empty() {
+                retry = false;
+                continue;
+            }
+            tracing::debug!(
+                writes = writes.len(),
+                epoch = current.epoch,
+                "writing status"
+            );
+            let me = &self;
+            let results: Vec<(Write, bool)> = futures::stream::iter(writes)
+                .map(|w| async move {
+                    let ok = me.write(&w).await;
+                    (w, ok)
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            retry = false;
+            for (w, ok) in results {
+                if ok {
+                    written.insert((w.kind, w.key), w.body);
+                } else {
+                    retry = true;
+                }
+            }
+        }
+    }
+
+    async fn write(&self, w: &Write) -> bool {
+        let (group, kind) = w.kind.group_kind();
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, "v1", kind),
+            &format!("{}s", kind.to_ascii_lowercase()),
+        );
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &w.key.namespace, &ar);
+        let params = PatchParams::apply(&self.field_manager).force();
+        let mut body = w.body.clone();
+        stamp_transition_times(&mut body);
+        match api
+            .patch_status(&w.key.name, &params, &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => {
+                self.metrics.status_writes.inc();
+                true
+            }
+            Err(e) => {
+                self.metrics.status_write_failures.inc();
+                tracing::warn!(kind = %w.kind, object = %w.key, error = %e, "status write failed; will retry");
+                false
+            }
+        }
+    }
+}
+
+/// Conditions without a transition time get "now": the comparison with what is on the object
+/// ignores the time, so this happens only when the condition really changed.
+fn stamp_transition_times(body: &mut serde_json::Value) {
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now())
+        .to_string();
+    if let Some(conds) = body["status"]["conditions"].as_array_mut() {
+        for c in conds {
+            if c.get("lastTransitionTime")
+                .is_none_or(serde_json::Value::is_null)
+            {
+                c["lastTransitionTime"] = now.clone().into();
+            }
+        }
+    }
+}
+
+/// Every status write the store calls for.
+fn desired(store: &Store, input: &StatusInput, gateway: &ObjectKey) -> Vec<Write> {
+    let root = &input.settings.root_namespace;
+    let mut out = Vec::new();
+    for (key, ap) in &store.authorization_policies {
+        if input
+            .invalid
+            .contains_key(&(Kind::AuthorizationPolicy, key.clone()))
+        {
+            continue;
+        }
+        let t = Targeting::of_authorization_policy(&ap.object);
+        if !status::concerns(store, &t, gateway, root) {
+            continue;
+        }
+        let Some(c) = status::authorization_policy(store, &ap.object, root).condition else {
+            continue;
+        };
+        let observed = ap.object.status.as_ref().map(|s| s.conditions.as_slice());
+        out.extend(policy_write(
+            Kind::AuthorizationPolicy,
+            key,
+            &c,
+            observed.unwrap_or(&[]),
+        ));
+    }
+    for (key, ra) in &store.request_authentications {
+        if input
+            .invalid
+            .contains_key(&(Kind::RequestAuthentication, key.clone()))
+        {
+            continue;
+        }
+        let t = Targeting::of_request_authentication(&ra.object);
+        if !status::concerns(store, &t, gateway, root) {
+            continue;
+        }
+        let Some(c) = status::request_authentication(store, &ra.object, root).condition else {
+            continue;
+        };
+        let observed = ra.object.status.as_ref().map(|s| s.conditions.as_slice());
+        out.extend(policy_write(
+            Kind::RequestAuthentication,
+            key,
+            &c,
+            observed.unwrap_or(&[]),
+        ));
+    }
+    for ((kind, key), inv) in &input.invalid {
+        // A readable object says where it points; an unreadable one is reported by the
+        // waypoint of its namespace.
+        let concerns = match inv.object.as_deref() {
+            Some(Object::AuthorizationPolicy(ap)) => status::concerns(
+                store,
+                &Targeting::of_authorization_policy(ap),
+                gateway,
+                root,
+            ),
+            Some(Object::RequestAuthentication(ra)) => status::concerns(
+                store,
+                &Targeting::of_request_authentication(ra),
+                gateway,
+                root,
+            ),
+            _ => key.namespace == gateway.namespace,
+        };
+        if !concerns
+            || !matches!(
+                kind,
+                Kind::AuthorizationPolicy | Kind::RequestAuthentication
+            )
+        {
+            continue;
+        }
+        let kept = if store.contains(*kind, key) {
+            " (the previous valid version stays in force)"
+        } else {
+            " (not enforced)"
+        };
+        let c = Condition {
+            status: false,
+            reason: status::Reason::Invalid,
+            message: format!(
+                "invalid policy: {}{}: {}{kept}",
+                inv.error.object, inv.error.field, inv.error.message
+            ),
+            observed_generation: inv.generation,
+        };
+        let observed = match (*kind, store_status(store, *kind, key)) {
+            (_, Some(o)) => o,
+            _ => Vec::new(),
+        };
+        out.extend(policy_write(*kind, key, &c, &observed));
+    }
+    if let Some(gw) = store.gateways.get(gateway) {
+        let generation = gw.object.metadata.generation;
+        let observed = gw
+            .object
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Programmed"));
+        let message = "the waypoint has synced its configuration and is serving";
+        let current = observed.is_some_and(|c| {
+            c.status == "True"
+                && c.reason == "Programmed"
+                && c.message == message
+                && c.observed_generation == generation
+        });
+        if !current {
+            let (group, kind) = Kind::Gateway.group_kind();
+            out.push(Write {
+                kind: Kind::Gateway,
+                key: gateway.clone(),
+                body: json!({
+                    "apiVersion": format!("{group}/v1"),
+                    "kind": kind,
+                    "metadata": {"name": gateway.name, "namespace": gateway.namespace},
+                    "status": {"conditions": [{
+                        "type": "Programmed",
+                        "status": "True",
+                        "reason": "Programmed",
+                        "message": message,
+                        "observedGeneration": generation,
+                    }]},
+                }),
+            });
+        }
+    }
+    out
+}
+
+fn store_status(store: &Store, kind: Kind, key: &ObjectKey) -> Option<Vec<IstioCondition>> {
+    let status = match kind {
+        Kind::AuthorizationPolicy => store.authorization_policies.get(key)?.object.status.clone(),
+        Kind::RequestAuthentication => store
+            .request_authentications
+            .get(key)?
+            .object
+            .status
+            .clone(),
+        _ => None,
+    };
+    status.map(|s| s.conditions)
+}
+
+/// The apply body for `c` on a policy, or `None` when the object already shows it.
+fn policy_write(
+    kind: Kind,
+    key: &ObjectKey,
+    c: &Condition,
+    observed: &[IstioCondition],
+) -> Option<Write> {
+    let ours = IstioCondition {
+        type_: status::CONDITION_TYPE.to_owned(),
+        status: if c.status { "True" } else { "False" }.to_owned(),
+        reason: Some(c.reason.as_str().to_owned()),
+        message: Some(c.message.clone()),
+        observed_generation: c.observed_generation,
+        last_transition_time: None,
+    };
+    let existing = observed.iter().find(|o| o.type_ == status::CONDITION_TYPE);
+    if let Some(e) = existing {
+        let mut e = e.clone();
+        let time = e.last_transition_time.take();
+        if e == ours {
+            return None;
+        }
+        // Same status: the transition time stays.
+        if e.status == ours.status {
+            let mut keep = ours.clone();
+            keep.last_transition_time = time;
+            return Some(body(kind, key, observed, keep));
+        }
+    }
+    Some(body(kind, key, observed, ours))
+}
+
+fn body(kind: Kind, key: &ObjectKey, observed: &[IstioCondition], ours: IstioCondition) -> Write {
+    let mut conditions: Vec<IstioCondition> = observed
+        .iter()
+        .filter(|o| o.type_ != status::CONDITION_TYPE)
+        .cloned()
+        .collect();
+    conditions.push(ours);
+    let (group, k) = kind.group_kind();
+    Write {
+        kind,
+        key: key.clone(),
+        body: json!({
+            "apiVersion": format!("{group}/v1"),
+            "kind": k,
+            "metadata": {"name": key.name, "namespace": key.namespace},
+            "status": {"conditions": conditions},
+        }),
+    }
+}

@@ -1,0 +1,419 @@
+//! The sync thread: applies watcher updates to the [`Store`], debounces them, and publishes
+//! snapshots. Policies are recompiled only when a policy (or what binds it) changed; endpoint,
+//! pod and service changes update the destinations of the services they touch.
+//!
+//! It runs on its own OS thread: compiling 10,000 policies takes a while, and the runtime's
+//! worker threads carry traffic.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gateway_api_bindings::mesh::{Changed, DestinationBuilder, SERVICE_NAME_LABEL, ServiceRef};
+use gateway_api_bindings::{
+    Kind, LoadError, Object, ObjectKey, Origin, Store, WaypointIdentity, authorizer_for, status,
+};
+use policy_engine::Authorizer;
+
+use super::mesh_config::{MeshConfig, Overrides};
+use super::watch::{Invalid, Parsed, Update};
+use crate::config::{ConfigHandle, MeshSettings, Snapshot, next_version};
+use crate::metrics::Metrics;
+
+/// What the status writer needs besides the store, published after each snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct StatusInput {
+    pub synced: bool,
+    pub settings: MeshSettings,
+    /// Objects kept out of the snapshot, with why.
+    pub invalid: BTreeMap<(Kind, ObjectKey), Invalid>,
+    /// Bumped whenever something that status depends on changed.
+    pub epoch: u64,
+}
+
+#[derive(Debug, Default)]
+struct Dirty {
+    policies: bool,
+    status: bool,
+    changed: Changed,
+    /// Mesh settings changed: destinations are rebuilt with the new trust domain.
+    settings: bool,
+}
+
+impl Dirty {
+    fn any(&self) -> bool {
+        self.policies || self.status || self.settings || !self.changed.is_empty()
+    }
+}
+
+#[allow(missing_debug_implementations)] // holds channels and handles only
+pub struct Sync {
+    pub gateway: ObjectKey,
+    pub overrides: Overrides,
+    pub base: MeshSettings,
+    pub handle: Arc<ConfigHandle>,
+    pub metrics: Arc<Metrics>,
+    pub status: tokio::sync::watch::Sender<Arc<StatusInput>>,
+    /// Quiet period that ends a burst of updates, and the longest a burst may delay a snapshot.
+    pub quiet: Duration,
+    pub max_delay: Duration,
+}
+
+struct State {
+    cfg: Sync,
+    store: Arc<Mutex<Store>>,
+    mesh_config: Option<MeshConfig>,
+    settings: MeshSettings,
+    pending: BTreeSet<Kind>,
+    mesh_pending: bool,
+    synced: bool,
+    invalid: BTreeMap<(Kind, ObjectKey), Invalid>,
+    destinations: DestinationBuilder,
+    authorizer: Arc<Authorizer>,
+    dirty: Dirty,
+    epoch: u64,
+}
+
+impl Sync {
+    /// Runs until every watcher is gone.
+    pub fn run(self, rx: Receiver<Update>) {
+        let settings = MeshConfig::default().settings(&self.overrides, &self.base);
+        let mut st = State {
+            store: self.handle.objects_handle(),
+            destinations: DestinationBuilder::new(self.gateway.clone(), &settings.trust_domain),
+            settings,
+            mesh_config: None,
+            pending: Kind::ALL.into_iter().collect(),
+            mesh_pending: true,
+            synced: false,
+            invalid: BTreeMap::new(),
+            authorizer: Arc::new(policy_engine::AuthorizerBuilder::new().build()),
+            dirty: Dirty::default(),
+            epoch: 0,
+            cfg: self,
+        };
+        loop {
+            let Ok(first) = rx.recv() else { return };
+            let burst = Instant::now();
+            st.update(first);
+            loop {
+                let left = st.cfg.max_delay.saturating_sub(burst.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(st.cfg.quiet.min(left)) {
+                    Ok(u) => st.update(u),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            if st.pending.is_empty() && !st.mesh_pending {
+                st.publish(burst);
+            }
+        }
+    }
+}
+
+impl State {
+    fn update(&mut self, u: Update) {
+        match u {
+            Update::Apply(kind, parsed) => {
+                let store = self.store.clone();
+                let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+                self.apply(&mut store, kind, parsed, true);
+            }
+            Update::Delete(kind, key) => {
+                let store = self.store.clone();
+                let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+                self.mark(&store, kind, &key, None, true);
+                store.remove(kind, &key);
+                if self.invalid.remove(&(kind, key)).is_some() {
+                    self.dirty.status = true;
+                }
+            }
+            Update::Relist(kind, objects) => {
+                let store = self.store.clone();
+                let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+                let listed: HashSet<ObjectKey> = objects
+                    .iter()
+                    .map(|p| match p {
+                        Ok(o) => o.key(),
+                        Err(i) => i.key.clone(),
+                    })
+                    .collect();
+                for key in store.keys(kind) {
+                    if !listed.contains(&key) {
+                        store.remove(kind, &key);
+                    }
+                }
+                self.invalid
+                    .retain(|(k, key), _| *k != kind || listed.contains(key));
+                for p in objects {
+                    self.apply(&mut store, kind, p, false);
+                }
+                self.mark_kind(kind);
+                if self.pending.remove(&kind) {
+                    tracing::info!(%kind, objects = listed.len(), "initial list done");
+                }
+            }
+            Update::MeshConfig(mc) => {
+                if mc != self.mesh_config {
+                    self.mesh_config = mc;
+                    let settings = self
+                        .mesh_config
+                        .clone()
+                        .unwrap_or_default()
+                        .settings(&self.cfg.overrides, &self.cfg.base);
+                    if settings != self.settings {
+                        tracing::info!(root_namespace = %settings.root_namespace, trust_domain = %settings.trust_domain, path_normalization = ?settings.path_normalization, "mesh settings changed");
+                        self.settings = settings;
+                        self.dirty.settings = true;
+                        self.dirty.policies = true;
+                        self.dirty.status = true;
+                    }
+                }
+            }
+            Update::MeshConfigSynced => self.mesh_pending = false,
+        }
+    }
+
+    /// Applies one object. `fine`: mark exactly what it touches (a relist marks its whole kind).
+    fn apply(&mut self, store: &mut Store, kind: Kind, parsed: Parsed, fine: bool) {
+        let object = match parsed.and_then(|o| self.validate(store, o)) {
+            Ok(o) => o,
+            Err(inv) => {
+                self.cfg.metrics.kube_invalid_objects.inc();
+                let kept = store.contains(kind, &inv.key);
+                tracing::warn!(%kind, object = %inv.key, error = %inv.error, previous_version_kept = kept, "invalid object not applied");
+                self.invalid.insert((kind, inv.key.clone()), *inv);
+                self.dirty.status = true;
+                return;
+            }
+        };
+        let key = object.key();
+        if self.invalid.remove(&(kind, key.clone())).is_some() {
+            self.dirty.status = true;
+        }
+        if fine {
+            self.mark(store, kind, &key, Some(&object), false);
+        }
+        store.apply(object, Origin::default());
+        if fine && kind == Kind::EndpointSlice {
+            // The new slice's service, now that it is indexed.
+            self.mark(store, kind, &key, None, false);
+        }
+    }
+
+    /// Rejects what istiod's webhook would: such an object never reaches an Istio proxy, so
+    /// the last valid version (if any) stays in force.
+    fn validate(&self, store: &Store, o: Object) -> Result<Object, Box<Invalid>> {
+        let root = &self.settings.root_namespace;
+        let (errors, generation) = match &o {
+            Object::AuthorizationPolicy(ap) => (
+                status::authorization_policy(store, ap, root).errors,
+                ap.metadata.generation,
+            ),
+            Object::RequestAuthentication(ra) => (
+                status::request_authentication(store, ra, root).errors,
+                ra.metadata.generation,
+            ),
+            _ => return Ok(o),
+        };
+        if errors.is_empty() {
+            return Ok(o);
+        }
+        let key = o.key();
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        Err(Box::new(Invalid {
+            error: LoadError {
+                origin: Origin::default(),
+                object: format!("{} {key}", o.kind()),
+                field: format!(" field {}", errors[0].field),
+                message: list.join("; "),
+            },
+            key,
+            generation,
+            object: Some(Box::new(o)),
+        }))
+    }
+
+    /// Marks what a change to `key` touches. `new`: the incoming object (for Apply), or `None`
+    /// for a delete (or to re-read the stored version).
+    fn mark(
+        &mut self,
+        store: &Store,
+        kind: Kind,
+        key: &ObjectKey,
+        new: Option<&Object>,
+        delete: bool,
+    ) {
+        let d = &mut self.dirty;
+        match kind {
+            Kind::Gateway => {
+                let same = match new {
+                    Some(Object::Gateway(g)) => store.gateways.get(key).is_some_and(|old| {
+                        old.object.spec == g.spec && old.object.metadata.labels == g.metadata.labels
+                    }),
+                    _ => false,
+                };
+                // Status writes (our own `Programmed` among them) change nothing we read.
+                if same && !delete {
+                    return;
+                }
+                d.status = true;
+                if *key == self.cfg.gateway {
+                    d.changed.everything = true;
+                    d.policies = true;
+                }
+            }
+            Kind::GatewayClass => {
+                d.policies = true;
+                d.status = true;
+            }
+            Kind::Namespace => {
+                d.changed.everything = true;
+                d.status = true;
+            }
+            Kind::Service => {
+                d.changed.services.insert(ServiceRef::Service(key.clone()));
+                d.status = true;
+            }
+            Kind::ServiceEntry => {
+                d.changed
+                    .services
+                    .insert(ServiceRef::ServiceEntry(key.clone()));
+                d.status = true;
+            }
+            Kind::EndpointSlice => {
+                let svc = |labels: Option<&BTreeMap<String, String>>| {
+                    labels
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        .map(|n| ServiceRef::Service(ObjectKey::new(&key.namespace, n.clone())))
+                };
+                let old = store
+                    .endpoint_slices
+                    .get(key)
+                    .and_then(|s| svc(s.object.metadata.labels.as_ref()));
+                let new = match new {
+                    Some(Object::EndpointSlice(s)) => svc(s.metadata.labels.as_ref()),
+                    _ => None,
+                };
+                d.changed.services.extend(old.into_iter().chain(new));
+            }
+            Kind::Pod => {
+                d.changed.pods.insert(key.clone());
+            }
+            Kind::WorkloadEntry => {
+                d.changed.workload_entries.insert(key.clone());
+            }
+            Kind::AuthorizationPolicy => {
+                let same = match new {
+                    Some(Object::AuthorizationPolicy(ap)) => store
+                        .authorization_policies
+                        .get(key)
+                        .is_some_and(|old| old.object.spec == ap.spec),
+                    _ => false,
+                };
+                // A status-only change (our own writes among them) compiles nothing.
+                if !same || delete {
+                    d.policies = true;
+                    d.status = true;
+                }
+            }
+            Kind::RequestAuthentication => {
+                let same = match new {
+                    Some(Object::RequestAuthentication(ra)) => store
+                        .request_authentications
+                        .get(key)
+                        .is_some_and(|old| old.object.spec == ra.spec),
+                    _ => false,
+                };
+                if !same || delete {
+                    d.status = true;
+                }
+            }
+        }
+    }
+
+    fn mark_kind(&mut self, kind: Kind) {
+        let d = &mut self.dirty;
+        d.status = true;
+        match kind {
+            Kind::AuthorizationPolicy | Kind::GatewayClass => d.policies = true,
+            Kind::RequestAuthentication => {}
+            Kind::Gateway => {
+                d.policies = true;
+                d.changed.everything = true;
+            }
+            _ => d.changed.everything = true,
+        }
+    }
+
+    fn publish(&mut self, burst: Instant) {
+        let first = !self.synced;
+        if !first && !self.dirty.any() {
+            return;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let started = Instant::now();
+        let store = self.store.clone();
+        let store = store.lock().unwrap_or_else(|p| p.into_inner());
+        let waypoint = WaypointIdentity::from_store(
+            &store,
+            self.cfg.gateway.clone(),
+            &self.settings.root_namespace,
+        );
+        if first || dirty.settings {
+            self.destinations =
+                DestinationBuilder::new(self.cfg.gateway.clone(), &self.settings.trust_domain);
+            self.destinations.rebuild(&store);
+        } else {
+            self.destinations.update(&store, &dirty.changed);
+        }
+        let recompiled = first || dirty.policies;
+        if recompiled {
+            self.authorizer = Arc::new(authorizer_for(&store, &waypoint));
+        }
+        let snapshot = Snapshot {
+            version: next_version(),
+            waypoint,
+            authorizer: self.authorizer.clone(),
+            destinations: Arc::new(self.destinations.destinations().clone()),
+            path_normalization: self.settings.path_normalization,
+        };
+        drop(store);
+        let version = snapshot.version;
+        let d = &snapshot.destinations;
+        tracing::info!(
+            version,
+            services = d.services.len(),
+            workloads = d.workloads.len(),
+            policies = snapshot.authorizer.policies().len(),
+            policies_recompiled = recompiled,
+            build_ms = started.elapsed().as_millis() as u64,
+            since_first_event_ms = burst.elapsed().as_millis() as u64,
+            "config snapshot published"
+        );
+        self.cfg.handle.store(snapshot);
+        self.cfg.metrics.config_reloads.inc();
+        self.cfg
+            .metrics
+            .config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+        if first {
+            self.synced = true;
+            self.cfg.handle.mark_synced();
+        }
+        if first || dirty.status {
+            self.epoch += 1;
+            let input = StatusInput {
+                synced: true,
+                settings: self.settings.clone(),
+                invalid: self.invalid.clone(),
+                epoch: self.epoch,
+            };
+            self.cfg.status.send_replace(Arc::new(input));
+        }
+    }
+}

@@ -249,6 +249,10 @@ pub struct DestinationBuilder {
     addrs_of: HashMap<ServiceRef, Vec<SocketAddr>>,
     /// Pod or WorkloadEntry key -> the services whose endpoints name it.
     services_of: HashMap<ObjectKey, BTreeSet<ServiceRef>>,
+    /// Endpoint IP -> the services listing it: a pod that appears after its EndpointSlice
+    /// (no targetRef) is found by its IP. Entries may outlive the endpoint; that costs a
+    /// needless refresh, never a missed one.
+    services_at: HashMap<IpAddr, BTreeSet<ServiceRef>>,
     workload_ips: HashMap<ObjectKey, Vec<IpAddr>>,
 }
 
@@ -260,6 +264,7 @@ impl DestinationBuilder {
             current: Destinations::default(),
             addrs_of: HashMap::new(),
             services_of: HashMap::new(),
+            services_at: HashMap::new(),
             workload_ips: HashMap::new(),
         }
     }
@@ -273,6 +278,7 @@ impl DestinationBuilder {
         self.current = Destinations::default();
         self.addrs_of.clear();
         self.services_of.clear();
+        self.services_at.clear();
         self.workload_ips.clear();
         let traffic = TrafficFor::of_gateway(store, &self.gateway);
         if traffic.services {
@@ -301,6 +307,16 @@ impl DestinationBuilder {
         for key in changed.pods.iter().chain(&changed.workload_entries) {
             if let Some(s) = self.services_of.get(key) {
                 services.extend(s.iter().cloned());
+            }
+            for ip in store
+                .pods
+                .get(key)
+                .map(|p| pod_ips(&p.object))
+                .unwrap_or_default()
+            {
+                if let Some(s) = self.services_at.get(&ip) {
+                    services.extend(s.iter().cloned());
+                }
             }
             // A new pod may match selectors it did not match before: Services without
             // EndpointSlices and ServiceEntries select within the pod's namespace.
@@ -374,6 +390,10 @@ impl DestinationBuilder {
                         .or_default()
                         .insert(s.clone());
                 }
+                self.services_at
+                    .entry(ep.address.ip())
+                    .or_default()
+                    .insert(s.clone());
             }
             addrs.push(addr);
             self.current.services.insert(addr, dest);
@@ -814,6 +834,102 @@ status: {podIPs: [{ip: 10.1.0.9}]}
                 .identity
                 .as_deref(),
             Some("spiffe://td/ns/demo/sa/web-sa")
+        );
+    }
+
+    fn canon(d: &Destinations) -> Vec<String> {
+        let mut v: Vec<String> = d
+            .services
+            .iter()
+            .map(|(a, s)| format!("{a} {} {:?} {:?}", s.target, s.protocol, s.endpoints))
+            .chain(
+                d.workloads
+                    .iter()
+                    .map(|(ip, w)| format!("{ip} {} {:?}", w.pod, w.identity)),
+            )
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The incremental path must land where a full rebuild does, after every kind of change.
+    #[test]
+    fn incremental_updates_match_a_rebuild() {
+        let gw = ObjectKey::new("demo", "waypoint");
+        let mut s = store();
+        s.gateways.get_mut(&gw).unwrap().object.metadata.labels =
+            Some([(WAYPOINT_FOR.to_owned(), "all".to_owned())].into());
+        let mut b = DestinationBuilder::new(gw.clone(), "td");
+        b.rebuild(&s);
+        let steps: [(&str, Changed); 5] = [
+            // An endpoint moves and a new one appears in the slice.
+            (
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: sliced-1, namespace: demo, labels: {kubernetes.io/service-name: sliced}}\naddressType: IPv4\nports: [{name: web, port: 9090}]\nendpoints: [{addresses: [10.1.0.5]}, {addresses: [10.1.0.8]}]\n",
+                Changed {
+                    services: [ServiceRef::Service(ObjectKey::new("demo", "sliced"))].into(),
+                    ..Changed::default()
+                },
+            ),
+            // A new pod matching the selector-based service.
+            (
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: web-3, namespace: demo, labels: {app: web}}\nspec: {serviceAccountName: other}\nstatus: {podIP: 10.1.0.8}\n",
+                Changed {
+                    pods: [ObjectKey::new("demo", "web-3")].into(),
+                    ..Changed::default()
+                },
+            ),
+            // A pod changes its service account: the sliced endpoint's identity follows.
+            (
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: demo, labels: {app: web}}\nspec: {serviceAccountName: renamed}\nstatus: {podIP: 10.1.0.5}\n",
+                Changed {
+                    pods: [ObjectKey::new("demo", "web-1")].into(),
+                    ..Changed::default()
+                },
+            ),
+            // A service leaves the waypoint.
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo, labels: {istio.io/use-waypoint: none}}\nspec: {clusterIP: 10.0.0.1, selector: {app: web}, ports: [{name: http, port: 80}]}\n",
+                Changed {
+                    services: [ServiceRef::Service(ObjectKey::new("demo", "web"))].into(),
+                    ..Changed::default()
+                },
+            ),
+            // A ServiceEntry with an inline endpoint joins.
+            (
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext, namespace: demo}\nspec: {hosts: [ext.example], addresses: [240.0.0.1], ports: [{number: 443, protocol: TLS, name: tls}], endpoints: [{address: 192.0.2.1}]}\n",
+                Changed {
+                    services: [ServiceRef::ServiceEntry(ObjectKey::new("demo", "ext"))].into(),
+                    ..Changed::default()
+                },
+            ),
+        ];
+        for (yaml, changed) in steps {
+            assert!(s.load_str(yaml, None).is_empty());
+            b.update(&s, &changed);
+            assert_eq!(
+                canon(b.destinations()),
+                canon(&Destinations::build(&s, &gw, "td")),
+                "after {yaml}"
+            );
+        }
+        let se = &b.destinations().services[&"240.0.0.1:443".parse().unwrap()];
+        assert_eq!(
+            (se.protocol, se.target.as_str()),
+            (Protocol::Tcp, "ServiceEntry/demo/ext")
+        );
+        assert_eq!(se.endpoints[0].identity, None, "not enrolled: plain TCP");
+        // Removal.
+        assert!(s.remove(crate::Kind::Pod, &ObjectKey::new("demo", "web-3")));
+        b.update(
+            &s,
+            &Changed {
+                pods: [ObjectKey::new("demo", "web-3")].into(),
+                ..Changed::default()
+            },
+        );
+        assert_eq!(
+            canon(b.destinations()),
+            canon(&Destinations::build(&s, &gw, "td"))
         );
     }
 

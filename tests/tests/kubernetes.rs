@@ -478,3 +478,52 @@ async fn one_replica_writes_status_and_another_takes_over() {
     .await
     .unwrap();
 }
+
+/// `waypoint run --kubernetes` as a process: flags, kubeconfig, readiness after the sync,
+/// status written, clean exit on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_syncs_and_writes_status() {
+    tokio::time::timeout(LIMIT, async {
+        // Integration tests run from target/<profile>/deps; the workspace's binaries sit beside.
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("waypoint");
+        assert!(bin.exists(), "{} missing: run `cargo test --workspace`, which builds it", bin.display());
+        let block = Block::allocate();
+        let api = FakeApiServer::start(&temp_dir("bin")).await.unwrap();
+        api.apply_yaml(&cluster_yaml(&block)).unwrap();
+        api.apply_yaml(&policy("deny-curl", DENY_CURL)).unwrap();
+        let ip = block.ip(1);
+        let addr = |port: u16| SocketAddr::new(ip, port).to_string();
+        let mut child = std::process::Command::new(&bin)
+            .args(["run", "--kubernetes", "--gateway", "ambient-demo/waypoint", "--dev-ca"])
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .args(["--hbone-addr", &addr(15008), "--readiness-addr", &addr(15021)])
+            .args(["--metrics-addr", &addr(15020), "--admin-addr", &addr(15000)])
+            .spawn()
+            .unwrap();
+        let ready = || async {
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr(15021)).await else { return false };
+            matches!(http1::request(&mut s, "GET", "/healthz/ready", &[], "").await, Ok(Some(r)) if r.status == 200)
+        };
+        until("the binary is ready", ready).await;
+        until("it wrote the policy's status", || async {
+            condition(&api, "deny-curl").is_some_and(|c| c["reason"] == "Accepted")
+        })
+        .await;
+        let mut s = tokio::net::TcpStream::connect(addr(15000)).await.unwrap();
+        let dump = http1::request(&mut s, "GET", "/config_dump", &[], "").await.unwrap().unwrap();
+        let dump: Value = serde_json::from_str(&dump.body).unwrap();
+        assert_eq!(dump["synced"], true);
+        assert!(dump["destinations"]["services"].as_array().is_some_and(|s| !s.is_empty()));
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "{status:?}");
+    })
+    .await
+    .unwrap();
+}

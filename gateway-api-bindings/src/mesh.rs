@@ -248,11 +248,11 @@ pub struct DestinationBuilder {
     current: Destinations,
     addrs_of: HashMap<ServiceRef, Vec<SocketAddr>>,
     /// Pod or WorkloadEntry key -> the services whose endpoints name it.
-    services_of: HashMap<ObjectKey, BTreeSet<ServiceRef>>,
+    services_of: HashMap<ObjectKey, Vec<ServiceRef>>,
     /// Endpoint IP -> the services listing it: a pod that appears after its EndpointSlice
     /// (no targetRef) is found by its IP. Entries may outlive the endpoint; that costs a
     /// needless refresh, never a missed one.
-    services_at: HashMap<IpAddr, BTreeSet<ServiceRef>>,
+    services_at: HashMap<IpAddr, Vec<ServiceRef>>,
     workload_ips: HashMap<ObjectKey, Vec<IpAddr>>,
 }
 
@@ -384,16 +384,12 @@ impl DestinationBuilder {
         let mut addrs = Vec::new();
         for (addr, dest) in dests {
             for ep in &dest.endpoints {
+                // Vecs, not sets: one or two services per pod is the norm, and at 50,000
+                // endpoints a set's node would cost ten times the entry.
                 if let Some(p) = &ep.pod {
-                    self.services_of
-                        .entry(p.clone())
-                        .or_default()
-                        .insert(s.clone());
+                    add_once(self.services_of.entry(p.clone()).or_default(), s);
                 }
-                self.services_at
-                    .entry(ep.address.ip())
-                    .or_default()
-                    .insert(s.clone());
+                add_once(self.services_at.entry(ep.address.ip()).or_default(), s);
             }
             addrs.push(addr);
             self.current.services.insert(addr, dest);
@@ -431,6 +427,12 @@ impl DestinationBuilder {
             );
         }
         self.workload_ips.insert(key.clone(), ips);
+    }
+}
+
+fn add_once(v: &mut Vec<ServiceRef>, s: &ServiceRef) {
+    if !v.contains(s) {
+        v.push(s.clone());
     }
 }
 

@@ -56,6 +56,8 @@ struct State {
     compacted_below: u64,
     patches: Vec<Patch>,
     requests: u64,
+    /// `(apiVersion, kind)` per resource, for bookmarks (clients decode them as the type).
+    types: BTreeMap<Resource, (String, String)>,
 }
 
 /// A status patch the server received.
@@ -738,11 +740,22 @@ impl Inner {
         let line = |kind: &str, object: &Value| {
             Bytes::from(format!("{}\n", json!({"type": kind, "object": object})))
         };
-        let (backlog, mut last, gone) = {
+        let (backlog, mut last, gone, types) = {
             let st = lock(&self.state);
+            let types = st.types.get(&target.resource).cloned().unwrap_or_else(|| {
+                let g = &target.resource.0;
+                (
+                    if g.is_empty() {
+                        "v1".into()
+                    } else {
+                        format!("{g}/v1")
+                    },
+                    String::new(),
+                )
+            });
             let from = q.resource_version.unwrap_or(0);
             if from != 0 && from < st.compacted_below {
-                (Vec::new(), from, true)
+                (Vec::new(), from, true, types)
             } else {
                 let backlog: Vec<Bytes> = st
                     .history
@@ -751,7 +764,7 @@ impl Inner {
                     .filter(|e| matches(&q, target.namespace.as_deref(), &e.object))
                     .map(|e| line(e.kind, &e.object))
                     .collect();
-                (backlog, st.rv.max(from), false)
+                (backlog, st.rv.max(from), false, types)
             }
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(q.timeout.unwrap_or(1800));
@@ -767,8 +780,7 @@ impl Inner {
                 }
             }
             if q.bookmarks {
-                let bm =
-                    json!({"kind": "Bookmark", "metadata": {"resourceVersion": last.to_string()}});
+                let bm = json!({"apiVersion": types.0, "kind": types.1, "metadata": {"resourceVersion": last.to_string()}});
                 if tx.send(line("BOOKMARK", &bm)).await.is_err() {
                     return;
                 }
@@ -791,7 +803,7 @@ impl Inner {
                         };
                         if e.kind == "BOOKMARK" {
                             if q.bookmarks {
-                                let bm = json!({"kind": "Bookmark", "metadata": {"resourceVersion": e.rv.max(last).to_string()}});
+                                let bm = json!({"apiVersion": types.0, "kind": types.1, "metadata": {"resourceVersion": e.rv.max(last).to_string()}});
                                 if tx.send(line("BOOKMARK", &bm)).await.is_err() { return; }
                             }
                             continue;

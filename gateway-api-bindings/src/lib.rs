@@ -6,12 +6,14 @@
 //! * [`store`]: a pure index with `apply`, loaded from YAML files or fed by watchers.
 //! * [`attachment`]: which policies bind to a waypoint, and to which of its destinations.
 //! * [`mesh`]: the destinations a waypoint serves (Services, EndpointSlices, Pods) and their identities.
+//! * [`pod`]: the few fields of a Pod the waypoint keeps.
 //! * [`status`]: the status istiod would write, plus validation findings naming each field.
 //! * [`translate`]: AuthorizationPolicy -> [`policy_engine::PolicySpec`].
 
 pub mod attachment;
 pub mod istio;
 pub mod mesh;
+pub mod pod;
 pub mod status;
 pub mod store;
 pub mod translate;

@@ -10,14 +10,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::attachment::{service_entry_target, service_target};
 use crate::istio::{ServiceEntry, WorkloadEntrySpec};
-use crate::status::waypoint_of;
+use crate::pod::PodInfo;
+use crate::status::{waypoint_of, waypoint_of_labels};
 use crate::store::{ObjectKey, Store};
 
 /// Gateway label choosing which traffic a waypoint takes.
@@ -150,55 +150,21 @@ pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> 
 
 /// Whether ztunnel captures this pod: enrolled by its own or its namespace's
 /// `istio.io/dataplane-mode: ambient`, not opted out with `none`.
-pub fn in_ambient(store: &Store, pod: &Pod) -> bool {
-    let label = |m: &ObjectMeta| {
-        m.labels
-            .as_ref()
-            .and_then(|l| l.get(DATAPLANE_MODE).cloned())
-    };
-    match label(&pod.metadata).as_deref() {
+pub fn in_ambient(store: &Store, pod: &PodInfo) -> bool {
+    match pod.labels.get(DATAPLANE_MODE).map(String::as_str) {
         Some("none") => false,
         Some("ambient") => true,
-        _ => {
-            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-            store
-                .namespaces
-                .get(ns)
-                .and_then(|n| label(&n.object.metadata))
-                .is_some_and(|m| m == "ambient")
-        }
+        _ => store
+            .namespaces
+            .get(&pod.key.namespace)
+            .and_then(|n| n.object.metadata.labels.as_ref()?.get(DATAPLANE_MODE))
+            .is_some_and(|m| m == "ambient"),
     }
 }
 
-pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
-    let Some(status) = &pod.status else {
-        return Vec::new();
-    };
-    let mut ips: Vec<IpAddr> = status
-        .pod_ips
-        .iter()
-        .flatten()
-        .filter_map(|p| p.ip.parse().ok())
-        .collect();
-    if ips.is_empty()
-        && let Some(ip) = status.pod_ip.as_deref().and_then(|s| s.parse().ok())
-    {
-        ips.push(ip);
-    }
-    ips
-}
-
-fn pod_identity(store: &Store, pod: &Pod, trust_domain: &str) -> Option<String> {
-    in_ambient(store, pod).then(|| {
-        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let sa = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.as_deref())
-            .filter(|s| !s.is_empty())
-            .unwrap_or("default");
-        spiffe_id(trust_domain, ns, sa)
-    })
+fn pod_identity(store: &Store, pod: &PodInfo, trust_domain: &str) -> Option<String> {
+    in_ambient(store, pod)
+        .then(|| spiffe_id(trust_domain, &pod.key.namespace, pod.service_account()))
 }
 
 impl Destinations {
@@ -308,13 +274,8 @@ impl DestinationBuilder {
             if let Some(s) = self.services_of.get(key) {
                 services.extend(s.iter().cloned());
             }
-            for ip in store
-                .pods
-                .get(key)
-                .map(|p| pod_ips(&p.object))
-                .unwrap_or_default()
-            {
-                if let Some(s) = self.services_at.get(&ip) {
+            for ip in store.pods.get(key).iter().flat_map(|p| &p.object.ips) {
+                if let Some(s) = self.services_at.get(ip) {
                     services.extend(s.iter().cloned());
                 }
             }
@@ -411,11 +372,13 @@ impl DestinationBuilder {
             }
         }
         let Some(p) = store.pods.get(key) else { return };
-        if waypoint_of(store, &p.object.metadata).as_ref() != Some(&self.gateway) {
+        if waypoint_of_labels(store, &key.namespace, Some(&p.object.labels)).as_ref()
+            != Some(&self.gateway)
+        {
             return;
         }
         let identity = pod_identity(store, &p.object, &self.trust_domain);
-        let ips = pod_ips(&p.object);
+        let ips = p.object.ips.clone();
         for ip in &ips {
             self.current.workloads.insert(
                 *ip,
@@ -614,18 +577,12 @@ fn service_entry_destinations(
                 if pk.namespace != key.namespace {
                     break;
                 }
-                if !matches(
-                    p.object
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .unwrap_or(&BTreeMap::new()),
-                ) {
+                if !matches(&p.object.labels) {
                     continue;
                 }
-                for ip in pod_ips(&p.object) {
+                for ip in &p.object.ips {
                     endpoints.push(Endpoint {
-                        address: SocketAddr::new(ip, default_port),
+                        address: SocketAddr::new(*ip, default_port),
                         identity: pod_identity(store, &p.object, trust_domain),
                         pod: Some(pk.clone()),
                     });
@@ -684,37 +641,26 @@ fn selected_pods(
         if pk.namespace != key.namespace {
             break;
         }
-        let labels = p.object.metadata.labels.as_ref();
         if !selector
             .iter()
-            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            .all(|(k, v)| p.object.labels.get(k) == Some(v))
         {
             continue;
         }
-        let port = target_port.or_else(|| named_container_port(&p.object, port));
+        let port = target_port.or_else(|| match &port.target_port {
+            Some(IntOrString::String(name)) => p.object.named_port(name),
+            _ => None,
+        });
         let Some(port) = port else { continue };
-        for ip in pod_ips(&p.object) {
+        for ip in &p.object.ips {
             out.push(Endpoint {
-                address: SocketAddr::new(ip, port),
+                address: SocketAddr::new(*ip, port),
                 identity: pod_identity(store, &p.object, trust_domain),
                 pod: Some(pk.clone()),
             });
         }
     }
     out
-}
-
-fn named_container_port(pod: &Pod, port: &ServicePort) -> Option<u16> {
-    let Some(IntOrString::String(name)) = &port.target_port else {
-        return None;
-    };
-    pod.spec
-        .as_ref()?
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| p.name.as_deref() == Some(name))
-        .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
 #[cfg(test)]

@@ -415,18 +415,27 @@ pub fn waypoint_of(
     store: &Store,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Option<ObjectKey> {
-    let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    waypoint_of_labels(store, ns, meta.labels.as_ref())
+}
+
+/// [`waypoint_of`] for an object in namespace `ns` with `labels`.
+pub fn waypoint_of_labels(
+    store: &Store,
+    ns: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Option<ObjectKey> {
     let from = |labels: &BTreeMap<String, String>| {
         let name = labels.get(USE_WAYPOINT)?;
         let wns = labels
             .get(USE_WAYPOINT_NAMESPACE)
             .cloned()
-            .unwrap_or_else(|| ns.clone());
+            .unwrap_or_else(|| ns.to_owned());
         Some((name.clone(), wns))
     };
     let empty = BTreeMap::new();
-    let (name, wns) = from(meta.labels.as_ref().unwrap_or(&empty)).or_else(|| {
-        let nsobj = store.namespaces.get(&ns)?;
+    let (name, wns) = from(labels.unwrap_or(&empty)).or_else(|| {
+        let nsobj = store.namespaces.get(ns)?;
         from(nsobj.object.metadata.labels.as_ref().unwrap_or(&empty))
     })?;
     if name == "none" || name == "#none" {

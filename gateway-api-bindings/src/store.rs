@@ -13,7 +13,8 @@ use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 
 use crate::istio::{AuthorizationPolicy, RequestAuthentication, ServiceEntry, WorkloadEntry};
-use crate::mesh::{SERVICE_NAME_LABEL, pod_ips};
+use crate::mesh::SERVICE_NAME_LABEL;
+use crate::pod::PodInfo;
 
 /// `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -74,7 +75,8 @@ pub enum Object {
     AuthorizationPolicy(AuthorizationPolicy),
     RequestAuthentication(RequestAuthentication),
     EndpointSlice(EndpointSlice),
-    Pod(Pod),
+    /// Reduced on arrival: see [`crate::pod`].
+    Pod(PodInfo),
 }
 
 /// The kinds the waypoint reads.
@@ -168,7 +170,7 @@ impl Object {
             Object::AuthorizationPolicy(o) => key_of(o),
             Object::RequestAuthentication(o) => key_of(o),
             Object::EndpointSlice(o) => key_of(o),
-            Object::Pod(o) => key_of(o),
+            Object::Pod(o) => o.key.clone(),
         }
     }
 }
@@ -197,7 +199,7 @@ pub struct Store {
     pub authorization_policies: BTreeMap<ObjectKey, Sourced<AuthorizationPolicy>>,
     pub request_authentications: BTreeMap<ObjectKey, Sourced<RequestAuthentication>>,
     pub endpoint_slices: BTreeMap<ObjectKey, Sourced<EndpointSlice>>,
-    pub pods: BTreeMap<ObjectKey, Sourced<Pod>>,
+    pub pods: BTreeMap<ObjectKey, Sourced<PodInfo>>,
     /// Service -> its EndpointSlices (by the `kubernetes.io/service-name` label).
     pub slices_by_service: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// Pod IP -> pod.
@@ -241,8 +243,8 @@ impl Store {
             }
             Object::Pod(o) => {
                 self.unindex_pod(&key);
-                for ip in pod_ips(&o) {
-                    self.pods_by_ip.insert(ip, key.clone());
+                for ip in &o.ips {
+                    self.pods_by_ip.insert(*ip, key.clone());
                 }
                 put!(pods, key, o)
             }
@@ -327,9 +329,9 @@ impl Store {
         let Some(old) = self.pods.get(key) else {
             return;
         };
-        for ip in pod_ips(&old.object) {
-            if self.pods_by_ip.get(&ip) == Some(key) {
-                self.pods_by_ip.remove(&ip);
+        for ip in &old.object.ips {
+            if self.pods_by_ip.get(ip) == Some(key) {
+                self.pods_by_ip.remove(ip);
             }
         }
     }
@@ -376,7 +378,7 @@ impl Store {
                 Object::RequestAuthentication(typed(value, origin, ident)?)
             }
             Kind::EndpointSlice => Object::EndpointSlice(typed(value, origin, ident)?),
-            Kind::Pod => Object::Pod(typed(value, origin, ident)?),
+            Kind::Pod => Object::Pod(PodInfo::from(typed::<Pod, _>(value, origin, ident)?)),
         })
     }
 

@@ -56,6 +56,8 @@ struct State {
     compacted_below: u64,
     patches: Vec<Patch>,
     requests: u64,
+    /// List responses (pages) served per resource.
+    list_pages: BTreeMap<Resource, u64>,
     /// `(apiVersion, kind)` per resource, for bookmarks (clients decode them as the type).
     types: BTreeMap<Resource, (String, String)>,
 }
@@ -137,8 +139,9 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
     })
 }
 
-fn full(code: StatusCode, body: &Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+fn full(code: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+    let text = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
     *r.status_mut() = code;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -301,6 +304,16 @@ impl FakeApiServer {
         lock(&self.inner.state).requests
     }
 
+    /// List pages served so far for a resource (`group/version` as in `apiVersion`).
+    pub fn list_pages(&self, api_version: &str, kind: &str) -> u64 {
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let st = lock(&self.inner.state);
+        st.list_pages
+            .get(&(group.to_owned(), plural(kind)))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Forgets all history: a watch resuming from any earlier resourceVersion gets 410.
     pub fn compact(&self) {
         let mut st = lock(&self.inner.state);
@@ -334,7 +347,8 @@ struct Query {
     watch: bool,
     resource_version: Option<u64>,
     limit: Option<usize>,
-    cont: usize,
+    /// The key of the last item of the previous page (`namespace/name`).
+    cont: Option<(String, String)>,
     field_name: Option<String>,
     field_namespace: Option<String>,
     labels: Vec<(String, String)>,
@@ -371,7 +385,7 @@ fn parse_query(q: Option<&str>) -> Query {
         watch: false,
         resource_version: None,
         limit: None,
-        cont: 0,
+        cont: None,
         field_name: None,
         field_namespace: None,
         labels: Vec::new(),
@@ -387,7 +401,11 @@ fn parse_query(q: Option<&str>) -> Query {
             "watch" => out.watch = v == "true" || v == "1",
             "resourceVersion" => out.resource_version = v.parse().ok(),
             "limit" => out.limit = v.parse().ok(),
-            "continue" => out.cont = v.parse().unwrap_or(0),
+            "continue" => {
+                out.cont = v
+                    .split_once('/')
+                    .map(|(ns, name)| (ns.to_owned(), name.to_owned()));
+            }
             "timeoutSeconds" => out.timeout = v.parse().ok(),
             "allowWatchBookmarks" => out.bookmarks = v == "true",
             "fieldManager" => out.field_manager = v,
@@ -710,25 +728,50 @@ impl Inner {
     }
 
     fn list(&self, target: &Target, q: &Query) -> Response<Body> {
-        let st = lock(&self.state);
-        let items: Vec<&Value> = st
-            .objects
-            .get(&target.resource)
+        use std::ops::Bound;
+        let mut st = lock(&self.state);
+        *st.list_pages.entry(target.resource.clone()).or_default() += 1;
+        // Pages resume after the last key served, so listing n objects stays O(n).
+        let from = q.cont.clone().map_or(Bound::Unbounded, Bound::Excluded);
+        let limit = q.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let mut items: Vec<&Value> = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        let all = st.objects.get(&target.resource);
+        for (key, o) in all
             .into_iter()
-            .flat_map(|m| m.values())
-            .filter(|o| matches(q, target.namespace.as_deref(), o))
-            .collect();
-        let end = q
-            .limit
-            .map_or(items.len(), |l| (q.cont + l).min(items.len()));
-        let page: Vec<&Value> = items.get(q.cont..end).unwrap_or(&[]).to_vec();
+            .flat_map(|m| m.range((from.clone(), Bound::Unbounded)))
+        {
+            if !matches(q, target.namespace.as_deref(), o) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(o);
+            last = Some(key);
+        }
         let mut meta = json!({"resourceVersion": st.rv.to_string()});
-        if end < items.len() {
-            meta["continue"] = end.to_string().into();
+        if let Some((ns, name)) = last.filter(|_| more) {
+            meta["continue"] = format!("{ns}/{name}").into();
+        }
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct List<'a> {
+            api_version: &'static str,
+            kind: &'static str,
+            metadata: Value,
+            items: Vec<&'a Value>,
         }
         full(
             StatusCode::OK,
-            &json!({"apiVersion": "v1", "kind": "List", "metadata": meta, "items": page}),
+            &List {
+                api_version: "v1",
+                kind: "List",
+                metadata: meta,
+                items,
+            },
         )
     }
 

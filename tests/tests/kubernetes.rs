@@ -527,3 +527,22 @@ async fn the_binary_syncs_and_writes_status() {
     .await
     .unwrap();
 }
+
+/// kube lists in pages of 500: a policy that sorts onto the third page must still be seen, so the
+/// initial list has to follow `continue` tokens to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_followed_across_pages() {
+    tokio::time::timeout(LIMIT, async {
+        let filler = "{targetRefs: [{kind: Service, group: '', name: httpbin}], action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/nowhere/sa/nobody]}}]}]}";
+        let mut policies: Vec<String> = (0..1_100).map(|i| policy(&format!("filler-{i:04}"), filler)).collect();
+        policies.push(policy("zz-deny-curl", DENY_CURL));
+        let c = cluster(&policies.join("---\n"), true).await;
+        let mesh = &c.mesh;
+        assert_eq!(call(mesh, &mesh.curl, HTTPBIN_VIP, "GET").await, 403, "the last page's DENY applies");
+        assert_eq!(call(mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await, 200);
+        let lists = c.api.list_pages("security.istio.io/v1", "AuthorizationPolicy");
+        assert!(lists >= 3, "expected a paged list, saw {lists} page(s)");
+    })
+    .await
+    .unwrap();
+}

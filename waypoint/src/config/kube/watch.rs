@@ -11,8 +11,9 @@ use std::sync::mpsc::Sender;
 use futures::StreamExt;
 use gateway_api::apis::standard::gatewayclasses::GatewayClass;
 use gateway_api::apis::standard::gateways::Gateway;
+use gateway_api_bindings::pod::PodInfo;
 use gateway_api_bindings::{Kind, LoadError, Object, ObjectKey, Origin, Store};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
@@ -108,7 +109,7 @@ pub fn spawn_all(
             Kind::Pod,
             tx.clone(),
             m(),
-            |o| Object::Pod(slim_pod(o)),
+            |o| Object::Pod(PodInfo::from(o)),
         )),
     ];
     for kind in [
@@ -149,44 +150,6 @@ fn strip<K: Resource>(mut o: K) -> K {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
     o
-}
-
-/// A pod reduced to what the waypoint reads (labels, service account, container ports, IPs):
-/// at 50,000 pods the full objects would dominate memory.
-fn slim_pod(p: Pod) -> Pod {
-    let mut p = strip(p);
-    p.metadata.annotations = None;
-    p.metadata.owner_references = None;
-    let spec = p.spec.take().map(|s| PodSpec {
-        service_account_name: s.service_account_name,
-        containers: s
-            .containers
-            .into_iter()
-            .filter(|c| c.ports.is_some())
-            .map(|c| k8s_openapi::api::core::v1::Container {
-                name: c.name,
-                ports: c.ports,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    });
-    let status = p.status.take().map(|s| PodStatus {
-        phase: s.phase,
-        pod_ip: s.pod_ip,
-        pod_ips: s.pod_ips,
-        ..Default::default()
-    });
-    // A finished pod's IP may already belong to another pod.
-    let finished = status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
-    Pod {
-        metadata: p.metadata,
-        spec,
-        status: if finished { None } else { status },
-    }
 }
 
 async fn typed<K>(

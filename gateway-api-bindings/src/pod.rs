@@ -1,0 +1,125 @@
+//! What the waypoint keeps of a Pod. A cluster has far more pods than anything else the
+//! waypoint reads, and a typed `Pod` costs kilobytes even when mostly empty, so pods are reduced
+//! to these few fields on arrival (from a file or a watch).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::store::ObjectKey;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub key: ObjectKey,
+    pub labels: BTreeMap<String, String>,
+    /// `spec.serviceAccountName`, empty when unset (Kubernetes then uses `default`).
+    pub service_account: String,
+    /// `status.podIPs` (or `status.podIP`); empty for a pod that has finished, whose IP may
+    /// already belong to another pod.
+    pub ips: Vec<IpAddr>,
+    /// Named container ports, for Services whose `targetPort` is a name.
+    pub named_ports: Vec<(String, u16)>,
+}
+
+impl PodInfo {
+    /// The service account Kubernetes runs the pod as.
+    pub fn service_account(&self) -> &str {
+        if self.service_account.is_empty() {
+            "default"
+        } else {
+            &self.service_account
+        }
+    }
+
+    pub fn named_port(&self, name: &str) -> Option<u16> {
+        self.named_ports
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| *p)
+    }
+}
+
+impl From<Pod> for PodInfo {
+    fn from(pod: Pod) -> PodInfo {
+        let meta = pod.metadata;
+        let key = ObjectKey::new(
+            meta.namespace.unwrap_or_else(|| "default".into()),
+            meta.name.unwrap_or_default(),
+        );
+        let (service_account, named_ports) = pod.spec.map_or_else(Default::default, |s| {
+            let ports = s
+                .containers
+                .into_iter()
+                .flat_map(|c| c.ports.unwrap_or_default())
+                .filter_map(|p| Some((p.name?, u16::try_from(p.container_port).ok()?)))
+                .collect();
+            (s.service_account_name.unwrap_or_default(), ports)
+        });
+        let ips = pod
+            .status
+            .filter(|s| !matches!(s.phase.as_deref(), Some("Succeeded" | "Failed")))
+            .map(|s| {
+                let mut ips: Vec<IpAddr> = s
+                    .pod_ips
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.ip.parse().ok())
+                    .collect();
+                if ips.is_empty()
+                    && let Some(ip) = s.pod_ip.and_then(|ip| ip.parse().ok())
+                {
+                    ips.push(ip);
+                }
+                ips
+            })
+            .unwrap_or_default();
+        PodInfo {
+            key,
+            labels: meta.labels.unwrap_or_default(),
+            service_account,
+            ips,
+            named_ports,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> PodInfo {
+        PodInfo::from(serde_yaml::from_str::<Pod>(yaml).unwrap())
+    }
+
+    #[test]
+    fn keeps_what_the_waypoint_reads() {
+        let p = pod(r#"
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec:
+  serviceAccountName: web
+  containers:
+  - {name: a, image: x, ports: [{name: http, containerPort: 8080}, {containerPort: 9090}]}
+status: {phase: Running, podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}, {ip: "fd00::1"}]}
+"#);
+        assert_eq!(p.key, ObjectKey::new("shop", "web-1"));
+        assert_eq!(p.labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(p.service_account(), "web");
+        assert_eq!(p.ips.len(), 2);
+        assert_eq!(p.named_port("http"), Some(8080));
+        assert_eq!(p.named_port("metrics"), None);
+    }
+
+    #[test]
+    fn defaults_and_finished_pods() {
+        let p = pod("metadata: {name: job}\nstatus: {phase: Succeeded, podIP: 10.0.0.2}\n");
+        assert_eq!(p.key, ObjectKey::new("default", "job"));
+        assert_eq!(p.service_account(), "default");
+        assert!(
+            p.ips.is_empty(),
+            "a finished pod's IP may belong to another pod"
+        );
+        let p = pod("metadata: {name: old, namespace: a}\nstatus: {podIP: 10.0.0.3}\n");
+        assert_eq!(p.ips, vec!["10.0.0.3".parse::<IpAddr>().unwrap()]);
+    }
+}

@@ -59,8 +59,9 @@ impl StatusWriter {
         mut input: watch::Receiver<Arc<StatusInput>>,
         mut leader: watch::Receiver<bool>,
     ) {
-        // What we last wrote, so a write whose echo has not come back yet is not repeated.
-        let mut written: HashMap<(Kind, ObjectKey), serde_json::Value> = HashMap::new();
+        // A fingerprint of what we last wrote, so a write whose echo has not come back yet is not
+        // repeated. Not the bodies themselves: at 10,000 policies they would cost tens of MB.
+        let mut written: HashMap<(Kind, ObjectKey), u64> = HashMap::new();
         let mut retry = false;
         loop {
             let changed = tokio::select! {
@@ -83,7 +84,9 @@ impl StatusWriter {
                 let store = self.handle.objects();
                 desired(&store, &current, &self.gateway)
                     .into_iter()
-                    .filter(|w| written.get(&(w.kind, w.key.clone())) != Some(&w.body))
+                    .filter(|w| {
+                        written.get(&(w.kind, w.key.clone())) != Some(&fingerprint(&w.body))
+                    })
                     .collect()
             };
             if writes.is_empty() {
@@ -107,7 +110,8 @@ impl StatusWriter {
             retry = false;
             for (w, ok) in results {
                 if ok {
-                    written.insert((w.kind, w.key), w.body);
+                    let f = fingerprint(&w.body);
+                    written.insert((w.kind, w.key), f);
                 } else {
                     retry = true;
                 }
@@ -141,6 +145,13 @@ impl StatusWriter {
             }
         }
     }
+}
+
+fn fingerprint(body: &serde_json::Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.to_string().hash(&mut h);
+    h.finish()
 }
 
 /// Conditions without a transition time get "now": the comparison with what is on the object

@@ -8,7 +8,7 @@
 
 use policy_engine::{Authorizer, AuthorizerBuilder, Binding};
 
-use crate::istio::{AuthorizationPolicy, PolicyTargetReference};
+use crate::istio::{AuthorizationPolicy, PolicyTargetReference, RequestAuthentication};
 use crate::store::{ObjectKey, Store};
 use crate::translate;
 
@@ -48,10 +48,17 @@ pub fn canonical_group(g: &str) -> &str {
 
 /// `targetRefs`, or `[targetRef]` when `targetRefs` is empty.
 pub fn target_refs(ap: &AuthorizationPolicy) -> Vec<&PolicyTargetReference> {
-    if ap.spec.target_refs.is_empty() {
-        ap.spec.target_ref.iter().collect()
+    refs_or_ref(&ap.spec.target_refs, ap.spec.target_ref.as_ref())
+}
+
+fn refs_or_ref<'a>(
+    refs: &'a [PolicyTargetReference],
+    legacy: Option<&'a PolicyTargetReference>,
+) -> Vec<&'a PolicyTargetReference> {
+    if refs.is_empty() {
+        legacy.into_iter().collect()
     } else {
-        ap.spec.target_refs.iter().collect()
+        refs.iter().collect()
     }
 }
 
@@ -71,8 +78,26 @@ pub fn binding(
     policy_ns: &str,
     waypoint: &WaypointIdentity,
 ) -> Option<Binding> {
+    binding_of_refs(target_refs(ap), policy_ns, waypoint)
+}
+
+/// How `ra` binds to `waypoint`: by the same rules as an AuthorizationPolicy.
+pub fn request_authentication_binding(
+    ra: &RequestAuthentication,
+    policy_ns: &str,
+    waypoint: &WaypointIdentity,
+) -> Option<Binding> {
+    let refs = refs_or_ref(&ra.spec.target_refs, ra.spec.target_ref.as_ref());
+    binding_of_refs(refs, policy_ns, waypoint)
+}
+
+fn binding_of_refs(
+    refs: Vec<&PolicyTargetReference>,
+    policy_ns: &str,
+    waypoint: &WaypointIdentity,
+) -> Option<Binding> {
     let mut targets = Vec::new();
-    for r in target_refs(ap) {
+    for r in refs {
         if r.namespace
             .as_deref()
             .is_some_and(|n| !n.is_empty() && n != policy_ns)

@@ -277,11 +277,32 @@ fn jwt_rule_errors(ra: &RequestAuthentication) -> Vec<FieldIssue> {
                 );
             }
         }
+        if let Some(t) = &r.timeout
+            && crate::istio::parse_duration(t).is_none()
+        {
+            issue(
+                format!("{f}.timeout"),
+                "timeout must be a positive duration such as 5s",
+            );
+        }
+        let header_ok = |h: &str| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if let Some(h) = &r.output_payload_to_header
+            && !header_ok(h)
+        {
+            issue(
+                format!("{f}.outputPayloadToHeader"),
+                "must be a valid header name",
+            );
+        }
         for (j, c) in r.output_claim_to_headers.iter().enumerate() {
-            if c.header.is_empty() || c.claim.is_empty() {
+            if !header_ok(&c.header) || c.claim.is_empty() {
                 issue(
                     format!("{f}.outputClaimToHeaders[{j}]"),
-                    "header and claim must both be set",
+                    "header must be a valid header name and claim must be set",
                 );
             }
         }

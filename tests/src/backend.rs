@@ -33,10 +33,18 @@ async fn serve_http(mut s: TcpStream, name: &'static str) -> std::io::Result<()>
                         .map(|h| String::from_utf8_lossy(h.value).into_owned())
                 };
                 let mut extra = String::new();
-                for k in ["x-forwarded-for", "traceparent"] {
+                for k in ["x-forwarded-for", "traceparent", "authorization"] {
                     if let Some(v) = get(k) {
                         extra.push_str(&format!("{k}: {v}\n"));
                     }
+                }
+                // What RequestAuthentication adds (outputClaimToHeaders, outputPayloadToHeader).
+                for h in req.headers.iter().filter(|h| h.name.starts_with("x-jwt-")) {
+                    extra.push_str(&format!(
+                        "{}: {}\n",
+                        h.name,
+                        String::from_utf8_lossy(h.value)
+                    ));
                 }
                 let cl = get("content-length")
                     .and_then(|v| v.parse::<usize>().ok())

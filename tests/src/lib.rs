@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod http1;
+pub mod jwt;
 pub mod kube_api;
 pub mod mesh;
 pub mod net;

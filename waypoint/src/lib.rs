@@ -4,12 +4,14 @@
 //! Read it the way traffic flows: [`hbone::server`] accepts a ztunnel's connection and its CONNECT
 //! streams; [`proxy::inbound`] resolves the destination against the current [`config::Snapshot`]
 //! and picks the inner protocol; HTTP runs through one Pingora app ([`proxy::http`]) that asks the
-//! policy engine about every request, opaque TCP through [`proxy::tcp`]; both reach endpoints
+//! policy engine about every request (after [`authn`] validated its JWT, if a RequestAuthentication
+//! applies), opaque TCP through [`proxy::tcp`]; both reach endpoints
 //! through [`proxy::upstream`] and the pooled [`hbone::client`]. Config ([`config`]) and identity
 //! ([`tls`]) are swapped in atomically from their own tasks; [`admin`] serves readiness, metrics
 //! and the config dump on separate listeners. [`run`] wires it together.
 
 pub mod admin;
+pub mod authn;
 pub mod config;
 pub mod hbone;
 pub mod metrics;

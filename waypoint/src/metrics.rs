@@ -100,6 +100,13 @@ pub struct Metrics {
     pub status_write_failures: Counter,
     /// 1 while this replica holds the status Lease.
     pub status_leader: Gauge,
+    /// Requests whose JWT was valid, and those answered 401.
+    pub jwt_valid: Counter,
+    pub jwt_rejected: Counter,
+    /// Valid tokens served from the cache (no signature check).
+    pub jwt_cache_hits: Counter,
+    pub jwks_fetches: Counter,
+    pub jwks_fetch_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -131,6 +138,11 @@ impl Default for Metrics {
             status_writes: Counter::default(),
             status_write_failures: Counter::default(),
             status_leader: Gauge::default(),
+            jwt_valid: Counter::default(),
+            jwt_rejected: Counter::default(),
+            jwt_cache_hits: Counter::default(),
+            jwks_fetches: Counter::default(),
+            jwks_fetch_failures: Counter::default(),
         }
     }
 }
@@ -266,6 +278,31 @@ impl Metrics {
             "waypoint_status_write_failures_total",
             "Status subresource writes that failed.",
             self.status_write_failures.get(),
+        );
+        counter(
+            "waypoint_jwt_valid_total",
+            "Requests that carried a valid JWT.",
+            self.jwt_valid.get(),
+        );
+        counter(
+            "waypoint_jwt_rejected_total",
+            "Requests answered 401 for their JWT.",
+            self.jwt_rejected.get(),
+        );
+        counter(
+            "waypoint_jwt_cache_hits_total",
+            "Valid JWTs served from the verification cache.",
+            self.jwt_cache_hits.get(),
+        );
+        counter(
+            "waypoint_jwks_fetches_total",
+            "Successful JWKS fetches.",
+            self.jwks_fetches.get(),
+        );
+        counter(
+            "waypoint_jwks_fetch_failures_total",
+            "Failed JWKS fetches (the previous keys, if any, stay in use).",
+            self.jwks_fetch_failures.get(),
         );
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState, Role};
+use crate::authn::jwks::{JwksOptions, JwksRegistry};
 use crate::config::kube::KubeOptions;
 use crate::config::{self, ConfigHandle, MeshSettings, Snapshot};
 use crate::hbone::client::Connector;
@@ -51,6 +52,8 @@ pub struct RunOptions {
     pub upstream_hbone_port: u16,
     pub server: ServerSettings,
     pub poll_interval: Duration,
+    /// JWKS fetching for RequestAuthentication.
+    pub jwks: JwksOptions,
 }
 
 impl RunOptions {
@@ -67,6 +70,7 @@ impl RunOptions {
             upstream_hbone_port: crate::hbone::HBONE_PORT,
             server: ServerSettings::default(),
             poll_interval: Duration::from_secs(1),
+            jwks: JwksOptions::default(),
         }
     }
 }
@@ -117,10 +121,15 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::default());
     let identity = Arc::new(Identity::load(opts.identity.clone())?);
     let mut background = Vec::new();
+    let jwks = JwksRegistry::new(
+        opts.jwks.clone(),
+        Some(tokio::runtime::Handle::current()),
+        metrics.clone(),
+    );
     let config = match &opts.config {
         ConfigSource::File(path) => {
             let seen = config::file::fingerprint(path);
-            let (snapshot, store) = config::file::load(path, &opts.settings)?;
+            let (snapshot, store) = config::file::load(path, &opts.settings, &jwks)?;
             tracing::info!(
                 version = snapshot.version,
                 waypoint = %snapshot.waypoint.gateway,
@@ -140,6 +149,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
                 opts.settings.clone(),
                 config.clone(),
                 metrics.clone(),
+                jwks.clone(),
                 opts.poll_interval,
             )));
             config
@@ -152,6 +162,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
                     opts.settings.clone(),
                     config.clone(),
                     metrics.clone(),
+                    jwks.clone(),
                 )
                 .await?,
             );

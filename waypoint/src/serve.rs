@@ -146,7 +146,13 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             // The waypoint's service account is named after its Gateway.
             let gw = match &source {
                 ConfigSource::File(path) => {
-                    let (snapshot, _) = waypoint::config::file::load(path, &settings)
+                    // Only the Gateway's name is needed here: nothing is fetched.
+                    let jwks = waypoint::authn::jwks::JwksRegistry::new(
+                        Default::default(),
+                        None,
+                        Default::default(),
+                    );
+                    let (snapshot, _) = waypoint::config::file::load(path, &settings, &jwks)
                         .with_context(|| format!("loading {}", path.display()))?;
                     snapshot.waypoint.gateway
                 }

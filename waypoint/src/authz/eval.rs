@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use gateway_api_bindings::{
@@ -12,8 +13,12 @@ use gateway_api_bindings::{
 };
 use policy_engine::path::{self, PathNormalization};
 use policy_engine::request::DEFAULT_SPACE_DELIMITED_CLAIMS;
-use policy_engine::{Authorizer, Claim, HttpRequest, JwtClaims, PeerIdentity, Request};
+use policy_engine::{Authorizer, HttpRequest, JwtClaims, PeerIdentity, Request};
+
 use serde::Deserialize;
+use waypoint::authn::jwks::{JwksOptions, JwksRegistry};
+use waypoint::authn::provider::{Verified, claim};
+use waypoint::authn::{Authenticator, Authn, AuthnError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +82,9 @@ struct EvalRequest {
     source: Source,
     http: Option<Http>,
     jwt: Option<Jwt>,
+    /// A raw JWT, validated against the config's RequestAuthentications as the waypoint would
+    /// (sent as `Authorization: Bearer`).
+    token: Option<String>,
     sni: Option<String>,
 }
 
@@ -91,7 +99,13 @@ pub(crate) fn run(
     let (store, _) = super::load(config)?;
     let text = std::fs::read_to_string(requests)
         .with_context(|| format!("reading {}", requests.display()))?;
-    let mut authorizers: HashMap<(String, String), Authorizer> = HashMap::new();
+    let mut authorizers: HashMap<(String, String), (Authorizer, Authn)> = HashMap::new();
+    // Remote JWKS are fetched on first use, with the rule's timeout; nothing refreshes.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for JWKS fetches")?;
+    let jwks = JwksRegistry::new(JwksOptions::default(), None, Default::default());
     let mut out = std::io::stdout().lock();
     for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
         let value: serde_yaml::Value = Deserialize::deserialize(doc).with_context(|| {
@@ -107,14 +121,15 @@ pub(crate) fn run(
         let req: EvalRequest = serde_path_to_error::deserialize(value)
             .with_context(|| format!("{}: request {}", requests.display(), i + 1))?;
         let wp_key = (req.waypoint.namespace.clone(), req.waypoint.name.clone());
-        let authorizer = authorizers.entry(wp_key).or_insert_with(|| {
+        let (authorizer, authn) = authorizers.entry(wp_key).or_insert_with(|| {
             let gw = ObjectKey::new(&req.waypoint.namespace, &req.waypoint.name);
             if !store.gateways.contains_key(&gw) {
                 tracing::warn!(waypoint = %gw, "no such Gateway in the config: assuming class istio-waypoint");
             }
-            authorizer_for(&store, &WaypointIdentity::from_store(&store, gw, root_ns))
+            let wp = WaypointIdentity::from_store(&store, gw, root_ns);
+            (authorizer_for(&store, &wp), Authn::compile(&store, &wp, &jwks))
         });
-        let line = decide(&store, authorizer, &req, mode)
+        let line = decide(&store, authorizer, authn, &rt, &req, mode)
             .with_context(|| format!("{}: request {}", requests.display(), i + 1))?;
         writeln!(out, "{line}")?;
     }
@@ -124,6 +139,8 @@ pub(crate) fn run(
 fn decide(
     store: &Store,
     authorizer: &Authorizer,
+    authn: &Authn,
+    rt: &tokio::runtime::Runtime,
     req: &EvalRequest,
     mode: PathNormalization,
 ) -> anyhow::Result<String> {
@@ -136,6 +153,38 @@ fn decide(
         }
     });
     let peer = req.source.principal.as_deref().map(PeerIdentity::new);
+    if req.jwt.is_some() && req.token.is_some() {
+        bail!("give jwt.claims or token, not both");
+    }
+    if req.token.is_some() && req.http.is_none() {
+        bail!("a token needs an http request");
+    }
+    let mut headers: BTreeMap<String, String> = req
+        .http
+        .iter()
+        .flat_map(|h| h.headers.iter())
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    if let Some(t) = &req.token {
+        headers.insert("authorization".into(), format!("Bearer {t}"));
+    }
+    let verified = match (&req.http, authn.for_target(target.as_deref())) {
+        (Some(h), Some(a)) => match authenticate(a, rt, h, &mut headers) {
+            Ok(v) => v,
+            Err(e) => {
+                let line = Line {
+                    decision: "deny",
+                    status: Some(401),
+                    policy: None,
+                    rule: None,
+                    action: None,
+                    reason: format!("unauthenticated: {e}").into(),
+                };
+                return Ok(serde_json::to_string(&line)?);
+            }
+        },
+        _ => None,
+    };
     let claims = req.jwt.as_ref().map(|j| {
         let claims = j
             .claims
@@ -144,12 +193,7 @@ fn decide(
             .collect();
         JwtClaims::new(claims, &DEFAULT_SPACE_DELIMITED_CLAIMS)
     });
-    let headers: BTreeMap<String, String> = req
-        .http
-        .iter()
-        .flat_map(|h| h.headers.iter())
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-        .collect();
+    let claims = claims.as_ref().or(verified.as_ref().map(|v| &v.claims));
     let normalized = match &req.http {
         Some(h) => match path::normalize(&h.path, mode) {
             Ok(p) => Some(p),
@@ -193,7 +237,7 @@ fn decide(
         destination_port: req.destination.port,
         sni: req.sni.as_deref(),
         http,
-        jwt: claims.as_ref(),
+        jwt: claims,
     };
     let d = authorizer.evaluate(&request, target.as_deref());
     let line = Line {
@@ -207,13 +251,32 @@ fn decide(
     Ok(serde_json::to_string(&line)?)
 }
 
-fn claim(v: &serde_json::Value) -> Claim {
-    match v {
-        serde_json::Value::String(s) => Claim::String(s.clone()),
-        serde_json::Value::Array(items) => Claim::List(items.iter().map(claim).collect()),
-        serde_json::Value::Object(m) => {
-            Claim::Object(m.iter().map(|(k, v)| (k.clone(), claim(v))).collect())
+/// Runs the waypoint's RequestAuthentication on the request's headers and query, applying a
+/// valid token's header changes to `headers` as the waypoint would before policy.
+fn authenticate(
+    authn: &Authenticator,
+    rt: &tokio::runtime::Runtime,
+    http: &Http,
+    headers: &mut BTreeMap<String, String>,
+) -> Result<Option<Arc<Verified>>, AuthnError> {
+    let mut map = http::HeaderMap::new();
+    for (k, v) in headers.iter() {
+        if let (Ok(k), Ok(v)) = (
+            http::header::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            map.insert(k, v);
         }
-        _ => Claim::Other,
     }
+    let query = http.path.split_once('?').map(|(_, q)| q);
+    let Some(found) = authn.find(&map, query)? else {
+        return Ok(None);
+    };
+    let verified = rt.block_on(authn.verify(&found))?;
+    authn.apply(&found, &verified, &mut map);
+    *headers = map
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    Ok(Some(verified))
 }

@@ -8,10 +8,15 @@ use std::time::{Duration, SystemTime};
 use gateway_api_bindings::Store;
 
 use super::{ConfigError, ConfigHandle, MeshSettings, Snapshot};
+use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
 
 /// Reads and compiles `path`.
-pub fn load(path: &Path, settings: &MeshSettings) -> Result<(Snapshot, Store), ConfigError> {
+pub fn load(
+    path: &Path,
+    settings: &MeshSettings,
+    jwks: &JwksRegistry,
+) -> Result<(Snapshot, Store), ConfigError> {
     let mut store = Store::default();
     let errors = store.load_path(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -22,7 +27,7 @@ pub fn load(path: &Path, settings: &MeshSettings) -> Result<(Snapshot, Store), C
             errors.iter().map(ToString::to_string).collect(),
         ));
     }
-    let snapshot = Snapshot::compile(&store, settings)?;
+    let snapshot = Snapshot::compile(&store, settings, jwks)?;
     Ok((snapshot, store))
 }
 
@@ -57,6 +62,7 @@ pub async fn watch(
     settings: MeshSettings,
     handle: Arc<ConfigHandle>,
     metrics: Arc<Metrics>,
+    jwks: Arc<JwksRegistry>,
     interval: Duration,
 ) {
     loop {
@@ -67,8 +73,8 @@ pub async fn watch(
         }
         seen = now;
         // Compiling a large config takes a while; keep it off the runtime's worker threads.
-        let (p, s) = (path.clone(), settings.clone());
-        let result = tokio::task::spawn_blocking(move || load(&p, &s)).await;
+        let (p, s, j) = (path.clone(), settings.clone(), jwks.clone());
+        let result = tokio::task::spawn_blocking(move || load(&p, &s, &j)).await;
         match result {
             Ok(Ok((snapshot, store))) => {
                 tracing::info!(version = snapshot.version, path = %path.display(), "config change applied");

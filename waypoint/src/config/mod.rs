@@ -16,6 +16,9 @@ use arc_swap::ArcSwap;
 use gateway_api_bindings::mesh::Destinations;
 use gateway_api_bindings::{ObjectKey, Store, WaypointIdentity, authorizer_for, status};
 use policy_engine::Authorizer;
+
+use crate::authn::Authn;
+use crate::authn::jwks::JwksRegistry;
 use policy_engine::path::PathNormalization;
 
 /// Mesh-wide settings that do not come from the objects themselves.
@@ -64,6 +67,8 @@ pub struct Snapshot {
     pub version: u64,
     pub waypoint: WaypointIdentity,
     pub authorizer: Arc<Authorizer>,
+    /// RequestAuthentication rules; JWKS fetched for them are shared across snapshots.
+    pub authn: Arc<Authn>,
     pub destinations: Arc<Destinations>,
     pub path_normalization: PathNormalization,
 }
@@ -90,6 +95,7 @@ impl Snapshot {
                 root_namespace: settings.root_namespace.clone(),
             },
             authorizer: Arc::new(policy_engine::AuthorizerBuilder::new().build()),
+            authn: Arc::new(Authn::none()),
             destinations: Arc::default(),
             path_normalization: settings.path_normalization,
         }
@@ -97,7 +103,11 @@ impl Snapshot {
 
     /// Compiles `store`. Policies that fail Istio's validation make the whole config invalid, as
     /// the admission webhook would have refused them.
-    pub fn compile(store: &Store, settings: &MeshSettings) -> Result<Snapshot, ConfigError> {
+    pub fn compile(
+        store: &Store,
+        settings: &MeshSettings,
+        jwks: &JwksRegistry,
+    ) -> Result<Snapshot, ConfigError> {
         let mut invalid = Vec::new();
         for (key, ap) in &store.authorization_policies {
             let st = status::authorization_policy(store, &ap.object, &settings.root_namespace);
@@ -105,6 +115,15 @@ impl Snapshot {
                 invalid.push(format!(
                     "{}: AuthorizationPolicy {key}: {}: {}",
                     ap.origin, e.field, e.message
+                ));
+            }
+        }
+        for (key, ra) in &store.request_authentications {
+            let st = status::request_authentication(store, &ra.object, &settings.root_namespace);
+            for e in &st.errors {
+                invalid.push(format!(
+                    "{}: RequestAuthentication {key}: {}: {}",
+                    ra.origin, e.field, e.message
                 ));
             }
         }
@@ -132,6 +151,7 @@ impl Snapshot {
         Ok(Snapshot {
             version: next_version(),
             authorizer: Arc::new(authorizer_for(store, &waypoint)),
+            authn: Arc::new(Authn::compile(store, &waypoint, jwks)),
             destinations: Arc::new(Destinations::build(
                 store,
                 &waypoint.gateway,
@@ -190,6 +210,7 @@ impl Snapshot {
                 "requestAuthentications": keys(store.request_authentications.keys().map(ToString::to_string).collect()),
             },
             "destinations": {"services": services, "workloads": workloads},
+            "requestAuthentication": self.authn.dump(),
             "policies": self.authorizer.policies().iter().map(|p| serde_json::json!({
                 "policy": p.to_string(),
                 "action": p.action.as_str(),

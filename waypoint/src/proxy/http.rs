@@ -21,6 +21,8 @@ use policy_engine::{HttpRequest, Request};
 use super::destination::Destination;
 use super::inbound::TunnelCtx;
 use super::relay::{IDENTITY_HEADER, next_hop};
+use crate::authn::provider::Verified;
+use crate::authn::{self, Authenticator};
 use crate::config::ConfigHandle;
 use crate::metrics::Metrics;
 
@@ -66,9 +68,17 @@ fn tunnel_of(session: &Session) -> Option<Arc<TunnelCtx>> {
 }
 
 /// Answers locally without closing the client's connection (`respond_error` would).
-async fn reply(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+async fn reply(
+    session: &mut Session,
+    status: u16,
+    body: &'static str,
+    extra: Option<(&'static str, String)>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header("content-type", "text/plain")?;
+    if let Some((name, value)) = extra {
+        resp.insert_header(name, value)?;
+    }
     resp.insert_header("content-length", body.len().to_string())?;
     session.write_response_header(Box::new(resp), false).await?;
     session
@@ -85,6 +95,19 @@ impl HttpApp {
         body: &'static str,
         denied: bool,
     ) -> Result<bool> {
+        self.local_with(session, ctx, status, body, denied, None)
+            .await
+    }
+
+    async fn local_with(
+        &self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        status: u16,
+        body: &'static str,
+        denied: bool,
+        extra: Option<(&'static str, String)>,
+    ) -> Result<bool> {
         ctx.local_reply = true;
         ctx.denied = denied;
         // Read the unread request body first: the next request on this connection starts after
@@ -97,9 +120,78 @@ impl HttpApp {
         {
             session.set_keepalive(None);
         }
-        reply(session, status, body).await?;
+        reply(session, status, body, extra).await?;
         Ok(true)
     }
+
+    /// RequestAuthentication, before policy: `Ok(None)` when no token came (or no rule applies),
+    /// the validated token otherwise; `Err` when the request was answered 401.
+    async fn authenticate(
+        &self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        authn: Option<Arc<Authenticator>>,
+        tunnel: &TunnelCtx,
+        dest: &Destination,
+    ) -> Result<std::result::Result<Option<Arc<Verified>>, ()>> {
+        let Some(authn) = authn else {
+            return Ok(Ok(None));
+        };
+        let req = session.req_header();
+        let result = match authn.find(&req.headers, req.uri.query()) {
+            Ok(None) => return Ok(Ok(None)),
+            Ok(Some(found)) => authn.verify(&found).await.map(|v| (found, v)),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((found, verified)) => {
+                let (strip, set) = authn.mutations(&found, &verified);
+                let req = session.req_header_mut();
+                if let Some(name) = strip {
+                    req.remove_header(name);
+                }
+                for (name, value) in set {
+                    req.insert_header(name.clone(), value.clone())?;
+                }
+                self.metrics.jwt_valid.inc();
+                Ok(Ok(Some(verified)))
+            }
+            Err(e) => {
+                self.metrics.jwt_rejected.inc();
+                let req = session.req_header();
+                let host = host_of(req).to_owned();
+                let path = req.uri.path().to_owned();
+                tracing::info!(
+                    peer = ?tunnel.conn.peer.as_ref().map(|p| p.uri()),
+                    client = ?tunnel.client_ip,
+                    destination = %dest,
+                    method = %req.method,
+                    path = %path,
+                    reason = %e,
+                    "request unauthenticated"
+                );
+                let challenge = authn::challenge(&host, &path);
+                self.local_with(
+                    session,
+                    ctx,
+                    401,
+                    e.body(),
+                    true,
+                    Some(("www-authenticate", challenge)),
+                )
+                .await?;
+                Ok(Err(()))
+            }
+        }
+    }
+}
+
+fn host_of(req: &RequestHeader) -> &str {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok()))
+        .unwrap_or("")
 }
 
 #[async_trait]
@@ -122,6 +214,13 @@ impl ProxyHttp for HttpApp {
                 .local(session, ctx, 503, "no healthy upstream", false)
                 .await;
         };
+        let authn = snapshot.authn.for_target(dest.policy_target()).cloned();
+        let Ok(verified) = self
+            .authenticate(session, ctx, authn, &tunnel, &dest)
+            .await?
+        else {
+            return Ok(true);
+        };
         // Decide in a block with no await: the request view borrows data that is not `Sync`.
         let (denied, normalized) = {
             let req = session.req_header();
@@ -133,12 +232,7 @@ impl ProxyHttp for HttpApp {
                     return self.local(session, ctx, 400, "Bad Request", true).await;
                 }
             };
-            let host = req
-                .uri
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok()))
-                .unwrap_or("");
+            let host = host_of(req);
             let headers = HeaderView(&req.headers);
             let request = Request {
                 peer: tunnel.conn.peer.as_ref(),
@@ -153,12 +247,13 @@ impl ProxyHttp for HttpApp {
                     path: &normalized,
                     headers: &headers,
                 }),
-                jwt: None,
+                jwt: verified.as_ref().map(|v| &v.claims),
             };
             let decision = snapshot.authorizer.evaluate(&request, dest.policy_target());
             if !decision.allowed {
                 tracing::info!(
                     peer = ?tunnel.conn.peer.as_ref().map(|p| p.uri()),
+                    request_principal = ?verified.as_ref().map(|v| &v.principal),
                     client = ?tunnel.client_ip,
                     destination = %dest,
                     method = %req.method,

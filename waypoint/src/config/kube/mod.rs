@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 
 use self::lease::LeaseOptions;
 use self::mesh_config::Overrides;
+use crate::authn::jwks::JwksRegistry;
 use crate::config::{ConfigHandle, MeshSettings};
 use crate::metrics::Metrics;
 
@@ -116,6 +117,7 @@ pub async fn start(
     base: MeshSettings,
     handle: Arc<ConfigHandle>,
     metrics: Arc<Metrics>,
+    jwks: Arc<JwksRegistry>,
 ) -> Result<Vec<JoinHandle<()>>, KubeError> {
     let client = client(&opts).await?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -126,6 +128,7 @@ pub async fn start(
         base,
         handle: handle.clone(),
         metrics: metrics.clone(),
+        jwks,
         status: status_tx,
         quiet: opts.debounce,
         max_delay: opts.max_delay,

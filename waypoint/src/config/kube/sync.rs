@@ -18,6 +18,8 @@ use policy_engine::Authorizer;
 
 use super::mesh_config::{MeshConfig, Overrides};
 use super::watch::{Invalid, Parsed, Update};
+use crate::authn::Authn;
+use crate::authn::jwks::JwksRegistry;
 use crate::config::{ConfigHandle, MeshSettings, Snapshot, next_version};
 use crate::metrics::Metrics;
 
@@ -35,6 +37,8 @@ pub struct StatusInput {
 #[derive(Debug, Default)]
 struct Dirty {
     policies: bool,
+    /// RequestAuthentications changed (a policy-relevant change recompiles them too).
+    authn: bool,
     status: bool,
     changed: Changed,
     /// Mesh settings changed: destinations are rebuilt with the new trust domain.
@@ -43,7 +47,7 @@ struct Dirty {
 
 impl Dirty {
     fn any(&self) -> bool {
-        self.policies || self.status || self.settings || !self.changed.is_empty()
+        self.policies || self.authn || self.status || self.settings || !self.changed.is_empty()
     }
 }
 
@@ -54,6 +58,7 @@ pub struct Sync {
     pub base: MeshSettings,
     pub handle: Arc<ConfigHandle>,
     pub metrics: Arc<Metrics>,
+    pub jwks: Arc<JwksRegistry>,
     pub status: tokio::sync::watch::Sender<Arc<StatusInput>>,
     /// Quiet period that ends a burst of updates, and the longest a burst may delay a snapshot.
     pub quiet: Duration,
@@ -71,6 +76,7 @@ struct State {
     invalid: BTreeMap<(Kind, ObjectKey), Invalid>,
     destinations: DestinationBuilder,
     authorizer: Arc<Authorizer>,
+    authn: Arc<Authn>,
     dirty: Dirty,
     epoch: u64,
 }
@@ -89,6 +95,7 @@ impl Sync {
             synced: false,
             invalid: BTreeMap::new(),
             authorizer: Arc::new(policy_engine::AuthorizerBuilder::new().build()),
+            authn: Arc::new(Authn::none()),
             dirty: Dirty::default(),
             epoch: 0,
             cfg: self,
@@ -341,7 +348,7 @@ impl State {
         d.status = true;
         match kind {
             Kind::AuthorizationPolicy | Kind::GatewayClass => d.policies = true,
-            Kind::RequestAuthentication => {}
+            Kind::RequestAuthentication => d.authn = true,
             Kind::Gateway => {
                 d.policies = true;
                 d.changed.everything = true;
@@ -375,10 +382,14 @@ impl State {
         if recompiled {
             self.authorizer = Arc::new(authorizer_for(&store, &waypoint));
         }
+        if recompiled || dirty.authn {
+            self.authn = Arc::new(Authn::compile(&store, &waypoint, &self.cfg.jwks));
+        }
         let snapshot = Snapshot {
             version: next_version(),
             waypoint,
             authorizer: self.authorizer.clone(),
+            authn: self.authn.clone(),
             destinations: Arc::new(self.destinations.destinations().clone()),
             path_normalization: self.settings.path_normalization,
         };

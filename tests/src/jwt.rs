@@ -1,5 +1,5 @@
 //! JWT fixtures: real RSA and EC keys made at run time, tokens signed with them, and a JWKS server
-//! on loopback that can rotate keys, fail, or answer slowly.
+//! on loopback (HTTP or HTTPS) that can rotate keys, fail, or answer slowly.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,9 +14,11 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use waypoint::tls::dev_ca::DevCa;
 
 /// A signing key and its public JWK.
 #[derive(Clone)]
@@ -112,6 +114,7 @@ struct State {
 #[derive(Debug)]
 pub struct JwksServer {
     pub addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<Mutex<State>>,
     hits: Arc<AtomicU64>,
     task: JoinHandle<()>,
@@ -119,6 +122,34 @@ pub struct JwksServer {
 
 impl JwksServer {
     pub async fn start(keys: &[&SigningKey]) -> std::io::Result<JwksServer> {
+        Self::start_with(keys, None).await
+    }
+
+    /// Over HTTPS with a certificate for 127.0.0.1 from a fresh CA; also returns the CA's root.
+    pub async fn start_tls(
+        keys: &[&SigningKey],
+    ) -> anyhow::Result<(JwksServer, CertificateDer<'static>)> {
+        use rustls::pki_types::pem::PemObject as _;
+        let ca = DevCa::new("jwks-test-ca")?;
+        let issued = ca.issue_server(&["127.0.0.1"], Duration::from_secs(3600))?;
+        let chain = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        let root = CertificateDer::from_pem_slice(ca.root_pem().as_bytes())?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Ok((Self::start_with(keys, Some(acceptor)).await?, root))
+    }
+
+    async fn start_with(
+        keys: &[&SigningKey],
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<JwksServer> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
@@ -130,7 +161,7 @@ impl JwksServer {
         let (st, h) = (state.clone(), hits.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (st, h) = (st.clone(), h.clone());
+                let (st, h, tls) = (st.clone(), h.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
                         let (st, h) = (st.clone(), h.clone());
@@ -141,7 +172,7 @@ impl JwksServer {
                             };
                             tokio::time::sleep(delay).await;
                             let body = if req.uri().path() == "/.well-known/openid-configuration" {
-                                json!({"issuer": format!("http://{addr}"), "jwks_uri": format!("http://{addr}/jwks")})
+                                json!({"issuer": format!("{scheme}://{addr}"), "jwks_uri": format!("{scheme}://{addr}/jwks")})
                                     .to_string()
                             } else {
                                 h.fetch_add(1, Ordering::SeqCst);
@@ -152,28 +183,37 @@ impl JwksServer {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                        }
+                    }
                 });
             }
         });
         Ok(JwksServer {
             addr,
+            scheme,
             state,
             hits,
             task,
         })
     }
 
-    /// `http://addr/jwks`.
+    /// `http(s)://addr/jwks`.
     pub fn uri(&self) -> String {
-        format!("http://{}/jwks", self.addr)
+        format!("{}://{}/jwks", self.scheme, self.addr)
     }
 
-    /// `http://addr`: an issuer whose discovery document this server answers.
+    /// `http(s)://addr`: an issuer whose discovery document this server answers.
     pub fn issuer(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     fn with(&self, f: impl FnOnce(&mut State)) {

@@ -18,12 +18,19 @@ use waypoint_tests::mesh::{HTTPBIN_VIP, Mesh, MeshOptions};
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn registry(metrics: &Arc<Metrics>) -> Arc<JwksRegistry> {
+    registry_trusting(metrics, Vec::new())
+}
+
+fn registry_trusting(
+    metrics: &Arc<Metrics>,
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Arc<JwksRegistry> {
     JwksRegistry::new(
         JwksOptions {
             refresh: Duration::from_secs(3600),
             retry: Duration::from_millis(100),
             min_refetch: Duration::from_secs(2),
-            extra_roots: Vec::new(),
+            extra_roots,
         },
         Some(tokio::runtime::Handle::current()),
         metrics.clone(),
@@ -291,6 +298,29 @@ async fn oidc_discovery_finds_the_keys() {
             check(&authn, &bearer(&token), None).await.unwrap().unwrap(),
             format!("{iss}/alice")
         );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn jwks_over_https_needs_a_trusted_server() {
+    tokio::time::timeout(LIMIT, async {
+        let key = SigningKey::ec("h");
+        let (server, root) = JwksServer::start_tls(&[&key]).await.unwrap();
+        let iss = server.issuer();
+        let token = key.sign(&claims(&iss, "alice", json!({})));
+        let rule = format!("{{issuer: '{iss}', jwksUri: '{}'}}", server.uri());
+        let metrics = Arc::new(Metrics::default());
+        let trusted = compile(&rule, &registry_trusting(&metrics, vec![root]));
+        assert!(check(&trusted, &bearer(&token), None).await.is_ok());
+        // The same server with only the system's roots: the fetch fails, tokens are refused.
+        let untrusted = compile(&rule, &registry(&metrics));
+        assert_eq!(
+            check(&untrusted, &bearer(&token), None).await,
+            Err(AuthnError::JwksUnavailable)
+        );
+        assert!(metrics.jwks_fetch_failures.get() >= 1);
     })
     .await
     .unwrap();

@@ -546,3 +546,53 @@ async fn lists_are_followed_across_pages() {
     .await
     .unwrap();
 }
+
+/// A RequestAuthentication from the API server applies like a policy: tokens are checked, their
+/// principal reaches policy, and removing it stops the checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_authentication_applies_and_goes() {
+    use waypoint_tests::jwt::{SigningKey, claims, jwks};
+    tokio::time::timeout(LIMIT, async {
+        let key = SigningKey::ec("k");
+        let c = cluster("", true).await;
+        let (mesh, api) = (&c.mesh, &c.api);
+        let keys = jwks(&[&key]).replace('\'', "''");
+        api.apply_yaml(&format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: ambient-demo}}\n\
+             spec: {{targetRefs: [{{kind: Service, group: '', name: httpbin}}], jwtRules: [{{issuer: https://idp.example, jwks: '{keys}'}}]}}\n"
+        ))
+        .unwrap();
+        api.apply_yaml(&policy(
+            "alice-only",
+            "{targetRefs: [{kind: Service, group: '', name: httpbin}], rules: [{from: [{source: {requestPrincipals: [https://idp.example/alice]}}]}]}",
+        ))
+        .unwrap();
+        let alice = key.sign(&claims("https://idp.example", "alice", serde_json::json!({})));
+        let bad = SigningKey::ec("k").sign(&claims("https://idp.example", "alice", serde_json::json!({})));
+        let with_token = |token: String| async move {
+            let conn = mesh.hbone(&mesh.sleep).await.unwrap();
+            let o = conn.open(HTTPBIN_VIP, &[("forwarded", FORWARDED)]).await.unwrap();
+            let mut s = o.stream.unwrap();
+            let auth = format!("Bearer {token}");
+            http1::request(&mut s, "GET", "/get", &[("authorization", &auth)], "")
+                .await
+                .unwrap()
+                .map_or(0, |r| r.status)
+        };
+        until("the token's principal is allowed", || async { with_token(alice.clone()).await == 200 }).await;
+        assert_eq!(with_token(bad.clone()).await, 401, "a token signed by another key");
+        assert_eq!(call(mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await, 403, "no token: no principal");
+        until("WaypointAccepted on the RequestAuthentication", || async {
+            api.get("security.istio.io/v1", "RequestAuthentication", "ambient-demo", "jwt")
+                .and_then(|o| o["status"]["conditions"].as_array().cloned())
+                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "WaypointAccepted" && c["status"] == "True"))
+        })
+        .await;
+        assert!(api.delete("security.istio.io/v1", "RequestAuthentication", "ambient-demo", "jwt"));
+        // Without rules the token is not read at all: no principal, so the ALLOW fails (403),
+        // and a token nobody can check is not a 401 any more.
+        until("the rules are gone", || async { with_token(bad.clone()).await == 403 }).await;
+    })
+    .await
+    .unwrap();
+}

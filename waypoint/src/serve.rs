@@ -80,6 +80,9 @@ pub(crate) struct RunArgs {
     /// Seconds in-flight streams get to finish after SIGTERM.
     #[arg(long, default_value_t = 20)]
     drain_grace_seconds: u64,
+    /// PEM CA certificates trusted for fetching JWKS over HTTPS, besides the system's roots.
+    #[arg(long)]
+    jwks_ca: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -178,6 +181,15 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     opts.admin_addr = args.admin_addr;
     opts.upstream_hbone_port = args.upstream_hbone_port;
     opts.server.drain_grace = Duration::from_secs(args.drain_grace_seconds);
+    if let Some(path) = &args.jwks_ca {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading --jwks-ca {}", path.display()))?;
+        opts.jwks.extra_roots = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--jwks-ca {}: not PEM certificates", path.display()))?;
+    }
     let running = waypoint::run::start(opts).await?;
     wait_for_signal().await?;
     tracing::info!("shutting down: GOAWAY sent, draining in-flight streams");

@@ -180,3 +180,97 @@ fn malformed_request_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `token:` goes through the config's RequestAuthentication: a valid token's principal reaches
+/// policy, a bad one is a 401 with Envoy's reason.
+#[test]
+fn eval_validates_tokens_with_the_configs_request_authentication() {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let point = kp.public_key_raw();
+    let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "alg": "ES256",
+        "x": b64(&point[1..33]), "y": b64(&point[33..])}]});
+    let key = jsonwebtoken::EncodingKey::from_ec_der(&kp.serialize_der());
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |iss: &str, sub: &str, exp: u64| {
+        jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({"iss": iss, "sub": sub, "exp": exp}),
+            &key,
+        )
+        .unwrap()
+    };
+
+    let dir = std::env::temp_dir().join(format!("waypoint-eval-jwt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(repo().join("examples/mesh.yaml"), dir.join("mesh.yaml")).unwrap();
+    std::fs::write(
+        dir.join("jwt.yaml"),
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: ambient-demo}}
+spec:
+  targetRefs: [{{kind: Service, group: '', name: httpbin}}]
+  jwtRules: [{{issuer: https://idp.example, jwks: '{jwks}'}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: alice-only, namespace: ambient-demo}}
+spec:
+  targetRefs: [{{kind: Service, group: '', name: httpbin}}]
+  rules: [{{from: [{{source: {{requestPrincipals: [https://idp.example/alice]}}}}]}}]
+"
+        ),
+    )
+    .unwrap();
+    let request = |token: &str| {
+        format!(
+            "waypoint: {{namespace: ambient-demo, name: waypoint}}
+destination: {{service: {{namespace: ambient-demo, name: httpbin}}, ip: 10.96.0.10, port: 8000}}
+http: {{method: GET, host: httpbin, path: /get}}
+token: {token}
+---
+"
+        )
+    };
+    let requests = [
+        request(&sign("https://idp.example", "alice", now + 600)),
+        request(&sign("https://idp.example", "bob", now + 600)),
+        request(&sign("https://idp.example", "alice", now - 3600)),
+        request(&sign("https://other.example", "alice", now + 600)),
+    ]
+    .concat();
+    std::fs::write(dir.join("requests.yaml.txt"), requests).unwrap();
+    let o = waypoint(&[
+        "authz",
+        "eval",
+        "--config",
+        dir.to_str().unwrap(),
+        "--request",
+        dir.join("requests.yaml.txt").to_str().unwrap(),
+    ]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = lines(&o);
+    let got: Vec<_> = l
+        .iter()
+        .map(|l| (l["status"].clone(), l["reason"].clone()))
+        .collect();
+    assert_eq!(l.len(), 4, "{got:?}");
+    assert_eq!(l[0]["status"], 200, "{got:?}");
+    assert_eq!(l[0]["policy"], "ambient-demo/alice-only");
+    assert_eq!(l[1]["status"], 403, "{got:?}");
+    assert_eq!(l[2]["status"], 401);
+    assert_eq!(l[2]["reason"], "unauthenticated: Jwt is expired");
+    assert_eq!(
+        l[3]["reason"],
+        "unauthenticated: Jwt issuer is not configured"
+    );
+}

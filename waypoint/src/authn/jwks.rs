@@ -299,7 +299,10 @@ impl JwksRegistry {
 /// A minimal HTTP/1.1 GET client: one connection per fetch (fetches are minutes apart), no
 /// redirects, bounded body.
 struct Fetcher {
-    tls: tokio_rustls::TlsConnector,
+    /// Built on the first HTTPS fetch: reading the system's roots takes a while and most configs
+    /// never need them.
+    tls: std::sync::OnceLock<tokio_rustls::TlsConnector>,
+    extra_roots: Vec<CertificateDer<'static>>,
     metrics: Arc<Metrics>,
 }
 
@@ -311,6 +314,18 @@ impl std::fmt::Debug for Fetcher {
 
 impl Fetcher {
     fn new(extra_roots: &[CertificateDer<'static>], metrics: Arc<Metrics>) -> Fetcher {
+        Fetcher {
+            tls: std::sync::OnceLock::new(),
+            extra_roots: extra_roots.to_vec(),
+            metrics,
+        }
+    }
+
+    fn tls(&self) -> &tokio_rustls::TlsConnector {
+        self.tls.get_or_init(|| Self::connector(&self.extra_roots))
+    }
+
+    fn connector(extra_roots: &[CertificateDer<'static>]) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         for e in &native.errors {
@@ -325,10 +340,7 @@ impl Fetcher {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Fetcher {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            metrics,
-        }
+        tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 
     async fn jwks(&self, source: &Source) -> Result<Bytes, String> {
@@ -379,7 +391,7 @@ impl Fetcher {
             let name = ServerName::try_from(dial_host.to_owned())
                 .map_err(|e| format!("{url}: server name: {e}"))?;
             let tls = self
-                .tls
+                .tls()
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("{url}: TLS: {e}"))?;

@@ -155,6 +155,18 @@ impl Authenticator {
             self.metrics.jwt_cache_hits.inc();
             return Ok(v);
         }
+        let v = self.verify_uncached(found, now).await?;
+        self.cache
+            .insert(&found.token, found.location, v.clone(), now);
+        Ok(v)
+    }
+
+    /// [`Authenticator::verify`] without the cache (what a cache miss costs).
+    pub async fn verify_uncached(
+        &self,
+        found: &Found,
+        now: u64,
+    ) -> Result<Arc<Verified>, AuthnError> {
         let parsed = Parsed::new(&found.token)?;
         let loc = &self.locations[found.location];
         let candidates = parsed
@@ -166,12 +178,7 @@ impl Authenticator {
         let mut last = AuthnError::UnknownIssuer;
         for p in candidates {
             match p.verify(&parsed, now).await {
-                Ok(v) => {
-                    let v = Arc::new(v);
-                    self.cache
-                        .insert(&found.token, found.location, v.clone(), now);
-                    return Ok(v);
-                }
+                Ok(v) => return Ok(Arc::new(v)),
                 Err(e) => last = e,
             }
         }
@@ -292,7 +299,8 @@ impl Authn {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -337,6 +337,7 @@ impl State {
                     _ => false,
                 };
                 if !same || delete {
+                    d.authn = true;
                     d.status = true;
                 }
             }

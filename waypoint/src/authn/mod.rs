@@ -24,6 +24,7 @@ pub mod cache;
 pub mod jwks;
 pub mod location;
 pub mod provider;
+pub mod signature;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

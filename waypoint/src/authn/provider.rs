@@ -156,14 +156,12 @@ impl Provider {
             return Ok(false);
         }
         for k in fitting {
-            if jsonwebtoken::crypto::verify(
-                token.signature,
-                token.message.as_bytes(),
-                &k.key,
+            if super::signature::verify(
                 token.alg,
-            )
-            .unwrap_or(false)
-            {
+                &k.key,
+                token.message.as_bytes(),
+                token.signature,
+            ) {
                 return Ok(true);
             }
         }

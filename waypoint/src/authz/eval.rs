@@ -71,6 +71,21 @@ struct Line<'a> {
     reason: std::borrow::Cow<'a, str>,
 }
 
+impl Line<'_> {
+    /// A request answered before policy (400 from path normalization, 401 from a token).
+    fn local(status: u16, reason: String) -> anyhow::Result<String> {
+        let line = Line {
+            decision: "deny",
+            status: Some(status),
+            policy: None,
+            rule: None,
+            action: None,
+            reason: reason.into(),
+        };
+        Ok(serde_json::to_string(&line)?)
+    }
+}
+
 /// One request document (the format is documented in `docs/authz-eval.md`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,17 +186,7 @@ fn decide(
     let verified = match (&req.http, authn.for_target(target.as_deref())) {
         (Some(h), Some(a)) => match authenticate(a, rt, h, &mut headers) {
             Ok(v) => v,
-            Err(e) => {
-                let line = Line {
-                    decision: "deny",
-                    status: Some(401),
-                    policy: None,
-                    rule: None,
-                    action: None,
-                    reason: format!("unauthenticated: {e}").into(),
-                };
-                return Ok(serde_json::to_string(&line)?);
-            }
+            Err(e) => return Line::local(401, format!("unauthenticated: {e}")),
         },
         _ => None,
     };
@@ -197,18 +202,8 @@ fn decide(
     let normalized = match &req.http {
         Some(h) => match path::normalize(&h.path, mode) {
             Ok(p) => Some(p),
-            Err(e) => {
-                // Envoy answers 400 before any policy runs.
-                let line = Line {
-                    decision: "deny",
-                    status: Some(400),
-                    policy: None,
-                    rule: None,
-                    action: None,
-                    reason: format!("denied: {e}").into(),
-                };
-                return Ok(serde_json::to_string(&line)?);
-            }
+            // Envoy answers 400 before any policy runs.
+            Err(e) => return Line::local(400, format!("denied: {e}")),
         },
         None => None,
     };

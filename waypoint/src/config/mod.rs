@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use gateway_api_bindings::mesh::Destinations;
-use gateway_api_bindings::{ObjectKey, Store, WaypointIdentity, authorizer_for, status};
+use gateway_api_bindings::{ObjectKey, Origin, Store, WaypointIdentity, authorizer_for, status};
 use policy_engine::Authorizer;
 
 use crate::authn::Authn;
@@ -108,24 +108,24 @@ impl Snapshot {
         settings: &MeshSettings,
         jwks: &JwksRegistry,
     ) -> Result<Snapshot, ConfigError> {
+        let root = &settings.root_namespace;
         let mut invalid = Vec::new();
+        let mut report =
+            |kind: &str, key: &ObjectKey, origin: &Origin, st: status::PolicyStatus| {
+                for e in &st.errors {
+                    invalid.push(format!(
+                        "{origin}: {kind} {key}: {}: {}",
+                        e.field, e.message
+                    ));
+                }
+            };
         for (key, ap) in &store.authorization_policies {
-            let st = status::authorization_policy(store, &ap.object, &settings.root_namespace);
-            for e in &st.errors {
-                invalid.push(format!(
-                    "{}: AuthorizationPolicy {key}: {}: {}",
-                    ap.origin, e.field, e.message
-                ));
-            }
+            let st = status::authorization_policy(store, &ap.object, root);
+            report("AuthorizationPolicy", key, &ap.origin, st);
         }
         for (key, ra) in &store.request_authentications {
-            let st = status::request_authentication(store, &ra.object, &settings.root_namespace);
-            for e in &st.errors {
-                invalid.push(format!(
-                    "{}: RequestAuthentication {key}: {}: {}",
-                    ra.origin, e.field, e.message
-                ));
-            }
+            let st = status::request_authentication(store, &ra.object, root);
+            report("RequestAuthentication", key, &ra.origin, st);
         }
         if !invalid.is_empty() {
             return Err(ConfigError::Objects(invalid));

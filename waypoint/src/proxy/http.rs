@@ -124,8 +124,7 @@ impl HttpApp {
         Ok(true)
     }
 
-    /// RequestAuthentication, before policy: `Ok(None)` when no token came (or no rule applies),
-    /// the validated token otherwise; `Err` when the request was answered 401.
+    /// RequestAuthentication, before policy.
     async fn authenticate(
         &self,
         session: &mut Session,
@@ -133,13 +132,13 @@ impl HttpApp {
         authn: Option<Arc<Authenticator>>,
         tunnel: &TunnelCtx,
         dest: &Destination,
-    ) -> Result<std::result::Result<Option<Arc<Verified>>, ()>> {
+    ) -> Result<Authenticated> {
         let Some(authn) = authn else {
-            return Ok(Ok(None));
+            return Ok(Authenticated::Anonymous);
         };
         let req = session.req_header();
         let result = match authn.find(&req.headers, req.uri.query()) {
-            Ok(None) => return Ok(Ok(None)),
+            Ok(None) => return Ok(Authenticated::Anonymous),
             Ok(Some(found)) => authn.verify(&found).await.map(|v| (found, v)),
             Err(e) => Err(e),
         };
@@ -154,7 +153,7 @@ impl HttpApp {
                     req.insert_header(name.clone(), value.clone())?;
                 }
                 self.metrics.jwt_valid.inc();
-                Ok(Ok(Some(verified)))
+                Ok(Authenticated::Token(verified))
             }
             Err(e) => {
                 self.metrics.jwt_rejected.inc();
@@ -180,10 +179,19 @@ impl HttpApp {
                     Some(("www-authenticate", challenge)),
                 )
                 .await?;
-                Ok(Err(()))
+                Ok(Authenticated::Answered)
             }
         }
     }
+}
+
+/// What RequestAuthentication made of a request.
+enum Authenticated {
+    /// No token, or no rule applies: no request principal.
+    Anonymous,
+    Token(Arc<Verified>),
+    /// Refused: the 401 has been sent.
+    Answered,
 }
 
 fn host_of(req: &RequestHeader) -> &str {
@@ -215,11 +223,13 @@ impl ProxyHttp for HttpApp {
                 .await;
         };
         let authn = snapshot.authn.for_target(dest.policy_target()).cloned();
-        let Ok(verified) = self
+        let verified = match self
             .authenticate(session, ctx, authn, &tunnel, &dest)
             .await?
-        else {
-            return Ok(true);
+        {
+            Authenticated::Anonymous => None,
+            Authenticated::Token(v) => Some(v),
+            Authenticated::Answered => return Ok(true),
         };
         // Decide in a block with no await: the request view borrows data that is not `Sync`.
         let (denied, normalized) = {

@@ -87,19 +87,8 @@ async fn reply(
 }
 
 impl HttpApp {
+    /// Answers the request here, with `extra` as one more response header.
     async fn local(
-        &self,
-        session: &mut Session,
-        ctx: &mut ReqCtx,
-        status: u16,
-        body: &'static str,
-        denied: bool,
-    ) -> Result<bool> {
-        self.local_with(session, ctx, status, body, denied, None)
-            .await
-    }
-
-    async fn local_with(
         &self,
         session: &mut Session,
         ctx: &mut ReqCtx,
@@ -170,7 +159,7 @@ impl HttpApp {
                     "request unauthenticated"
                 );
                 let challenge = authn::challenge(&host, &path);
-                self.local_with(
+                self.local(
                     session,
                     ctx,
                     401,
@@ -219,7 +208,7 @@ impl ProxyHttp for HttpApp {
             // The destination left the config while the tunnel was open.
             tracing::warn!(target = %tunnel.target, "destination no longer served");
             return self
-                .local(session, ctx, 503, "no healthy upstream", false)
+                .local(session, ctx, 503, "no healthy upstream", false, None)
                 .await;
         };
         let authn = snapshot.authn.for_target(dest.policy_target()).cloned();
@@ -239,7 +228,9 @@ impl ProxyHttp for HttpApp {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::info!(path = raw_path, error = %e, "request path rejected by normalization");
-                    return self.local(session, ctx, 400, "Bad Request", true).await;
+                    return self
+                        .local(session, ctx, 400, "Bad Request", true, None)
+                        .await;
                 }
             };
             let host = host_of(req);
@@ -278,7 +269,7 @@ impl ProxyHttp for HttpApp {
             (!decision.allowed, changed)
         };
         if denied {
-            return self.local(session, ctx, 403, DENIED_BODY, true).await;
+            return self.local(session, ctx, 403, DENIED_BODY, true, None).await;
         }
         // The app sees the path the policy was checked against, as with Envoy's normalization.
         if let Some(uri) = normalized.and_then(|n| n.parse::<http::Uri>().ok()) {

@@ -11,12 +11,16 @@
 //!   (plain TCP for a source workload -> HBONE to the waypoint) and the HBONE client both use.
 //! * [`mesh`]: a waypoint with pods, services, shims and policies, ready to take requests.
 //! * [`kube_api`]: an in-process Kubernetes API server (list/watch/status/leases over HTTPS).
+//! * [`mesh_ca`]: an in-process Istio CA (CreateCertificate over gRPC and TLS).
+//! * [`spire_agent`]: an in-process SPIFFE Workload API server on a Unix socket.
 
 pub mod backend;
 pub mod http1;
 pub mod jwt;
 pub mod kube_api;
 pub mod mesh;
+pub mod mesh_ca;
 pub mod net;
 pub mod pki;
+pub mod spire_agent;
 pub mod ztunnel;

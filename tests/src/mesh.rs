@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use waypoint::config::kube::KubeOptions;
+use waypoint::identity::IdentitySource;
 use waypoint::run::{ConfigSource, RunOptions, Running};
-use waypoint::tls::IdentitySource;
+use waypoint::tls::dev_ca::DevCa;
 
 use crate::backend;
 use crate::net::Block;
@@ -52,6 +53,11 @@ pub struct MeshOptions {
     /// Read the config from an API server instead of the files (which are still written, and
     /// are what the caller loads into the server: see [`cluster_yaml`]).
     pub kube: Option<KubeOptions>,
+    /// Where the in-process waypoint gets its certificate; the harness's files otherwise. The
+    /// shims trust the mesh root in `<dir>/pki/root-cert.pem` ([`Mesh::pki`]).
+    pub identity: Option<IdentitySource>,
+    /// The mesh CA; a new one otherwise.
+    pub ca: Option<Arc<DevCa>>,
 }
 
 impl Default for MeshOptions {
@@ -75,6 +81,8 @@ impl Default for MeshOptions {
             apps: true,
             dir: None,
             kube: None,
+            identity: None,
+            ca: None,
         }
     }
 }
@@ -253,7 +261,10 @@ impl Mesh {
             ))
         });
         let _ = std::fs::remove_dir_all(&dir);
-        let pki = Pki::new(&dir.join("pki"), "demo mesh CA")?;
+        let pki = match &opts.ca {
+            Some(ca) => Pki::with_ca(&dir.join("pki"), ca.clone())?,
+            None => Pki::new(&dir.join("pki"), "demo mesh CA")?,
+        };
         let config = dir.join("config");
         std::fs::create_dir_all(&config)?;
         std::fs::write(config.join("cluster.yaml"), cluster_yaml(&block))?;
@@ -320,7 +331,7 @@ impl Mesh {
             Some(k) => ConfigSource::Kubernetes(Box::new(k)),
             None => ConfigSource::File(config),
         };
-        let mut run = RunOptions::new(source, identity);
+        let mut run = RunOptions::new(source, opts.identity.clone().unwrap_or(identity));
         run.hbone_addr = SocketAddr::new(wp_ip, 15008);
         run.readiness_addr = SocketAddr::new(wp_ip, 0);
         run.metrics_addr = SocketAddr::new(wp_ip, 0);

@@ -11,7 +11,7 @@ use waypoint::tls::dev_ca::DevCa;
 /// A CA plus the directory its files go to.
 #[derive(Debug)]
 pub struct Pki {
-    pub ca: DevCa,
+    pub ca: Arc<DevCa>,
     pub dir: PathBuf,
 }
 
@@ -27,8 +27,12 @@ pub struct WorkloadCert {
 
 impl Pki {
     pub fn new(dir: &Path, name: &str) -> anyhow::Result<Pki> {
+        Pki::with_ca(dir, Arc::new(DevCa::new(name)?))
+    }
+
+    /// Files for an existing CA (one a test CA server also signs with).
+    pub fn with_ca(dir: &Path, ca: Arc<DevCa>) -> anyhow::Result<Pki> {
         std::fs::create_dir_all(dir)?;
-        let ca = DevCa::new(name)?;
         std::fs::write(dir.join("root-cert.pem"), ca.root_pem())?;
         Ok(Pki {
             ca,

@@ -71,6 +71,8 @@ pub struct HboneClient {
     ping: Arc<tokio::sync::Mutex<Option<h2::PingPong>>>,
     /// The server's SPIFFE ID.
     pub server_id: Option<String>,
+    /// The server's leaf certificate (rotation shows as a new one).
+    pub server_cert: Option<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// A CONNECT's outcome.
@@ -92,12 +94,13 @@ impl HboneClient {
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(ServerName::IpAddress(addr.ip().into()), tcp)
             .await?;
-        let server_id = tls
+        let server_cert = tls
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(spiffe::uri_san);
+            .map(|c| c.clone().into_owned());
+        let server_id = server_cert.as_ref().and_then(spiffe::uri_san);
         // ztunnel's client settings (hbone.md).
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(4 * 1024 * 1024)
@@ -115,6 +118,7 @@ impl HboneClient {
             send,
             ping,
             server_id,
+            server_cert,
         })
     }
 

@@ -612,10 +612,10 @@ async fn identity_files_are_reloaded_and_bad_ones_ignored() {
         // A broken key is rejected; the current identity stays.
         std::fs::write(&mesh.waypoint_cert.key_path, "not a key").unwrap();
         let identity = &mesh.running().identity;
-        let before = identity.current();
+        let before = identity.current().unwrap();
         identity.reload();
         assert!(
-            Arc::ptr_eq(&before, &identity.current()),
+            Arc::ptr_eq(&before, &identity.current().unwrap()),
             "a failed reload keeps the identity"
         );
         let c = mesh.hbone(&mesh.sleep).await.unwrap();

@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::ConfigHandle;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 
 /// What the admin endpoints read.
@@ -15,7 +16,8 @@ use crate::metrics::Metrics;
 pub struct AdminState {
     pub config: Arc<ConfigHandle>,
     pub metrics: Arc<Metrics>,
-    /// True once identity and config are loaded and the HBONE listener is up.
+    pub identity: Arc<Identity>,
+    /// True once the listeners are up; readiness also needs a config and a certificate.
     pub ready: Arc<AtomicBool>,
 }
 
@@ -73,10 +75,20 @@ async fn answer(mut s: TcpStream, state: &AdminState, role: Role) -> std::io::Re
     };
     match path.as_str() {
         "/healthz/ready" if role != Role::Metrics => {
-            if state.ready.load(Ordering::Relaxed) && state.config.is_synced() {
-                respond(&mut s, 200, "text/plain", "ready\n").await
+            let why = if !state.ready.load(Ordering::Relaxed) {
+                Some("starting")
+            } else if !state.config.is_synced() {
+                Some("config not synced")
+            } else if !state.identity.is_ready() {
+                Some("no valid workload certificate")
             } else {
-                respond(&mut s, 503, "text/plain", "not ready\n").await
+                None
+            };
+            match why {
+                None => respond(&mut s, 200, "text/plain", "ready\n").await,
+                Some(why) => {
+                    respond(&mut s, 503, "text/plain", &format!("not ready: {why}\n")).await
+                }
             }
         }
         "/metrics" | "/stats/prometheus" if role != Role::Readiness => {
@@ -89,7 +101,16 @@ async fn answer(mut s: TcpStream, state: &AdminState, role: Role) -> std::io::Re
             .await
         }
         "/config_dump" if role == Role::Admin => {
-            let dump = state.config.dump();
+            let mut dump = state.config.dump();
+            dump["identity"] = match state.identity.current() {
+                Some(c) => serde_json::json!({
+                    "spiffe_id": c.spiffe_id,
+                    "expires_in_s": c.remaining().as_secs(),
+                    "lifetime_s": c.lifetime().as_secs(),
+                    "roots": c.roots,
+                }),
+                None => serde_json::Value::Null,
+            };
             let body = serde_json::to_string_pretty(&dump).unwrap_or_default();
             respond(&mut s, 200, "application/json", &body).await
         }

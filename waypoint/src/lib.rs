@@ -6,14 +6,16 @@
 //! and picks the inner protocol; HTTP runs through one Pingora app ([`proxy::http`]) that asks the
 //! policy engine about every request (after [`authn`] validated its JWT, if a RequestAuthentication
 //! applies), opaque TCP through [`proxy::tcp`]; both reach endpoints
-//! through [`proxy::upstream`] and the pooled [`hbone::client`]. Config ([`config`]) and identity
-//! ([`tls`]) are swapped in atomically from their own tasks; [`admin`] serves readiness, metrics
+//! through [`proxy::upstream`] and the pooled [`hbone::client`]. Config ([`config`]) and the workload
+//! certificate ([`identity`], from files, Istio's CA or a SPIRE agent; TLS details in [`tls`]) are
+//! swapped in atomically from their own tasks; [`admin`] serves readiness, metrics
 //! and the config dump on separate listeners. [`run`] wires it together.
 
 pub mod admin;
 pub mod authn;
 pub mod config;
 pub mod hbone;
+pub mod identity;
 pub mod metrics;
 pub mod proxy;
 pub mod run;

@@ -107,6 +107,11 @@ pub struct Metrics {
     pub jwt_cache_hits: Counter,
     pub jwks_fetches: Counter,
     pub jwks_fetch_failures: Counter,
+    /// Workload certificates installed (the first one included), and failed attempts to get one.
+    pub identity_renewals: Counter,
+    pub identity_renewal_failures: Counter,
+    /// When the certificate in use expires, in Unix seconds; 0 before the first one.
+    pub identity_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -143,6 +148,9 @@ impl Default for Metrics {
             jwt_cache_hits: Counter::default(),
             jwks_fetches: Counter::default(),
             jwks_fetch_failures: Counter::default(),
+            identity_renewals: Counter::default(),
+            identity_renewal_failures: Counter::default(),
+            identity_expiry: Gauge::default(),
         }
     }
 }
@@ -304,6 +312,16 @@ impl Metrics {
             "Failed JWKS fetches (the previous keys, if any, stay in use).",
             self.jwks_fetch_failures.get(),
         );
+        counter(
+            "waypoint_identity_renewals_total",
+            "Workload certificates installed, the first one included.",
+            self.identity_renewals.get(),
+        );
+        counter(
+            "waypoint_identity_renewal_failures_total",
+            "Failed attempts to obtain a workload certificate or trust bundle.",
+            self.identity_renewal_failures.get(),
+        );
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
@@ -326,6 +344,11 @@ impl Metrics {
             "waypoint_status_leader",
             "1 while this replica holds the status lease.",
             self.status_leader.get(),
+        );
+        gauge(
+            "waypoint_identity_expiry_timestamp_seconds",
+            "When the workload certificate in use expires (Unix seconds); 0 before the first.",
+            self.identity_expiry.get(),
         );
         out
     }

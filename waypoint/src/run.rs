@@ -19,12 +19,12 @@ use crate::config::kube::KubeOptions;
 use crate::config::{self, ConfigHandle, MeshSettings, Snapshot};
 use crate::hbone::client::Connector;
 use crate::hbone::server::{self, ServerSettings};
+use crate::identity::{Identity, IdentitySource};
 use crate::metrics::Metrics;
 use crate::proxy::http::HttpApp;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::relay;
 use crate::proxy::upstream::Upstream;
-use crate::tls::{Identity, IdentitySource};
 
 /// Where the config comes from.
 #[derive(Debug, Clone)]
@@ -90,7 +90,7 @@ pub enum StartError {
     #[error("connecting to Kubernetes: {0}")]
     Kube(#[from] config::kube::KubeError),
     #[error("loading the identity: {0}")]
-    Identity(#[from] crate::tls::identity::IdentityError),
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// A running waypoint.
@@ -119,7 +119,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
     crate::tls::provider();
     let metrics = Arc::new(Metrics::default());
-    let identity = Arc::new(Identity::load(opts.identity.clone())?);
+    let identity = Arc::new(Identity::new(opts.identity.clone(), metrics.clone())?);
     let mut background = Vec::new();
     let jwks = JwksRegistry::new(
         opts.jwks.clone(),
@@ -136,7 +136,6 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
                 services = snapshot.destinations.services.len(),
                 workloads = snapshot.destinations.workloads.len(),
                 policies = snapshot.authorizer.policies().len(),
-                spiffe_id = %identity.current().spiffe_id,
                 "config loaded"
             );
             metrics
@@ -209,6 +208,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
     let admin_state = AdminState {
         config: config.clone(),
         metrics: metrics.clone(),
+        identity: identity.clone(),
         ready: ready.clone(),
     };
     background.extend([
@@ -224,7 +224,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
             Role::Admin,
         )),
         tokio::spawn(admin::serve(metrics_listener, admin_state, Role::Metrics)),
-        tokio::spawn(identity.clone().watch(opts.poll_interval)),
+        tokio::spawn(identity.clone().run(opts.poll_interval)),
     ]);
     let hbone = tokio::spawn(server::serve(
         hbone_listener,

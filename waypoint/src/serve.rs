@@ -13,9 +13,22 @@ use policy_engine::path::PathNormalization;
 use waypoint::config::MeshSettings;
 use waypoint::config::kube::KubeOptions;
 use waypoint::config::kube::mesh_config::{MeshConfig, Overrides};
+use waypoint::identity::workload_api::socket_path;
+use waypoint::identity::{CaOptions, IdentitySource};
 use waypoint::run::{ConfigSource, RunOptions};
-use waypoint::tls::IdentitySource;
 use waypoint::tls::dev_ca::DevCa;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum IdentityKind {
+    /// --cert-chain, --key and --trust-bundle, re-read when they change.
+    Files,
+    /// An in-memory CA; nothing else trusts it.
+    DevCa,
+    /// Istio's CA (istiod), with the service account token.
+    IstioCa,
+    /// A SPIFFE Workload API agent (SPIRE) on a Unix socket.
+    Spiffe,
+}
 
 #[derive(Args, Debug)]
 pub(crate) struct RunArgs {
@@ -53,6 +66,10 @@ pub(crate) struct RunArgs {
     /// [default: the mesh config's, else BASE].
     #[arg(long)]
     path_normalization: Option<String>,
+    /// Where the workload certificate comes from [default: files with --cert-chain, dev-ca with
+    /// --dev-ca, else istio-ca].
+    #[arg(long, value_enum)]
+    identity: Option<IdentityKind>,
     /// PEM certificate chain (leaf first) with the waypoint's SPIFFE ID; reloaded on change.
     #[arg(long, requires_all = ["key", "trust_bundle"], conflicts_with = "dev_ca")]
     cert_chain: Option<PathBuf>,
@@ -63,8 +80,32 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     trust_bundle: Option<PathBuf>,
     /// Issue our own certificate from an in-memory CA (local use only: no ztunnel trusts it).
+    /// Short for --identity dev-ca.
     #[arg(long)]
     dev_ca: bool,
+    /// Istio CA (istiod) address, host:port; the host must be in istiod's serving certificate.
+    #[arg(long, env = "CA_ADDR", default_value = "istiod.istio-system.svc:15012")]
+    ca_address: String,
+    /// Mesh root certificate(s), PEM: verifies istiod and becomes the trust bundle. Watched, so a
+    /// root rotation (several roots at once) applies without a restart.
+    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
+    ca_root_cert: PathBuf,
+    /// Projected service account token (audience istio-ca) sent to the CA; re-read every time.
+    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
+    ca_token: PathBuf,
+    /// Sent to the CA as the ClusterID header.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    /// Our service account [default: $SERVICE_ACCOUNT, else the Gateway's name, which is what
+    /// Istio names a waypoint's service account].
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    service_account: Option<String>,
+    /// Certificate lifetime asked of the CA; renewal starts at half of it.
+    #[arg(long, default_value_t = 24 * 3600)]
+    cert_lifetime_seconds: u64,
+    /// SPIFFE Workload API socket for --identity spiffe (`unix://` prefix optional).
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET", default_value = waypoint::identity::workload_api::DEFAULT_SOCKET)]
+    workload_api_socket: String,
     #[arg(long, default_value = "[::]:15008")]
     hbone_addr: SocketAddr,
     #[arg(long, default_value = "[::]:15021")]
@@ -139,39 +180,72 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => bail!("give --config PATH or --kubernetes"),
     };
-    let identity = match (args.cert_chain, args.key, args.trust_bundle, args.dev_ca) {
-        (Some(cert_chain), Some(key), Some(trust_bundle), false) => IdentitySource::Files {
-            cert_chain,
-            key,
-            trust_bundle,
+    let kind = match (args.identity, &args.cert_chain, args.dev_ca) {
+        (Some(k), _, false) => k,
+        (None, Some(_), false) => IdentityKind::Files,
+        (None | Some(IdentityKind::DevCa), None, true) => IdentityKind::DevCa,
+        (_, Some(_), true) => bail!("give either --cert-chain or --dev-ca"),
+        (Some(k), _, true) => bail!("--dev-ca contradicts --identity {k:?}"),
+        (None, None, false) => IdentityKind::IstioCa,
+    };
+    // The waypoint's service account is named after its Gateway, in the Gateway's namespace.
+    let our_gateway = || -> anyhow::Result<ObjectKey> {
+        Ok(match &source {
+            ConfigSource::File(path) => {
+                // Only the Gateway's name is needed here: nothing is fetched.
+                let jwks = waypoint::authn::jwks::JwksRegistry::new(
+                    Default::default(),
+                    None,
+                    Default::default(),
+                );
+                let (snapshot, _) = waypoint::config::file::load(path, &settings, &jwks)
+                    .with_context(|| format!("loading {}", path.display()))?;
+                snapshot.waypoint.gateway
+            }
+            ConfigSource::Kubernetes(k) => k.gateway.clone(),
+        })
+    };
+    let identity = match kind {
+        IdentityKind::Files => match (args.cert_chain, args.key, args.trust_bundle) {
+            (Some(cert_chain), Some(key), Some(trust_bundle)) => IdentitySource::Files {
+                cert_chain,
+                key,
+                trust_bundle,
+            },
+            _ => bail!("--identity files needs --cert-chain, --key and --trust-bundle"),
         },
-        (None, None, None, true) => {
-            // The waypoint's service account is named after its Gateway.
-            let gw = match &source {
-                ConfigSource::File(path) => {
-                    // Only the Gateway's name is needed here: nothing is fetched.
-                    let jwks = waypoint::authn::jwks::JwksRegistry::new(
-                        Default::default(),
-                        None,
-                        Default::default(),
-                    );
-                    let (snapshot, _) = waypoint::config::file::load(path, &settings, &jwks)
-                        .with_context(|| format!("loading {}", path.display()))?;
-                    snapshot.waypoint.gateway
-                }
-                ConfigSource::Kubernetes(k) => k.gateway.clone(),
-            };
-            let spiffe_id = gateway_api_bindings::mesh::spiffe_id(
-                &settings.trust_domain,
-                &gw.namespace,
-                &gw.name,
-            );
+        IdentityKind::DevCa => {
+            let gw = our_gateway()?;
             IdentitySource::DevCa {
                 ca: Arc::new(DevCa::new("waypoint dev CA")?),
-                spiffe_id,
+                spiffe_id: gateway_api_bindings::mesh::spiffe_id(
+                    &settings.trust_domain,
+                    &gw.namespace,
+                    &gw.name,
+                ),
             }
         }
-        _ => bail!("give --cert-chain, --key and --trust-bundle, or --dev-ca"),
+        IdentityKind::IstioCa => {
+            let gw = our_gateway()?;
+            let sa = args.service_account.clone().unwrap_or(gw.name);
+            let mut ca = CaOptions::new(gateway_api_bindings::mesh::spiffe_id(
+                &settings.trust_domain,
+                &gw.namespace,
+                &sa,
+            ));
+            ca.address = args.ca_address.clone();
+            ca.root_cert = args.ca_root_cert.clone();
+            ca.token = args.ca_token.clone();
+            ca.cluster_id = args.cluster_id.clone();
+            ca.lifetime = Duration::from_secs(args.cert_lifetime_seconds.max(1));
+            tracing::info!(ca = %ca.address, spiffe_id = %ca.spiffe_id, "workload certificate from the Istio CA");
+            IdentitySource::IstioCa(Box::new(ca))
+        }
+        IdentityKind::Spiffe => {
+            let socket = socket_path(&args.workload_api_socket);
+            tracing::info!(socket = %socket.display(), "workload certificate from the SPIFFE Workload API");
+            IdentitySource::WorkloadApi { socket }
+        }
     };
     let mut opts = RunOptions::new(source, identity);
     opts.settings = settings;

@@ -14,8 +14,9 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::stream::{H2Stream, StreamGuard};
+use crate::identity::{Identity, TlsConfigs};
 use crate::metrics::Metrics;
-use crate::tls::{Identity, TlsConfigs, spiffe};
+use crate::tls::spiffe;
 
 /// Why a tunnel could not be opened. All of these happen before any application byte is sent,
 /// so the caller may try another endpoint.
@@ -51,6 +52,8 @@ pub enum TunnelError {
     ReservedPort(SocketAddr),
     #[error("cannot express {0} as a CONNECT authority")]
     BadTarget(SocketAddr),
+    #[error("no workload certificate yet")]
+    NoIdentity,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -170,7 +173,7 @@ impl Connector {
     }
 
     fn checkout(&self, key: &PoolKey) -> Option<Arc<PooledConn>> {
-        let current = self.identity.current();
+        let current = self.identity.current()?;
         let mut map = self.lock();
         let conns = map.get_mut(key)?;
         // Closed connections go; so do idle ones made with a rotated-out identity.
@@ -187,7 +190,7 @@ impl Connector {
 
     async fn dial(&self, key: &PoolKey) -> Result<Arc<PooledConn>, TunnelError> {
         let addr = SocketAddr::new(key.ip, self.port);
-        let tls = self.identity.current();
+        let tls = self.identity.current().ok_or(TunnelError::NoIdentity)?;
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(TunnelError::Connect { addr, source }),

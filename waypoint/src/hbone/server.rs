@@ -21,8 +21,9 @@ use tracing::Instrument;
 
 use super::headers;
 use super::stream::H2Stream;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
-use crate::tls::{Identity, spiffe};
+use crate::tls::spiffe;
 
 /// What we tell clients in SETTINGS.
 #[derive(Debug, Clone)]
@@ -153,7 +154,13 @@ async fn serve_connection<H: TunnelHandler>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let acceptor = tokio_rustls::TlsAcceptor::from(identity.current().server.clone());
+    let Some(tls) = identity.current() else {
+        // Not ready: without a certificate there is nothing to offer the client.
+        metrics.hbone_handshake_failures.inc();
+        tracing::warn!("no workload certificate yet; refusing the connection");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
     let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
 };
 
 /// Errors from issuing a certificate.
@@ -85,6 +85,20 @@ impl DevCa {
     /// A workload certificate for `spiffe_id`, valid from a minute ago for `lifetime`.
     pub fn issue(&self, spiffe_id: &str, lifetime: Duration) -> Result<IssuedCert, IssueError> {
         let key = KeyPair::generate()?;
+        Ok(IssuedCert {
+            chain_pem: self.sign(spiffe_id, lifetime, &key)?,
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A PEM workload certificate for `spiffe_id` over someone else's public key, as a CA
+    /// answering a CSR does: the name comes from the CA's own knowledge, not the request.
+    pub fn sign(
+        &self,
+        spiffe_id: &str,
+        lifetime: Duration,
+        public_key: &impl PublicKeyData,
+    ) -> Result<String, IssueError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into()?)];
         params.distinguished_name = DistinguishedName::new();
@@ -102,10 +116,6 @@ impl DevCa {
         params.not_before = now - time::Duration::minutes(1);
         params.not_after =
             now + time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(1));
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedCert {
-            chain_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(params.signed_by(public_key, &self.issuer)?.pem())
     }
 }

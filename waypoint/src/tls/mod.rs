@@ -5,11 +5,8 @@
 //! ring provider Pingora also uses.
 
 pub mod dev_ca;
-pub mod identity;
 pub mod spiffe;
 pub mod verify;
-
-pub use identity::{Identity, IdentitySource, TlsConfigs};
 
 use std::sync::Arc;
 

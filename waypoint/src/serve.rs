@@ -185,7 +185,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, Some(_), false) => IdentityKind::Files,
         (None | Some(IdentityKind::DevCa), None, true) => IdentityKind::DevCa,
         (_, Some(_), true) => bail!("give either --cert-chain or --dev-ca"),
-        (Some(k), _, true) => bail!("--dev-ca contradicts --identity {k:?}"),
+        (Some(k), _, true) => bail!(
+            "--dev-ca contradicts --identity {}",
+            clap::ValueEnum::to_possible_value(&k)
+                .map_or_else(String::new, |v| v.get_name().to_owned())
+        ),
         (None, None, false) => IdentityKind::IstioCa,
     };
     // The waypoint's service account is named after its Gateway, in the Gateway's namespace.

@@ -97,3 +97,53 @@ fn run_refuses_a_config_it_cannot_load() {
     assert!(err.contains("AuthorizationPolicy default/p"), "{err}");
     assert!(err.contains("principal"), "names the field: {err}");
 }
+
+#[test]
+fn run_refuses_identity_flags_that_cannot_work() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_waypoint"))
+            .args(["run", "--config"])
+            .arg(&examples)
+            .args([
+                "--hbone-addr",
+                "127.0.0.1:0",
+                "--readiness-addr",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // A CA address without a port would never work: refused at start, not retried forever.
+    let (code, err) = run(&[
+        "--identity",
+        "istio-ca",
+        "--ca-address",
+        "istiod.istio-system.svc",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("bad CA address \"istiod.istio-system.svc\""),
+        "{err}"
+    );
+    let (code, err) = run(&["--identity", "files"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--identity files needs --cert-chain"), "{err}");
+    let (code, err) = run(&["--identity", "spiffe", "--dev-ca"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--dev-ca contradicts --identity spiffe"),
+        "{err}"
+    );
+}

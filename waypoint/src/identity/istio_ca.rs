@@ -101,8 +101,8 @@ pub(super) async fn run(identity: Arc<Identity>, opts: CaOptions, poll: Duration
     let client = match CaClient::new(opts.clone()) {
         Ok(c) => c,
         Err(e) => {
-            // A malformed address cannot heal; say so once and stay not ready.
-            identity.failed("Istio CA", &IdentityError::Ca(e), Duration::MAX);
+            // Identity::new checked the address, so this cannot happen; stay not ready if it does.
+            identity.failed("Istio CA", &IdentityError::Ca(e), Duration::ZERO);
             return;
         }
     };
@@ -188,14 +188,7 @@ pub struct CaClient {
 impl CaClient {
     /// Connects lazily: nothing is dialed until the first request.
     pub fn new(opts: CaOptions) -> Result<CaClient, CaError> {
-        let host = opts
-            .address
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned())
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| CaError::Address(opts.address.clone()))?;
-        let server_name =
-            ServerName::try_from(host).map_err(|_| CaError::Address(opts.address.clone()))?;
+        let server_name = server_name(&opts.address)?;
         // TLS is done by the connector, so tonic sees a plain h2 connection.
         let endpoint = Endpoint::from_shared(format!("http://{}", opts.address))
             .map_err(|_| CaError::Address(opts.address.clone()))?
@@ -303,6 +296,17 @@ impl CaClient {
     }
 }
 
+/// The name istiod's certificate must carry: the host part of `address`.
+pub fn server_name(address: &str) -> Result<ServerName<'static>, CaError> {
+    let bad = || CaError::Address(address.to_owned());
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    ServerName::try_from(host.to_owned()).map_err(|_| bad())
+}
+
 /// A PEM CSR for `spiffe_id` as its only subject alternative name.
 fn csr(spiffe_id: &str, key: &KeyPair) -> Result<String, rcgen::Error> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -407,12 +411,19 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_refused() {
-        for a in ["istiod", ":15012", "[::1"] {
+        for a in ["istiod", ":15012", "[::1", "istiod:http", "bad host:15012"] {
             let e = CaClient::new(CaOptions {
                 address: a.into(),
                 ..CaOptions::new("spiffe://td/ns/a/sa/b".into())
             });
             assert!(matches!(e, Err(CaError::Address(_))), "{a}: {e:?}");
+        }
+        for a in [
+            "istiod.istio-system.svc:15012",
+            "127.0.0.1:15012",
+            "[::1]:15012",
+        ] {
+            assert!(server_name(a).is_ok(), "{a}");
         }
     }
 }

@@ -147,6 +147,9 @@ pub struct Identity {
     metrics: Arc<Metrics>,
     /// Bumped on every installed version, for tasks (and tests) that wait for one.
     version: watch::Sender<u64>,
+    /// File sources: modification times taken before the first read, so that a change made
+    /// while it ran is still seen by [`Identity::run`].
+    files_seen: std::sync::Mutex<Option<rotation::FileWatch>>,
 }
 
 impl Identity {
@@ -154,17 +157,34 @@ impl Identity {
     /// (nothing would fix them without an operator). The CA and the Workload API are asked by
     /// [`Identity::run`], which keeps retrying; until then the identity is not ready.
     pub fn new(source: IdentitySource, metrics: Arc<Metrics>) -> Result<Identity, IdentityError> {
+        let files_seen = match &source {
+            IdentitySource::Files {
+                cert_chain,
+                key,
+                trust_bundle,
+            } => Some(rotation::FileWatch::new(vec![
+                cert_chain.clone(),
+                key.clone(),
+                trust_bundle.clone(),
+            ])),
+            _ => None,
+        };
         let identity = Identity {
             current: ArcSwapOption::empty(),
             source,
             metrics,
             version: watch::Sender::new(0),
+            files_seen: std::sync::Mutex::new(files_seen),
         };
         match &identity.source {
             IdentitySource::Files { .. } | IdentitySource::DevCa { .. } => {
                 identity.install(read_local(&identity.source)?)?;
             }
-            IdentitySource::IstioCa(_) | IdentitySource::WorkloadApi { .. } => {}
+            // A malformed address would never heal: refuse it now, not in a retry loop.
+            IdentitySource::IstioCa(opts) => {
+                istio_ca::server_name(&opts.address)?;
+            }
+            IdentitySource::WorkloadApi { .. } => {}
         }
         Ok(identity)
     }
@@ -245,7 +265,14 @@ impl Identity {
                 key,
                 trust_bundle,
             } => {
-                let mut seen = rotation::FileWatch::new(vec![cert_chain, key, trust_bundle]);
+                let taken = self
+                    .files_seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                let mut seen = taken.unwrap_or_else(|| {
+                    rotation::FileWatch::new(vec![cert_chain, key, trust_bundle])
+                });
                 loop {
                     tokio::time::sleep(poll).await;
                     if seen.changed() {

@@ -23,6 +23,7 @@ use waypoint::tls::spiffe;
 use waypoint::tls::verify::MeshServerVerifier;
 
 use crate::pki::{Pki, WorkloadCert};
+use waypoint::tls::dev_ca::DevCa;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     waypoint::tls::provider()
@@ -30,14 +31,23 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// TLS 1.3 client config presenting `cert`, verifying chains against the mesh root.
 pub fn client_config(pki: &Pki, cert: &WorkloadCert) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let verifier = MeshServerVerifier::new(Arc::new(pki.roots()))?;
-    let mut c = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())?;
-    c.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(c))
+    client_config_with(pki.roots(), cert.chain.clone(), cert.key.clone_key())
+}
+
+/// Like [`client_config`], trusting every CA in `cas` (a mesh in the middle of a root rotation).
+pub fn client_config_trusting(
+    cas: &[&DevCa],
+    cert: &WorkloadCert,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        for c in CertificateDer::pem_slice_iter(ca.root_pem().as_bytes()) {
+            roots.add(c?)?;
+        }
+    }
+    client_config_with(roots, cert.chain.clone(), cert.key.clone_key())
 }
 
 /// Like [`client_config`], from PEM files (a root bundle, a chain and its key).
@@ -53,7 +63,14 @@ pub fn client_config_files(
         roots.add(c?)?;
     }
     let chain = CertificateDer::pem_file_iter(chain)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(key)?;
+    client_config_with(roots, chain, PrivateKeyDer::from_pem_file(key)?)
+}
+
+fn client_config_with(
+    roots: rustls::RootCertStore,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let verifier = MeshServerVerifier::new(Arc::new(roots))?;
     let mut c = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?

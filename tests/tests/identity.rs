@@ -62,23 +62,7 @@ where
 
 /// A client config presenting `who` and trusting `roots`.
 fn client(roots: &[&DevCa], who: &WorkloadCert) -> Arc<rustls::ClientConfig> {
-    let mut store = rustls::RootCertStore::empty();
-    for r in roots {
-        use rustls::pki_types::pem::PemObject as _;
-        for c in CertificateDer::pem_slice_iter(r.root_pem().as_bytes()) {
-            store.add(c.unwrap()).unwrap();
-        }
-    }
-    let verifier = waypoint::tls::verify::MeshServerVerifier::new(Arc::new(store)).unwrap();
-    let mut c = rustls::ClientConfig::builder_with_provider(waypoint::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(who.chain.clone(), who.key.clone_key())
-        .unwrap();
-    c.alpn_protocols = vec![b"h2".to_vec()];
-    Arc::new(c)
+    waypoint_tests::ztunnel::client_config_trusting(roots, who).unwrap()
 }
 
 /// GET through a new HBONE connection: the status (0 when the connection or tunnel failed)

@@ -76,6 +76,8 @@ pub enum CaError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the service account token in {0} is not a valid header value")]
+    TokenValue(PathBuf),
     #[error("the CA at {address} rejected our token ({token}): {message}")]
     Unauthenticated {
         address: String,
@@ -102,7 +104,7 @@ pub(super) async fn run(identity: Arc<Identity>, opts: CaOptions, poll: Duration
         Ok(c) => c,
         Err(e) => {
             // Identity::new checked the address, so this cannot happen; stay not ready if it does.
-            identity.failed("Istio CA", &IdentityError::Ca(e), Duration::ZERO);
+            identity.failed("Istio CA", &IdentityError::Ca(e), None);
             return;
         }
     };
@@ -125,7 +127,7 @@ pub(super) async fn run(identity: Arc<Identity>, opts: CaOptions, poll: Duration
             }
             Err(e) => {
                 let wait = backoff.next();
-                identity.failed("certificate from the Istio CA", &e, wait);
+                identity.failed("certificate from the Istio CA", &e, Some(wait));
                 tokio::time::Instant::now() + wait
             }
         };
@@ -150,7 +152,7 @@ pub(super) async fn run(identity: Arc<Identity>, opts: CaOptions, poll: Duration
                 Ok(c) => {
                     tracing::info!(roots = c.roots, "mesh roots changed; trust bundle updated")
                 }
-                Err(e) => identity.failed("mesh root update", &e, renew_at - now),
+                Err(e) => identity.failed("mesh root update", &e, None),
             }
         }
     }
@@ -216,15 +218,8 @@ impl CaClient {
             csr,
             validity_duration: i64::try_from(self.opts.lifetime.as_secs()).unwrap_or(i64::MAX),
         });
-        let bearer = MetadataValue::try_from(format!("Bearer {}", token.trim())).map_err(|_| {
-            CaError::Token {
-                path: self.opts.token.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "not a valid header value",
-                ),
-            }
-        })?;
+        let bearer = MetadataValue::try_from(format!("Bearer {}", token.trim()))
+            .map_err(|_| CaError::TokenValue(self.opts.token.clone()))?;
         req.metadata_mut().insert("authorization", bearer);
         if let Ok(v) = MetadataValue::try_from(self.opts.cluster_id.as_str()) {
             req.metadata_mut().insert("clusterid", v);

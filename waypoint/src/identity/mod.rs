@@ -31,7 +31,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::tls::dev_ca::DevCa;
@@ -145,8 +144,6 @@ pub struct Identity {
     current: ArcSwapOption<TlsConfigs>,
     source: IdentitySource,
     metrics: Arc<Metrics>,
-    /// Bumped on every installed version, for tasks (and tests) that wait for one.
-    version: watch::Sender<u64>,
     /// File sources: modification times taken before the first read, so that a change made
     /// while it ran is still seen by [`Identity::run`].
     files_seen: std::sync::Mutex<Option<rotation::FileWatch>>,
@@ -173,7 +170,6 @@ impl Identity {
             current: ArcSwapOption::empty(),
             source,
             metrics,
-            version: watch::Sender::new(0),
             files_seen: std::sync::Mutex::new(files_seen),
         };
         match &identity.source {
@@ -207,11 +203,6 @@ impl Identity {
             .is_some_and(|c| c.not_after > SystemTime::now())
     }
 
-    /// Changes with every installed version.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.version.subscribe()
-    }
-
     /// Checks `m`, builds its configs and makes them current.
     pub fn install(&self, m: Material) -> Result<Arc<TlsConfigs>, IdentityError> {
         let configs = Arc::new(build(m)?);
@@ -228,29 +219,29 @@ impl Identity {
             .identity_expiry
             .set(unix_seconds(configs.not_after));
         self.current.store(Some(configs.clone()));
-        self.version.send_modify(|v| *v += 1);
         Ok(configs)
     }
 
     /// Records a failed attempt, louder as expiry nears: a certificate that expires takes every
-    /// new connection down with it.
-    fn failed(&self, what: &str, e: &IdentityError, retry_in: Duration) {
+    /// new connection down with it. `retry_in` is `None` when the next attempt waits for a
+    /// change (a file, the agent's next update) rather than a timer.
+    fn failed(&self, what: &str, e: &IdentityError, retry_in: Option<Duration>) {
         self.metrics.identity_renewal_failures.inc();
-        let retry_in_ms = retry_in.as_millis();
+        let retry_in_ms = retry_in.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         match self.current() {
             None => {
-                tracing::error!(error = %e, retry_in_ms, "{what}: no workload certificate yet; not ready")
+                tracing::error!(error = %e, ?retry_in_ms, "{what}: no workload certificate yet; not ready")
             }
             Some(c) if c.remaining().is_zero() => tracing::error!(
-                error = %e, retry_in_ms, spiffe_id = %c.spiffe_id,
+                error = %e, ?retry_in_ms, spiffe_id = %c.spiffe_id,
                 "{what}: the workload certificate has EXPIRED; peers refuse new connections"
             ),
             Some(c) if c.remaining() < c.lifetime() / 4 => tracing::error!(
-                error = %e, retry_in_ms, expires_in_s = c.remaining().as_secs(),
+                error = %e, ?retry_in_ms, expires_in_s = c.remaining().as_secs(),
                 "{what}: the workload certificate expires soon and cannot be renewed"
             ),
             Some(c) => tracing::warn!(
-                error = %e, retry_in_ms, expires_in_s = c.remaining().as_secs(),
+                error = %e, ?retry_in_ms, expires_in_s = c.remaining().as_secs(),
                 "{what} failed; the current certificate stays in use"
             ),
         }
@@ -300,7 +291,7 @@ impl Identity {
             return;
         }
         if let Err(e) = read_local(&self.source).and_then(|m| self.install(m)) {
-            self.failed("identity reload", &e, Duration::ZERO);
+            self.failed("identity reload", &e, None);
         }
     }
 }

@@ -68,7 +68,7 @@ pub(super) async fn run(identity: Arc<Identity>, socket: PathBuf) {
     loop {
         let err = follow(&identity, &socket, &mut backoff).await;
         let wait = backoff.next();
-        identity.failed("SVID from the SPIFFE Workload API", &err, wait);
+        identity.failed("SVID from the SPIFFE Workload API", &err, Some(wait));
         tokio::time::sleep(wait).await;
     }
 }
@@ -93,11 +93,7 @@ async fn follow(identity: &Identity, socket: &Path, backoff: &mut Backoff) -> Id
         match material(msg).and_then(|m| identity.install(m)) {
             Ok(_) => backoff.reset(),
             // A bad update does not break the stream: the agent may send a good one next.
-            Err(e) => identity.failed(
-                "SVID update from the SPIFFE Workload API",
-                &e,
-                Duration::ZERO,
-            ),
+            Err(e) => identity.failed("SVID update from the SPIFFE Workload API", &e, None),
         }
     }
 }

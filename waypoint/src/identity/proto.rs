@@ -68,3 +68,49 @@ pub struct X509Svid {
     #[prost(string, tag = "5")]
     pub hint: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    /// The bytes are worked out by hand from the field numbers in Istio's and SPIFFE's protos, so
+    /// a tag edited by mistake fails here rather than against a real istiod or SPIRE agent.
+    #[test]
+    fn wire_bytes_follow_the_published_field_numbers() {
+        let req = IstioCertificateRequest {
+            csr: "a".into(),
+            validity_duration: 5,
+        };
+        // field 1 (LEN) "a", field 3 (VARINT) 5.
+        assert_eq!(req.encode_to_vec(), [0x0a, 1, b'a', 0x18, 5]);
+        let resp = IstioCertificateResponse::decode(&[0x0a, 1, b'x', 0x0a, 1, b'y'][..]).unwrap();
+        assert_eq!(resp.cert_chain, ["x", "y"]);
+
+        let svid = [
+            0x0a, 1, b's', // spiffe_id = 1
+            0x12, 1, 1, // x509_svid = 2
+            0x1a, 1, 2, // x509_svid_key = 3
+            0x22, 1, 3, // bundle = 4
+            0x2a, 1, b'h', // hint = 5
+        ];
+        let mut msg = vec![0x0a, svid.len() as u8];
+        msg.extend_from_slice(&svid);
+        // federated_bundles = 3: a map entry {key = 1: "t", value = 2: [4]}.
+        msg.extend_from_slice(&[0x1a, 6, 0x0a, 1, b't', 0x12, 1, 4]);
+        let r = X509SvidResponse::decode(&msg[..]).unwrap();
+        let s = &r.svids[0];
+        assert_eq!(
+            (
+                &*s.spiffe_id,
+                &*s.x509_svid,
+                &*s.x509_svid_key,
+                &*s.bundle,
+                &*s.hint
+            ),
+            ("s", &[1u8][..], &[2u8][..], &[3u8][..], "h")
+        );
+        assert_eq!(r.federated_bundles["t"], [4]);
+        assert!(X509SvidRequest {}.encode_to_vec().is_empty());
+    }
+}

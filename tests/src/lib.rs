@@ -24,3 +24,20 @@ pub mod net;
 pub mod pki;
 pub mod spire_agent;
 pub mod ztunnel;
+
+/// The `waypoint` binary `cargo test --workspace` built. Integration tests run from
+/// `target/<profile>/deps`; the workspace's binaries sit one level up.
+pub fn waypoint_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's own path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("waypoint"))
+        .unwrap_or_default();
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo test --workspace`, which builds it",
+        bin.display()
+    );
+    bin
+}

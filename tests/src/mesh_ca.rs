@@ -181,7 +181,7 @@ fn create(
     let body = req.get_ref();
     let csr = rcgen::CertificateSigningRequestParams::from_pem(&body.csr)
         .map_err(|e| Status::invalid_argument(format!("bad CSR: {e}")))?;
-    let csr_sans = csr_sans(&body.csr);
+    let csr_sans = waypoint::tls::spiffe::csr_sans(&body.csr).unwrap_or_default();
     st.seen.push(Seen {
         cluster_id: header("clusterid"),
         validity_duration: body.validity_duration,
@@ -201,33 +201,6 @@ fn create(
     Ok(IstioCertificateResponse {
         cert_chain: vec![leaf, st.signer.root_pem().to_owned()],
     })
-}
-
-fn csr_sans(pem: &str) -> Vec<String> {
-    use x509_parser::prelude::FromDer as _;
-    let Ok(der) = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
-    else {
-        return Vec::new();
-    };
-    let Ok((_, req)) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
-    else {
-        return Vec::new();
-    };
-    req.requested_extensions()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| match e {
-            x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) => Some(
-                san.general_names
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>(),
-            ),
-            _ => None,
-        })
-        .flatten()
-        .collect()
 }
 
 /// The service, routed by path as generated tonic servers do.

@@ -438,28 +438,22 @@ async fn spiffe_workload_api_streams_svids_and_bundles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_gets_its_identity_from_the_ca_and_from_spire() {
     tokio::time::timeout(LIMIT, async {
-        // Integration tests run from target/<profile>/deps; the workspace's binaries sit beside.
-        let exe = std::env::current_exe().unwrap();
-        let bin = exe.parent().unwrap().parent().unwrap().join("waypoint");
-        assert!(
-            bin.exists(),
-            "{} missing: run `cargo test --workspace`, which builds it",
-            bin.display()
-        );
+        let bin = waypoint_tests::waypoint_bin();
         // An in-process mesh supplies the config files, the CA and the test client.
         let c = ca_mesh("binary", Duration::from_secs(2), TOKEN, false).await;
         let mesh = &c.mesh;
         let socket = c.dir.join("agent.sock");
         let agent = SpireAgent::start(&socket).await.unwrap();
-        agent.push(
+        let fresh_svid = || {
             svid(
                 &c.root,
                 WAYPOINT_ID,
                 Duration::from_secs(3600),
                 &[c.root.root_pem()],
             )
-            .unwrap(),
-        );
+            .unwrap()
+        };
+        agent.push(fresh_svid());
 
         for source in ["istio-ca", "spiffe"] {
             let ip = Block::allocate().ip(1);
@@ -516,15 +510,7 @@ async fn the_binary_gets_its_identity_from_the_ca_and_from_spire() {
                 until("two renewals", || async { renewals().await >= 3 }).await;
             } else {
                 let n = renewals().await;
-                agent.push(
-                    svid(
-                        &c.root,
-                        WAYPOINT_ID,
-                        Duration::from_secs(3600),
-                        &[c.root.root_pem()],
-                    )
-                    .unwrap(),
-                );
+                agent.push(fresh_svid());
                 until("the pushed SVID", || async { renewals().await > n }).await;
             }
             let dump: Value =

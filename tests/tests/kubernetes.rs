@@ -484,10 +484,7 @@ async fn one_replica_writes_status_and_another_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_syncs_and_writes_status() {
     tokio::time::timeout(LIMIT, async {
-        // Integration tests run from target/<profile>/deps; the workspace's binaries sit beside.
-        let exe = std::env::current_exe().unwrap();
-        let bin = exe.parent().unwrap().parent().unwrap().join("waypoint");
-        assert!(bin.exists(), "{} missing: run `cargo test --workspace`, which builds it", bin.display());
+        let bin = waypoint_tests::waypoint_bin();
         let block = Block::allocate();
         let api = FakeApiServer::start(&temp_dir("bin")).await.unwrap();
         api.apply_yaml(&cluster_yaml(&block)).unwrap();

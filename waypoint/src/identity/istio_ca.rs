@@ -379,21 +379,7 @@ mod tests {
         let (_, req) =
             x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
                 .unwrap();
-        let sans: Vec<String> = req
-            .requested_extensions()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| match e {
-                x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) => Some(
-                    san.general_names
-                        .iter()
-                        .map(|n| n.to_string())
-                        .collect::<Vec<_>>(),
-                ),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let sans = crate::tls::spiffe::csr_sans(&pem).unwrap();
         assert_eq!(sans, ["URI(spiffe://td/ns/a/sa/b)"]);
         assert_eq!(
             req.certification_request_info

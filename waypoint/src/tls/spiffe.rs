@@ -13,12 +13,26 @@ pub fn uri_san(cert: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
-/// Seconds until the certificate expires (negative when it has).
-pub fn seconds_to_expiry(cert: &CertificateDer<'_>) -> Option<i64> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    Some(cert.validity().not_after.timestamp() - i64::try_from(now).ok()?)
+/// Every subject alternative name a PEM certificate request asks for, as x509-parser prints
+/// them (`URI(spiffe://...)`); `None` when it is not a parsable request.
+pub fn csr_sans(pem: &str) -> Option<Vec<String>> {
+    use rustls::pki_types::CertificateSigningRequestDer;
+    use rustls::pki_types::pem::PemObject as _;
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::extensions::ParsedExtension;
+    use x509_parser::prelude::FromDer as _;
+    let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, req) = X509CertificationRequest::from_der(der.as_ref()).ok()?;
+    Some(
+        req.requested_extensions()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| match e {
+                ParsedExtension::SubjectAlternativeName(san) => Some(san.general_names.iter()),
+                _ => None,
+            })
+            .flatten()
+            .map(|n| n.to_string())
+            .collect(),
+    )
 }

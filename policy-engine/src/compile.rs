@@ -85,11 +85,11 @@ impl Clause {
     fn guard(&self) -> Option<Guard> {
         let keys: Option<Vec<Key>> = match self {
             Clause::Principal(s) => {
-                collect(&s.any, |m| m.0.exact().map(|e| Key::Principal(e.into())))
+                collect(&s.any, |m| m.exact().map(|e| Key::Principal(e.into())))
             }
             Clause::Namespace(s) => collect(&s.any, |m| match m {
-                NamespaceMatch::Exact { name, .. } => Some(Key::Namespace(name.clone())),
-                NamespaceMatch::Regex(_) => None,
+                NamespaceMatch::Exact(name) => Some(Key::Namespace(name.clone())),
+                NamespaceMatch::Glob(_) => None,
             }),
             Clause::ServiceAccount(s) => {
                 collect(&s.any, |m| Some(Key::Namespace(m.namespace.clone())))
@@ -396,7 +396,7 @@ impl RuleBuilder<'_> {
         let mut push = |c: Option<Clause>| out.extend(c);
         push(
             self.set(&s.principals, &s.not_principals, false, |v| {
-                PrincipalMatch::new(v).ok()
+                Some(PrincipalMatch::new(v))
             })
             .map(Clause::Principal),
         );
@@ -417,13 +417,13 @@ impl RuleBuilder<'_> {
         );
         push(
             self.set(&s.trust_domains, &s.not_trust_domains, false, |v| {
-                TrustDomainMatch::new(v).ok()
+                Some(TrustDomainMatch::new(v))
             })
             .map(Clause::TrustDomain),
         );
         push(
             self.set(&s.namespaces, &s.not_namespaces, false, |v| {
-                NamespaceMatch::new(v).ok()
+                Some(NamespaceMatch::new(v))
             })
             .map(Clause::Namespace),
         );
@@ -487,16 +487,16 @@ impl RuleBuilder<'_> {
                 .set(v, nv, false, |x| Some(StrMatch::string(x)))
                 .map(Clause::Sni),
             Some(ConditionKey::SourceNamespace) => self
-                .set(v, nv, false, |x| NamespaceMatch::new(x).ok())
+                .set(v, nv, false, |x| Some(NamespaceMatch::new(x)))
                 .map(Clause::Namespace),
             Some(ConditionKey::SourcePrincipal) => self
-                .set(v, nv, false, |x| PrincipalMatch::new(x).ok())
+                .set(v, nv, false, |x| Some(PrincipalMatch::new(x)))
                 .map(Clause::Principal),
             Some(ConditionKey::SourceServiceAccount) => self
                 .set(v, nv, false, |x| ServiceAccountMatch::new(x, ns).ok())
                 .map(Clause::ServiceAccount),
             Some(ConditionKey::SourceTrustDomain) => self
-                .set(v, nv, false, |x| TrustDomainMatch::new(x).ok())
+                .set(v, nv, false, |x| Some(TrustDomainMatch::new(x)))
                 .map(Clause::TrustDomain),
             Some(ConditionKey::Header(name)) => self
                 .set(v, nv, true, |x| Some(StrMatch::header(x)))

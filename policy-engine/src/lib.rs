@@ -3,22 +3,31 @@
 //! Envoy waypoint configured by istiod does.
 //!
 //! * [`spec`]: the input, a policy as plain data (the bindings crate converts Kubernetes objects).
-//! * [`validate`]: Istio's admission checks, every finding naming its field.
+//! * [`mod@validate`]: Istio's admission checks, every finding naming its field.
 //! * [`AuthorizerBuilder`] / [`Authorizer`]: compile once, evaluate many times, share freely.
 //! * [`request`]: what a decision is made from; [`path`]: Envoy's path normalization and templates.
 //!
 //! # Semantics
 //!
-//! Matching follows istiod's RBAC generation value by value (`pilot/pkg/security/authz`): plain
-//! strings are exact, `abc*` prefix, `*abc` suffix and `*` non-empty; principals are compared to the
-//! full `spiffe://` URI; namespaces use Istio's `.*/ns/<ns>/.*` regex; hosts ignore case; paths drop
-//! the query and support `{*}`/`{**}` templates. The decision order is CUSTOM, DENY, then ALLOW
-//! (allow when no ALLOW policy applies), AUDIT only marks; `istio.io/dry-run` policies are evaluated
-//! in shadow. On a TCP connection HTTP-only fields make an ALLOW rule never match and are ignored in
-//! DENY/AUDIT rules. The deciding rule reported is the first match in Envoy's order (policies
-//! sorted by `ns[..]-policy[..]-rule[..]`).
+//! Matching follows istiod 1.30's RBAC generation value by value (`pilot/pkg/security/authz`).
+//! Every policy string is a literal: `abc*` prefix, `*abc` suffix and `*` presence are the only
+//! wildcards, and no value is ever turned into a regular expression (istiod did that for
+//! `principals` suffixes and `namespaces` before 1.30; see the `matchers` module).
+//! Principals are compared to the full `spiffe://` URI; namespaces to the `/ns/<ns>/` segment;
+//! hosts ignore ASCII case; paths drop the query and support `{*}`/`{**}` templates. The decision
+//! order is CUSTOM, DENY, then ALLOW (allow when no ALLOW policy applies), AUDIT only marks;
+//! `istio.io/dry-run` policies are evaluated in shadow. On a TCP connection HTTP-only fields make
+//! an ALLOW rule never match and are ignored in DENY/AUDIT rules. The deciding rule reported is
+//! the first match in Envoy's order (policies sorted by `ns[..]-policy[..]-rule[..]`).
 //!
-//! Where this engine is stricter than Istio, it is on purpose and fail-closed:
+//! # Differences from Istio
+//!
+//! Deliberate, and kept in step with the operator's list in `docs/authz.md`:
+//! * `namespaces`: a `*` matches inside the namespace segment only; istiod's regex lets it run
+//!   across `/` (`*sa` matches every `/ns/<any>/sa/<sa>` identity). A value holding `/` never
+//!   matches (validation warns). For values without `*` or `/` the two agree.
+//! * `principals` suffixes and `trustDomains` wildcards are compared as strings; istiod's RE2
+//!   regexes do not let `.` match a line feed, which a valid URI (RFC 3986) cannot contain.
 //! * a matching CUSTOM policy denies, since no external authorizer can be consulted yet;
 //! * unknown `when` keys and `experimental.envoy.filters.*` (Envoy metadata this waypoint does
 //!   not have) are handled like HTTP-only fields on TCP: an ALLOW rule never matches, a DENY/AUDIT

@@ -1,5 +1,15 @@
-//! Value matchers, each built from one policy value exactly as Istio's generators build the Envoy
-//! matcher for it, so that a value means here what it means to an Envoy waypoint.
+//! Value matchers, each built from one policy value as Istio's generators build the Envoy matcher
+//! for it, so that a value means here what it means to an Envoy waypoint.
+//!
+//! Every value is a literal. `*` is a wildcard only where Istio documents it: alone (presence),
+//! first (suffix match) or last (prefix match). No value is ever compiled into a regular expression
+//! from user text: Istio did that for `principals` suffixes and `namespaces` until 1.30, so `.` in a
+//! value matched any character (security fixes istio/istio#59992 and #59700). The one regex left,
+//! for `serviceAccounts`, quotes the user's text, as Istio does.
+//!
+//! These are also the rules ztunnel applies to the same `StringMatch` values (Istio's
+//! `stringToMatch` for ambient): anything that simulates ztunnel's L4 decision must use these
+//! matchers, not a copy.
 
 use std::net::IpAddr;
 
@@ -19,12 +29,12 @@ pub(crate) enum StrMatch {
     NonEmpty,
     /// `*` in a header matcher is `present_match`: present, even if empty.
     Present,
-    /// Istio emits a regex (unescaped user text) for some forms; reproduced as such.
-    Regex(Regex),
 }
 
 impl StrMatch {
-    /// `StringMatcherWithPrefix(v, "")`: exact, `abc*` prefix, `*abc` suffix, `*` non-empty.
+    /// `StringMatcherWithPrefix(v, "")`: exact, `abc*` prefix, `*abc` suffix, `*` non-empty. A `*`
+    /// anywhere else is a literal character; `*abc*` is the suffix `abc*` (Istio checks the leading
+    /// `*` first).
     pub(crate) fn string(v: &str) -> StrMatch {
         if v == "*" {
             StrMatch::NonEmpty
@@ -58,7 +68,6 @@ impl StrMatch {
             StrMatch::Suffix(x) => s.ends_with(&**x),
             StrMatch::NonEmpty => !s.is_empty(),
             StrMatch::Present => true,
-            StrMatch::Regex(r) => r.is_match(s),
         }
     }
 
@@ -75,7 +84,6 @@ impl StrMatch {
             }
             StrMatch::NonEmpty => !s.is_empty(),
             StrMatch::Present => true,
-            StrMatch::Regex(_) => false,
         }
     }
 
@@ -87,76 +95,109 @@ impl StrMatch {
     }
 }
 
-/// Compiles a regex the way Envoy's `safe_regex` uses it: a full match.
-pub(crate) fn full_match_regex(pattern: &str) -> Result<Regex, regex::Error> {
-    Regex::new(&format!("^(?:{pattern})$"))
-}
-
-/// `principals` / `source.principal`: `StringMatcherWithPrefix(v, "spiffe://")`.
+/// `principals` / `source.principal`: `StringMatcherWithPrefix(v, "spiffe://")`, compared with the
+/// peer's full URI SAN.
 #[derive(Debug, Clone)]
-pub(crate) struct PrincipalMatch(pub(crate) StrMatch);
+pub(crate) enum PrincipalMatch {
+    /// `spiffe://<v>`, or `spiffe://<prefix>` for `<prefix>*`, or any non-empty URI for `*`.
+    Uri(StrMatch),
+    /// `*<suffix>`: Istio's regex `spiffe://.*<QuoteMeta(suffix)>`, i.e. the suffix must end the
+    /// part of the URI after the scheme; the scheme itself cannot supply it.
+    Suffix(Box<str>),
+}
 
 impl PrincipalMatch {
-    pub(crate) fn new(v: &str) -> Result<PrincipalMatch, regex::Error> {
-        Ok(PrincipalMatch(if v == "*" {
-            StrMatch::NonEmpty
+    pub(crate) fn new(v: &str) -> PrincipalMatch {
+        if v == "*" {
+            PrincipalMatch::Uri(StrMatch::NonEmpty)
         } else if let Some(s) = v.strip_prefix('*') {
-            // Istio emits the regex `spiffe://.*<suffix>` without escaping the suffix.
-            if s.bytes().any(is_regex_meta) {
-                StrMatch::Regex(full_match_regex(&format!("spiffe://.*{s}"))?)
-            } else {
-                StrMatch::Suffix(s.into())
-            }
+            PrincipalMatch::Suffix(s.into())
         } else if let Some(p) = v.strip_suffix('*') {
-            StrMatch::Prefix(format!("{SPIFFE_PREFIX}{p}").into())
+            PrincipalMatch::Uri(StrMatch::Prefix(format!("{SPIFFE_PREFIX}{p}").into()))
         } else {
-            StrMatch::Exact(format!("{SPIFFE_PREFIX}{v}").into())
-        }))
-    }
-
-    pub(crate) fn matches(&self, peer: &PeerIdentity) -> bool {
-        // A suffix regex also demands the scheme, which `PeerIdentity` always carries.
-        self.0.matches(peer.uri())
-    }
-}
-
-fn is_regex_meta(c: u8) -> bool {
-    b"\\.+*?()|[]{}^$".contains(&c)
-}
-
-/// `namespaces` / `source.namespace`: Istio's regex `.*/ns/<v with * as .*>/.*` on the URI.
-#[derive(Debug, Clone)]
-pub(crate) enum NamespaceMatch {
-    /// A plain name: the URI contains `/ns/<name>/`.
-    Exact {
-        name: Box<str>,
-        needle: Box<str>,
-    },
-    Regex(Regex),
-}
-
-impl NamespaceMatch {
-    pub(crate) fn new(v: &str) -> Result<NamespaceMatch, regex::Error> {
-        if v.bytes().any(|c| is_regex_meta(c) || c == b'/') {
-            let pattern = format!(".*/ns/{}/.*", v.replace('*', ".*"));
-            Ok(NamespaceMatch::Regex(full_match_regex(&pattern)?))
-        } else {
-            Ok(NamespaceMatch::Exact {
-                name: v.into(),
-                needle: format!("/ns/{v}/").into(),
-            })
+            PrincipalMatch::Uri(StrMatch::Exact(format!("{SPIFFE_PREFIX}{v}").into()))
         }
     }
 
     pub(crate) fn matches(&self, peer: &PeerIdentity) -> bool {
         match self {
-            NamespaceMatch::Exact { needle, .. } => peer.uri().contains(&**needle),
-            NamespaceMatch::Regex(r) => r.is_match(peer.uri()),
+            PrincipalMatch::Uri(m) => m.matches(peer.uri()),
+            PrincipalMatch::Suffix(s) => peer
+                .uri()
+                .strip_prefix(SPIFFE_PREFIX)
+                .is_some_and(|rest| rest.ends_with(&**s)),
+        }
+    }
+
+    /// The full URI this matcher requires, for the candidate index.
+    pub(crate) fn exact(&self) -> Option<&str> {
+        match self {
+            PrincipalMatch::Uri(m) => m.exact(),
+            PrincipalMatch::Suffix(_) => None,
         }
     }
 }
 
-/// `serviceAccounts` / `source.serviceAccount`: `spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?`.
+/// `namespaces` / `source.namespace`: the value against the namespace segment of the peer's SPIFFE
+/// ID, `<ns>` in `/ns/<ns>/`.
+///
+/// The value is a literal in which every `*` stands for any run of characters inside that one
+/// segment: `foo` exact, `foo*` prefix, `*foo` suffix, `*` any namespace, and (undocumented, but
+/// Istio's Envoy config treats it so) `a*b`. Istio 1.30 builds the regex `.*/ns/<v>/.*` with the
+/// literal parts quoted and `*` as `.*`, which lets a wildcard run on across `/` into the following
+/// segments: `*sa` matches every `.../ns/<any>/sa/<sa>` identity. Here a wildcard never leaves the
+/// segment it was written for (see the crate's list of differences). For values without `*` or `/`
+/// the two agree on every identity.
+#[derive(Debug, Clone)]
+pub(crate) enum NamespaceMatch {
+    /// A value without `*`: the segment equals it (indexed).
+    Exact(Box<str>),
+    /// The literal parts between the `*`s, at least two.
+    Glob(Box<[Box<str>]>),
+}
+
+impl NamespaceMatch {
+    pub(crate) fn new(v: &str) -> NamespaceMatch {
+        if v.contains('*') {
+            NamespaceMatch::Glob(v.split('*').map(Into::into).collect())
+        } else {
+            NamespaceMatch::Exact(v.into())
+        }
+    }
+
+    pub(crate) fn matches(&self, peer: &PeerIdentity) -> bool {
+        peer.namespace_candidates()
+            .any(|ns| self.matches_segment(ns))
+    }
+
+    fn matches_segment(&self, ns: &str) -> bool {
+        match self {
+            NamespaceMatch::Exact(e) => ns == &**e,
+            NamespaceMatch::Glob(parts) => glob_matches(parts, ns),
+        }
+    }
+}
+
+/// `parts` joined by `*` wildcards (each any run of characters) matches all of `s`.
+fn glob_matches(parts: &[Box<str>], s: &str) -> bool {
+    let [first, middle @ .., last] = parts else {
+        return parts.first().is_some_and(|p| **p == *s);
+    };
+    let Some(mut rest) = s.strip_prefix(&**first) else {
+        return false;
+    };
+    // The leftmost occurrence of each middle part leaves the most room for the rest.
+    for part in middle {
+        match rest.find(&**part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(&**last)
+}
+
+/// `serviceAccounts` / `source.serviceAccount`: Istio's `spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?`
+/// with `<ns>` and `<sa>` quoted (istio/istio#59700), so both are literals.
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceAccountMatch {
     pub(crate) namespace: Box<str>,
@@ -171,13 +212,13 @@ impl ServiceAccountMatch {
     ) -> Result<ServiceAccountMatch, regex::Error> {
         let (ns, sa) = v.split_once('/').unwrap_or((policy_namespace, v));
         let pattern = format!(
-            "spiffe://.+/ns/{}/(.+/|)sa/{}(/.+)?",
+            "^(?:spiffe://.+/ns/{}/(.+/|)sa/{}(/.+)?)$",
             regex::escape(ns),
             regex::escape(sa)
         );
         Ok(ServiceAccountMatch {
             namespace: ns.into(),
-            regex: full_match_regex(&pattern)?,
+            regex: Regex::new(&pattern)?,
         })
     }
 
@@ -186,37 +227,51 @@ impl ServiceAccountMatch {
     }
 }
 
-/// `trustDomains` / `source.trustDomain`.
+/// `trustDomains` / `source.trustDomain`, as Istio 1.30 builds them: `*` any `spiffe://` URI; a
+/// value without `*` the prefix `spiffe://<v>/`; otherwise the FIRST `*` is a wildcard inside the
+/// trust domain (`[^/]*`) and the rest is literal, a later `*` included.
 #[derive(Debug, Clone)]
 pub(crate) enum TrustDomainMatch {
     Any,
     Exact(Box<str>),
-    Regex(Regex),
+    Wildcard { before: Box<str>, after: Box<str> },
 }
 
 impl TrustDomainMatch {
-    pub(crate) fn new(v: &str) -> Result<TrustDomainMatch, regex::Error> {
-        Ok(if v == "*" {
+    pub(crate) fn new(v: &str) -> TrustDomainMatch {
+        if v == "*" {
             TrustDomainMatch::Any
-        } else if !v.contains('*') {
-            TrustDomainMatch::Exact(v.into())
+        } else if let Some((before, after)) = v.split_once('*') {
+            TrustDomainMatch::Wildcard {
+                before: before.into(),
+                after: after.into(),
+            }
         } else {
-            let (a, b) = v.split_once('*').unwrap_or((v, ""));
-            let pattern = format!("spiffe://{}[^/]*{}/.*", regex::escape(a), regex::escape(b));
-            TrustDomainMatch::Regex(full_match_regex(&pattern)?)
-        })
+            TrustDomainMatch::Exact(v.into())
+        }
     }
 
     pub(crate) fn matches(&self, peer: &PeerIdentity) -> bool {
+        let Some(rest) = peer.uri().strip_prefix(SPIFFE_PREFIX) else {
+            return false;
+        };
         match self {
             TrustDomainMatch::Any => true,
-            // `prefix: spiffe://<td>/`
-            TrustDomainMatch::Exact(td) => peer
-                .uri()
-                .strip_prefix(SPIFFE_PREFIX)
-                .and_then(|r| r.strip_prefix(&**td))
-                .is_some_and(|r| r.starts_with('/')),
-            TrustDomainMatch::Regex(r) => r.is_match(peer.uri()),
+            // `prefix: spiffe://<td>/`: a `/` inside the value reaches into the path, as there.
+            TrustDomainMatch::Exact(td) => {
+                rest.strip_prefix(&**td).is_some_and(|r| r.starts_with('/'))
+            }
+            // `spiffe://<before>[^/]*<after>/.*`: `before` and `after` must sit in the trust
+            // domain, the authority up to the first `/`. (Validation refuses a `/` in the value.)
+            TrustDomainMatch::Wildcard { before, after } => {
+                !before.contains('/')
+                    && !after.contains('/')
+                    && peer.trust_domain().is_some_and(|td| {
+                        td.len() >= before.len() + after.len()
+                            && td.starts_with(&**before)
+                            && td.ends_with(&**after)
+                    })
+            }
         }
     }
 }
@@ -329,42 +384,51 @@ mod tests {
     #[test]
     fn principals_match_the_full_uri() {
         let p = peer("cluster.local/ns/foo/sa/sleep");
-        assert!(
-            PrincipalMatch::new("cluster.local/ns/foo/sa/sleep")
-                .unwrap()
-                .matches(&p)
-        );
-        assert!(
-            PrincipalMatch::new("cluster.local/ns/foo/*")
-                .unwrap()
-                .matches(&p)
-        );
-        assert!(PrincipalMatch::new("*/sa/sleep").unwrap().matches(&p));
-        assert!(PrincipalMatch::new("*").unwrap().matches(&p));
+        assert!(PrincipalMatch::new("cluster.local/ns/foo/sa/sleep").matches(&p));
+        assert!(PrincipalMatch::new("cluster.local/ns/foo/*").matches(&p));
+        assert!(PrincipalMatch::new("*/sa/sleep").matches(&p));
+        assert!(PrincipalMatch::new("*").matches(&p));
         // Istio prepends spiffe:// itself, so a value that already has it never matches.
-        assert!(
-            !PrincipalMatch::new("spiffe://cluster.local/ns/foo/sa/sleep")
-                .unwrap()
-                .matches(&p)
-        );
-        // The suffix regex is not escaped: '.' is any character, as in Envoy.
-        assert!(PrincipalMatch::new("*sa.sleep").unwrap().matches(&p));
+        assert!(!PrincipalMatch::new("spiffe://cluster.local/ns/foo/sa/sleep").matches(&p));
+        // The suffix cannot borrow from the scheme.
+        assert!(!PrincipalMatch::new("*//cluster.local/ns/foo/sa/sleep").matches(&p));
     }
 
     #[test]
-    fn namespaces_use_istios_regex() {
+    fn principal_values_are_literals() {
+        // Before Istio 1.30 (istio/istio#59992) `.` here was a regex wildcard.
+        let p = peer("cluster.local/ns/foo/sa/svcXa");
+        assert!(!PrincipalMatch::new("*/sa/svc.a").matches(&p));
+        assert!(PrincipalMatch::new("*/sa/svc.a").matches(&peer("cluster.local/ns/foo/sa/svc.a")));
+        assert!(!PrincipalMatch::new("*sa.sleep").matches(&peer("cluster.local/ns/foo/sa/sleep")));
+        assert!(!PrincipalMatch::new("*(.*)").matches(&peer("td/ns/a/sa/b")));
+        assert!(PrincipalMatch::new("*(.*)").matches(&peer("td/ns/a/sa/b(.*)")));
+        // A `*` in the middle is a literal character, as in Istio.
+        assert!(!PrincipalMatch::new("td/ns/*/sa/b").matches(&peer("td/ns/a/sa/b")));
+        assert!(PrincipalMatch::new("td/ns/*/sa/b").matches(&peer("td/ns/*/sa/b")));
+    }
+
+    #[test]
+    fn namespaces_match_the_namespace_segment() {
         let p = peer("spiffe://cluster.local/ns/foo-bar/sa/x");
-        assert!(NamespaceMatch::new("foo-bar").unwrap().matches(&p));
-        assert!(!NamespaceMatch::new("foo").unwrap().matches(&p));
-        assert!(NamespaceMatch::new("foo*").unwrap().matches(&p));
-        assert!(NamespaceMatch::new("*bar").unwrap().matches(&p));
-        assert!(NamespaceMatch::new("f*r").unwrap().matches(&p));
-        assert!(NamespaceMatch::new("*").unwrap().matches(&p));
-        assert!(
-            !NamespaceMatch::new("*")
-                .unwrap()
-                .matches(&peer("spiffe://td/sa/x"))
-        );
+        assert!(NamespaceMatch::new("foo-bar").matches(&p));
+        assert!(!NamespaceMatch::new("foo").matches(&p));
+        assert!(NamespaceMatch::new("foo*").matches(&p));
+        assert!(NamespaceMatch::new("*bar").matches(&p));
+        assert!(NamespaceMatch::new("f*r").matches(&p));
+        assert!(NamespaceMatch::new("*").matches(&p));
+        assert!(!NamespaceMatch::new("*").matches(&peer("spiffe://td/sa/x")));
+        // Literal metacharacters: before Istio 1.30 `team.a` matched `teamXa`.
+        assert!(!NamespaceMatch::new("team.a").matches(&peer("td/ns/teamXa/sa/x")));
+        assert!(NamespaceMatch::new("team.a").matches(&peer("td/ns/team.a/sa/x")));
+        assert!(!NamespaceMatch::new("team.a").matches(&peer("td/ns/team.a.b/sa/x")));
+        assert!(!NamespaceMatch::new("a|b").matches(&peer("td/ns/a/sa/x")));
+        // A wildcard stays inside the segment: Istio's `.*/ns/.*sa/.*` matches every identity.
+        assert!(!NamespaceMatch::new("*sa").matches(&peer("td/ns/foo/sa/x")));
+        assert!(!NamespaceMatch::new("foo/sa").matches(&peer("td/ns/foo/sa/x")));
+        assert!(!NamespaceMatch::new("f*x").matches(&peer("td/ns/foo/sa/x")));
+        // Overlapping `/ns/` occurrences are all candidates, as in Istio's regex.
+        assert!(NamespaceMatch::new("foo").matches(&peer("td/ns/ns/foo/")));
     }
 
     #[test]
@@ -390,11 +454,27 @@ mod tests {
                 .unwrap()
                 .matches(&p)
         );
-        assert!(TrustDomainMatch::new("cluster.local").unwrap().matches(&p));
-        assert!(!TrustDomainMatch::new("cluster").unwrap().matches(&p));
-        assert!(TrustDomainMatch::new("cluster*").unwrap().matches(&p));
-        assert!(TrustDomainMatch::new("*.local").unwrap().matches(&p));
-        assert!(TrustDomainMatch::new("*").unwrap().matches(&p));
+        assert!(
+            !ServiceAccountMatch::new("fo./sleep", "x")
+                .unwrap()
+                .matches(&p)
+        );
+        assert!(
+            !ServiceAccountMatch::new("foo/sle.p", "x")
+                .unwrap()
+                .matches(&p)
+        );
+        assert!(TrustDomainMatch::new("cluster.local").matches(&p));
+        assert!(!TrustDomainMatch::new("cluster").matches(&p));
+        assert!(TrustDomainMatch::new("cluster*").matches(&p));
+        assert!(TrustDomainMatch::new("*.local").matches(&p));
+        assert!(!TrustDomainMatch::new("*.l.cal").matches(&p));
+        assert!(TrustDomainMatch::new("*").matches(&p));
+        // Only the first `*` is a wildcard.
+        assert!(!TrustDomainMatch::new("c*l*").matches(&p));
+        assert!(TrustDomainMatch::new("c*l*").matches(&peer("cluster.l*/ns/a/sa/b")));
+        // The wildcard does not reach into the path.
+        assert!(!TrustDomainMatch::new("cluster*foo").matches(&p));
     }
 
     #[test]
@@ -413,6 +493,7 @@ mod tests {
         assert!(!RequestPrincipalMatch::new("https://issuer.example.com/*").matches(&t));
         assert!(!RequestPrincipalMatch::new("https://issuer.example.com/alice").matches(&t));
         assert!(RequestPrincipalMatch::new("*alice").matches(&t));
+        assert!(!RequestPrincipalMatch::new("https://issuer.example.com/realm/al.ce").matches(&t));
     }
 
     #[test]

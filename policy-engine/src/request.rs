@@ -37,13 +37,23 @@ impl PeerIdentity {
         rest.split_once('/').map(|(td, _)| td)
     }
 
-    /// Every `<x>` such that `/ns/<x>/` occurs in the URI. Istio matches namespaces with the regex
-    /// `.*/ns/<ns>/.*`, so for a non-standard SPIFFE ID more than one candidate can exist.
+    /// Every `<x>` such that `/ns/<x>/` occurs in the URI, occurrences that overlap included
+    /// (`/ns/ns/a/` holds `ns` and `a`). Istio matches namespaces with `.*/ns/<ns>/.*`, so for a
+    /// SPIFFE ID that is not of Istio's `/ns/<ns>/sa/<sa>` form more than one candidate can exist,
+    /// and each is tried as Envoy would.
     pub fn namespace_candidates(&self) -> impl Iterator<Item = &str> {
         let uri: &str = &self.uri;
-        uri.match_indices("/ns/").filter_map(move |(i, _)| {
-            let rest = &uri[i + 4..];
-            rest.find('/').map(|end| &rest[..end])
+        let mut from = 0;
+        std::iter::from_fn(move || {
+            loop {
+                let at = from + uri.get(from..)?.find("/ns/")?;
+                // The next search starts at this occurrence's closing `/`, which may open another.
+                from = at + 3;
+                let rest = &uri[at + 4..];
+                if let Some(end) = rest.find('/') {
+                    return Some(&rest[..end]);
+                }
+            }
         })
     }
 }

@@ -9,7 +9,7 @@
 use std::fmt;
 
 use crate::compile::{ConditionKey, parse_condition_key};
-use crate::matchers::{Cidr, NamespaceMatch, PrincipalMatch};
+use crate::matchers::Cidr;
 use crate::path::{self, PathTemplate};
 use crate::spec::{Action, PolicySpec, RuleSpec, SourceSpec};
 
@@ -405,12 +405,6 @@ fn principals(f: &mut Findings, field: &str, vals: &[String]) {
                 ),
             );
         }
-        if PrincipalMatch::new(v).is_err() {
-            f.error(
-                format!("{field}[{k}]"),
-                format!("{v:?} becomes an invalid Envoy regex"),
-            );
-        }
     }
 }
 
@@ -419,10 +413,19 @@ fn namespaces(f: &mut Findings, field: &str, vals: &[String]) {
         return;
     }
     for (k, v) in vals.iter().enumerate() {
-        if NamespaceMatch::new(v).is_err() {
-            f.error(
-                format!("{field}[{k}]"),
-                format!("{v:?} becomes an invalid Envoy regex"),
+        let at = format!("{field}[{k}]");
+        if v.contains('/') {
+            f.warn(
+                at,
+                format!("{v:?} never matches: a namespace name cannot contain '/'"),
+            );
+        } else if v.len() > 2 && v[1..v.len() - 1].contains('*') {
+            f.warn(
+                at,
+                format!(
+                    "{v:?}: a '*' inside the value matches within the namespace here, as in Istio's \
+                     Envoy config, but ztunnel matches it literally"
+                ),
             );
         }
     }
@@ -581,6 +584,32 @@ mod tests {
 
     fn fields(f: &Findings) -> Vec<&str> {
         f.errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn namespace_values_that_cannot_mean_what_they_say_warn() {
+        let rule = RuleSpec {
+            from: Some(vec![Some(SourceSpec {
+                namespaces: vec![
+                    "team.a".into(),
+                    "foo/sa".into(),
+                    "a*b".into(),
+                    "dev-*".into(),
+                ],
+                ..Default::default()
+            })]),
+            ..Default::default()
+        };
+        let f = validate(&policy(Action::Deny, Some(vec![rule])));
+        assert!(f.errors.is_empty(), "{:?}", f.errors);
+        let warned: Vec<&str> = f.warnings.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(
+            warned,
+            [
+                "spec.rules[0].from[0].source.namespaces[1]",
+                "spec.rules[0].from[0].source.namespaces[2]",
+            ]
+        );
     }
 
     #[test]

@@ -47,8 +47,10 @@ enum AuthzCommand {
         #[arg(long, default_value = "BASE")]
         path_normalization: String,
     },
-    /// Validate every AuthorizationPolicy and print the status Istio would set; exit 1 if any is invalid.
+    /// Validate every AuthorizationPolicy and RequestAuthentication as Istio's webhook does and
+    /// print the WaypointAccepted status istiod would set; exit 1 if any is invalid.
     Check {
+        /// A YAML file (multi-document) or a directory of them, holding Kubernetes objects.
         #[arg(long)]
         config: PathBuf,
         #[arg(long, default_value = "istio-system")]
@@ -59,6 +61,8 @@ enum AuthzCommand {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal; plain text for files, pipes and pod logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 let default = if matches!(std::env::args().nth(1).as_deref(), Some("run")) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load benchmark: direct -> nginx proxy -> waypoint, back to back in every repetition, as
-# shared/reference/performance.md prescribes. Needs nginx, oha (cargo install oha --locked) and
+# docs/performance.md describes. Needs nginx, oha (cargo install oha --locked) and
 # taskset; prints ratios, CPU us per request, latency deltas at a fixed rate, upstream reuse and
 # memory. Settings: REPS (3), DURATION seconds (10), CONNS (16), RATE (1000).
 set -euo pipefail

@@ -1,5 +1,5 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
-//! The local mesh harness: ztunnel-like peers that speak HBONE as `shared/reference/hbone.md`
+//! The local mesh harness: ztunnel-like peers that speak HBONE as `docs/hbone.md`
 //! describes, demo backends, and a whole demo mesh around a waypoint. Used by the end-to-end
 //! tests and by the `demo-mesh` binary.
 //!

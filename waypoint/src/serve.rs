@@ -40,10 +40,11 @@ pub(crate) struct RunArgs {
         conflicts_with = "kubernetes"
     )]
     config: Option<PathBuf>,
-    /// Read the config from the Kubernetes API server (in-cluster, or --kubeconfig).
+    /// Read the config from the Kubernetes API server (see --kubeconfig for how it is found).
     #[arg(long)]
     kubernetes: bool,
-    /// A kubeconfig file for --kubernetes (default: in-cluster, then KUBECONFIG, ~/.kube/config).
+    /// A kubeconfig file for --kubernetes [default: as kube's Config::infer: the files in
+    /// $KUBECONFIG, else ~/.kube/config, else the in-cluster service account].
     #[arg(long, requires = "kubernetes")]
     kubeconfig: Option<PathBuf>,
     /// Our Gateway as `namespace/name`. With --kubernetes it defaults to $GATEWAY_NAME in

@@ -1,10 +1,10 @@
 //! Config: Kubernetes objects compiled into an immutable [`Snapshot`] that the data path reads
 //! without locks; a new snapshot replaces the old one atomically.
 //!
-//! Two sources feed it: [`file`] (YAML files, the embedded default) and [`kube`] (watchers on
-//! the API server). Both keep a [`Store`] of the objects they read and publish snapshots built
-//! from it; the policies and the destinations are compiled separately, so an endpoint change
-//! reuses the compiled policies.
+//! Two sources feed it: [`file`] (YAML files on disk, no API server needed) and [`kube`]
+//! (watchers on the API server). Both keep a [`Store`] of the objects they read and publish
+//! snapshots built from it; the policies and the destinations are compiled separately, so an
+//! endpoint change reuses the compiled policies.
 
 pub mod file;
 pub mod kube;

@@ -40,7 +40,8 @@ pub const FIELD_MANAGER: &str = "rust-waypoint";
 pub struct KubeOptions {
     /// Our Gateway.
     pub gateway: ObjectKey,
-    /// A kubeconfig file; otherwise in-cluster config (or `KUBECONFIG`, `~/.kube/config`).
+    /// A kubeconfig file; otherwise `kube::Config::infer`: the files in `KUBECONFIG`, else
+    /// `~/.kube/config`, else the in-cluster service account.
     pub kubeconfig: Option<PathBuf>,
     /// Istio's mesh ConfigMap.
     pub mesh_config: ObjectKey,

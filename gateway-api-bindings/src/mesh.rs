@@ -143,6 +143,27 @@ impl TrafficFor {
     }
 }
 
+/// Istio's label on the Deployment, pods and Service it makes for a Gateway (waypoints included).
+pub const GATEWAY_MANAGED: &str = "gateway.istio.io/managed";
+/// Gateway API's label naming the Gateway a pod or Service belongs to.
+pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// Whether these labels mark a gateway's own pod or Service. Istio never sends a waypoint's
+/// traffic to a waypoint, and a waypoint that took itself as a destination would tunnel into
+/// itself, so such objects are never destinations.
+pub fn is_gateway(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels.is_some_and(|l| l.contains_key(GATEWAY_MANAGED) || l.contains_key(GATEWAY_NAME))
+}
+
+/// Whether `ip` belongs to a gateway's pod.
+fn is_gateway_ip(store: &Store, ip: &IpAddr) -> bool {
+    store
+        .pods_by_ip
+        .get(ip)
+        .and_then(|k| store.pods.get(k))
+        .is_some_and(|p| is_gateway(Some(&p.object.labels)))
+}
+
 /// `spiffe://<td>/ns/<ns>/sa/<sa>`.
 pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
@@ -327,7 +348,8 @@ impl DestinationBuilder {
         let dests = match s {
             ServiceRef::Service(key) => match store.services.get(key) {
                 Some(svc)
-                    if waypoint_of(store, &svc.object.metadata).as_ref() == Some(&self.gateway) =>
+                    if waypoint_of(store, &svc.object.metadata).as_ref() == Some(&self.gateway)
+                        && !is_gateway(svc.object.metadata.labels.as_ref()) =>
                 {
                     service_destinations(store, key, &svc.object, &self.trust_domain)
                 }
@@ -372,6 +394,9 @@ impl DestinationBuilder {
             }
         }
         let Some(p) = store.pods.get(key) else { return };
+        if is_gateway(Some(&p.object.labels)) {
+            return;
+        }
         if waypoint_of_labels(store, &key.namespace, Some(&p.object.labels)).as_ref()
             != Some(&self.gateway)
         {
@@ -497,6 +522,11 @@ fn slice_endpoints(
                     ))
                 });
                 let pod = pod_key.as_ref().and_then(|k| store.pods.get(k));
+                if pod.is_some_and(|p| is_gateway(Some(&p.object.labels)))
+                    || is_gateway_ip(store, &ip)
+                {
+                    continue;
+                }
                 eps.push(Endpoint {
                     address: SocketAddr::new(ip, target_port),
                     identity: pod.and_then(|p| pod_identity(store, &p.object, trust_domain)),
@@ -550,6 +580,9 @@ fn service_entry_destinations(
                 // DNS-resolved endpoints are not supported: the waypoint dials IPs only.
                 return;
             };
+            if is_gateway_ip(store, &ip) {
+                return;
+            }
             endpoints.push(Endpoint {
                 address: SocketAddr::new(ip, port_of(&we.ports)),
                 identity: workload_entry_identity(we, ns, trust_domain),
@@ -577,7 +610,7 @@ fn service_entry_destinations(
                 if pk.namespace != key.namespace {
                     break;
                 }
-                if !matches(&p.object.labels) {
+                if !matches(&p.object.labels) || is_gateway(Some(&p.object.labels)) {
                     continue;
                 }
                 for ip in &p.object.ips {
@@ -644,6 +677,7 @@ fn selected_pods(
         if !selector
             .iter()
             .all(|(k, v)| p.object.labels.get(k) == Some(v))
+            || is_gateway(Some(&p.object.labels))
         {
             continue;
         }
@@ -783,6 +817,63 @@ status: {podIPs: [{ip: 10.1.0.9}]}
                 .as_deref(),
             Some("spiffe://td/ns/demo/sa/web-sa")
         );
+    }
+
+    #[test]
+    fn a_waypoints_own_pod_and_service_are_never_destinations() {
+        let mut s = store();
+        let errs = s.load_str(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: waypoint-5d8f7c
+  namespace: demo
+  labels: {app: web, gateway.istio.io/managed: istio.io-mesh-controller, gateway.networking.k8s.io/gateway-name: waypoint}
+spec: {serviceAccountName: waypoint, containers: [{name: istio-proxy}]}
+status: {podIP: 10.1.0.7}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: waypoint, namespace: demo, labels: {gateway.istio.io/managed: istio.io-mesh-controller}}
+spec:
+  clusterIP: 10.0.0.8
+  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
+  ports: [{name: mesh, port: 15008}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: loop, namespace: demo}
+spec:
+  hosts: [loop.example]
+  addresses: [240.0.0.9]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.1.0.7, labels: {istio.io/dataplane-mode: ambient}}, {address: 10.1.0.5}]
+"#,
+            None,
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        let gw = ObjectKey::new("demo", "waypoint");
+        s.gateways.get_mut(&gw).unwrap().object.metadata.labels =
+            Some([(WAYPOINT_FOR.to_owned(), "all".to_owned())].into());
+        let d = Destinations::build(&s, &gw, "td");
+        let ip: IpAddr = "10.1.0.7".parse().unwrap();
+        assert!(!d.workloads.contains_key(&ip), "own pod as a workload");
+        assert!(
+            !d.services.contains_key(&"10.0.0.8:15008".parse().unwrap()),
+            "own Service"
+        );
+        let addrs = |vip: &str| -> Vec<String> {
+            d.services[&vip.parse().unwrap()]
+                .endpoints
+                .iter()
+                .map(|e| e.address.to_string())
+                .collect()
+        };
+        // Selected by `app: web`, listed in an EndpointSlice, named by a ServiceEntry: never.
+        assert_eq!(addrs("10.0.0.1:80"), ["10.1.0.5:8080", "10.1.0.9:8080"]);
+        assert_eq!(addrs("10.0.0.2:80"), ["10.1.0.5:9090"]);
+        assert_eq!(addrs("240.0.0.9:80"), ["10.1.0.5:80"]);
     }
 
     fn canon(d: &Destinations) -> Vec<String> {

@@ -66,6 +66,30 @@ impl Gauge {
 
 const CODES: usize = 600;
 
+/// One counter per timeout of [`crate::hbone::server::Timeouts`].
+#[derive(Debug, Default)]
+pub struct TimeoutCounters {
+    pub tls_handshake: Counter,
+    pub h2_preface: Counter,
+    pub connection_idle: Counter,
+    pub first_byte: Counter,
+    pub stream_idle: Counter,
+    pub request_headers: Counter,
+}
+
+impl TimeoutCounters {
+    fn each(&self) -> [(&'static str, &Counter); 6] {
+        [
+            ("tls_handshake", &self.tls_handshake),
+            ("h2_preface", &self.h2_preface),
+            ("connection_idle", &self.connection_idle),
+            ("first_byte", &self.first_byte),
+            ("stream_idle", &self.stream_idle),
+            ("request_headers", &self.request_headers),
+        ]
+    }
+}
+
 /// Every figure the waypoint exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -75,6 +99,12 @@ pub struct Metrics {
     pub tcp_denied: Counter,
     pub hbone_connections: Gauge,
     pub hbone_handshake_failures: Counter,
+    /// Peers whose certificate does not name exactly one SPIFFE ID of the mesh.
+    pub hbone_peer_identity_rejected: Counter,
+    /// Tunnels refused because their destination is this waypoint (or a reserved port).
+    pub self_destination_refused: Counter,
+    /// Timeouts that fired, by kind.
+    pub timeouts: TimeoutCounters,
     pub tunnels: Counter,
     pub tunnels_rejected: Counter,
     pub upstream_hbone_connections: Gauge,
@@ -124,6 +154,9 @@ impl Default for Metrics {
             tcp_denied: Counter::default(),
             hbone_connections: Gauge::default(),
             hbone_handshake_failures: Counter::default(),
+            hbone_peer_identity_rejected: Counter::default(),
+            self_destination_refused: Counter::default(),
+            timeouts: TimeoutCounters::default(),
             tunnels: Counter::default(),
             tunnels_rejected: Counter::default(),
             upstream_hbone_connections: Gauge::default(),
@@ -186,6 +219,17 @@ impl Metrics {
                 }
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP waypoint_timeouts_total Connections and streams closed by a timeout, by timeout.\n# TYPE waypoint_timeouts_total counter"
+        );
+        for (name, c) in self.timeouts.each() {
+            let _ = writeln!(
+                out,
+                "waypoint_timeouts_total{{timeout=\"{name}\"}} {}",
+                c.get()
+            );
+        }
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(
                 out,
@@ -206,6 +250,16 @@ impl Metrics {
             "waypoint_hbone_handshake_failures_total",
             "Inbound TLS handshakes that failed.",
             self.hbone_handshake_failures.get(),
+        );
+        counter(
+            "waypoint_hbone_peer_identity_rejected_total",
+            "Inbound peers refused for their certificate's SPIFFE ID (none, several, foreign trust domain).",
+            self.hbone_peer_identity_rejected.get(),
+        );
+        counter(
+            "waypoint_self_destination_refused_total",
+            "Tunnels and upstream connections refused because they would reach this waypoint or a reserved port.",
+            self.self_destination_refused.get(),
         );
         counter(
             "waypoint_tunnels_total",

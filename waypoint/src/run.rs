@@ -23,6 +23,7 @@ use crate::identity::{Identity, IdentitySource};
 use crate::metrics::Metrics;
 use crate::proxy::http::HttpApp;
 use crate::proxy::inbound::Inbound;
+use crate::proxy::own::OwnAddresses;
 use crate::proxy::relay;
 use crate::proxy::upstream::Upstream;
 
@@ -50,6 +51,8 @@ pub struct RunOptions {
     pub admin_addr: SocketAddr,
     /// Where destination ztunnels listen (15008).
     pub upstream_hbone_port: u16,
+    /// This pod's IPs: with listeners on `[::]`, what tells a destination that is us.
+    pub pod_ips: Vec<std::net::IpAddr>,
     pub server: ServerSettings,
     pub poll_interval: Duration,
     /// JWKS fetching for RequestAuthentication.
@@ -68,6 +71,7 @@ impl RunOptions {
             metrics_addr: SocketAddr::from(([0u16; 8], 15020)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 15000)),
             upstream_hbone_port: crate::hbone::HBONE_PORT,
+            pod_ips: Vec::new(),
             server: ServerSettings::default(),
             poll_interval: Duration::from_secs(1),
             jwks: JwksOptions::default(),
@@ -181,10 +185,15 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
     let metrics_addr = local(&metrics_listener, opts.metrics_addr);
 
     let (relay_listener, relay_socket) = relay::bind().map_err(StartError::Relay)?;
-    let upstream = Arc::new(Upstream::new(
+    let mut upstream = Upstream::new(
         Connector::new(identity.clone(), opts.upstream_hbone_port, metrics.clone()),
         metrics.clone(),
-    ));
+    );
+    upstream.own = OwnAddresses {
+        listeners: vec![hbone_addr, readiness_addr, metrics_addr, admin_addr],
+        pod_ips: opts.pod_ips.clone(),
+    };
+    let upstream = Arc::new(upstream);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let app = HttpApp {
@@ -202,6 +211,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
         upstream: upstream.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
+        timeouts: opts.server.timeouts,
     });
 
     let ready = Arc::new(AtomicBool::new(false));

@@ -63,6 +63,10 @@ pub(crate) struct RunArgs {
     /// [default: the mesh config's, else cluster.local]
     #[arg(long)]
     trust_domain: Option<String>,
+    /// Another trust domain whose peers are ours (repeatable) [default: the mesh config's
+    /// `trustDomainAliases`]. A peer's single SPIFFE ID must be in the trust domain or an alias.
+    #[arg(long = "trust-domain-alias")]
+    trust_domain_aliases: Vec<String>,
     /// Mesh `pathNormalization`: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES
     /// [default: the mesh config's, else BASE].
     #[arg(long)]
@@ -116,6 +120,28 @@ pub(crate) struct RunArgs {
     /// `/config_dump`; keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
+    /// This pod's IP (repeatable; Istio sets INSTANCE_IP from status.podIP): a destination on it
+    /// is this waypoint and is refused. Loopback and addresses of local interfaces count too.
+    #[arg(long = "pod-ip", env = "INSTANCE_IP", value_delimiter = ',')]
+    pod_ips: Vec<std::net::IpAddr>,
+    /// Seconds a client has to finish the TLS handshake.
+    #[arg(long, default_value_t = 10)]
+    tls_handshake_timeout_seconds: u64,
+    /// Seconds from TLS to the client's HTTP/2 preface.
+    #[arg(long, default_value_t = 10)]
+    h2_preface_timeout_seconds: u64,
+    /// Seconds an HBONE connection may stay without a stream before GOAWAY.
+    #[arg(long, default_value_t = 300)]
+    connection_idle_timeout_seconds: u64,
+    /// Seconds a tunnel to an HTTP port may stay without its first byte.
+    #[arg(long, default_value_t = 10)]
+    first_byte_timeout_seconds: u64,
+    /// Seconds a tunnel may pass no byte in either direction.
+    #[arg(long, default_value_t = 300)]
+    stream_idle_timeout_seconds: u64,
+    /// Seconds from a request's first byte to the end of its headers (HTTP/1); 408 after.
+    #[arg(long, default_value_t = 10)]
+    request_headers_timeout_seconds: u64,
     /// Port of destination ztunnels' HBONE listeners.
     #[arg(long, default_value_t = 15008, hide = true)]
     upstream_hbone_port: u16,
@@ -163,6 +189,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
         root_namespace: args.root_namespace.clone(),
         trust_domain: args.trust_domain.clone(),
+        trust_domain_aliases: (!args.trust_domain_aliases.is_empty())
+            .then(|| args.trust_domain_aliases.clone()),
         path_normalization,
     };
     let mut settings = MeshConfig::default().settings(&overrides, &MeshSettings::default());
@@ -259,6 +287,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     opts.metrics_addr = args.metrics_addr;
     opts.admin_addr = args.admin_addr;
     opts.upstream_hbone_port = args.upstream_hbone_port;
+    opts.pod_ips = args.pod_ips.clone();
+    let secs = |s: u64| Duration::from_secs(s.max(1));
+    opts.server.timeouts = waypoint::hbone::server::Timeouts {
+        tls_handshake: secs(args.tls_handshake_timeout_seconds),
+        h2_preface: secs(args.h2_preface_timeout_seconds),
+        connection_idle: secs(args.connection_idle_timeout_seconds),
+        first_byte: secs(args.first_byte_timeout_seconds),
+        stream_idle: secs(args.stream_idle_timeout_seconds),
+        request_headers: secs(args.request_headers_timeout_seconds),
+    };
     opts.server.drain_grace = Duration::from_secs(args.drain_grace_seconds);
     if let Some(path) = &args.jwks_ca {
         use rustls::pki_types::CertificateDer;

@@ -28,6 +28,9 @@ pub struct MeshSettings {
     pub gateway: Option<ObjectKey>,
     pub root_namespace: String,
     pub trust_domain: String,
+    /// Mesh config `trustDomainAliases`: other trust domains whose workloads are ours (after a
+    /// trust domain migration). A peer's SPIFFE ID must be in `trust_domain` or one of these.
+    pub trust_domain_aliases: Vec<String>,
     pub path_normalization: PathNormalization,
 }
 
@@ -37,8 +40,19 @@ impl Default for MeshSettings {
             gateway: None,
             root_namespace: "istio-system".into(),
             trust_domain: "cluster.local".into(),
+            trust_domain_aliases: Vec::new(),
             path_normalization: PathNormalization::Base,
         }
+    }
+}
+
+impl MeshSettings {
+    /// The trust domain, then its aliases.
+    pub fn trust_domains(&self) -> Arc<[String]> {
+        std::iter::once(&self.trust_domain)
+            .chain(&self.trust_domain_aliases)
+            .cloned()
+            .collect()
     }
 }
 
@@ -71,6 +85,8 @@ pub struct Snapshot {
     pub authn: Arc<Authn>,
     pub destinations: Arc<Destinations>,
     pub path_normalization: PathNormalization,
+    /// The trust domain and its aliases: the only ones a peer's SPIFFE ID may be in.
+    pub trust_domains: Arc<[String]>,
 }
 
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
@@ -98,6 +114,7 @@ impl Snapshot {
             authn: Arc::new(Authn::none()),
             destinations: Arc::default(),
             path_normalization: settings.path_normalization,
+            trust_domains: settings.trust_domains(),
         }
     }
 
@@ -159,6 +176,7 @@ impl Snapshot {
             )),
             waypoint,
             path_normalization: settings.path_normalization,
+            trust_domains: settings.trust_domains(),
         })
     }
 

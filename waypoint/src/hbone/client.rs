@@ -34,11 +34,12 @@ pub enum TunnelError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("{addr} presented {found:?}, expected {expected}")]
+    #[error("{addr} presented {found}, expected {expected}")]
     WrongIdentity {
         addr: SocketAddr,
         expected: String,
-        found: Option<String>,
+        /// The SPIFFE ID it presented, or why its certificate names none.
+        found: String,
     },
     #[error("HTTP/2 with {addr}: {source}")]
     H2 { addr: SocketAddr, source: h2::Error },
@@ -205,18 +206,21 @@ impl Connector {
         .await
         .map_err(|_| TunnelError::Timeout(addr))?
         .map_err(|source| TunnelError::Tls { addr, source })?;
+        // The same rule as for our clients: exactly one URI SAN, a SPIFFE ID, and it must be
+        // the destination workload's.
         let found = tls_stream
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(spiffe::uri_san);
-        if found.as_deref() != Some(&*key.identity) {
+            .ok_or(spiffe::SvidError::NoCertificate)
+            .and_then(spiffe::svid);
+        if found.as_deref().ok() != Some(&*key.identity) {
             self.metrics.upstream_identity_mismatch.inc();
             return Err(TunnelError::WrongIdentity {
                 addr,
                 expected: key.identity.to_string(),
-                found,
+                found: found.unwrap_or_else(|e| e.to_string()),
             });
         }
         let (send, conn) = h2::client::Builder::new()

@@ -33,31 +33,85 @@ pub fn forwarded_host(value: &str) -> Option<&str> {
     })
 }
 
-/// A W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), or `None` when malformed. Version 00
-/// only has these four fields; later versions may append fields, which are kept.
-pub fn traceparent(value: &str) -> Option<&str> {
-    let mut parts = value.split('-');
-    let ok = |p: Option<&str>, len: usize| {
-        p.is_some_and(|p| p.len() == len && p.bytes().all(|b| b.is_ascii_hexdigit()))
+/// A W3C `traceparent` re-emitted in canonical form: `00-<32 hex>-<16 hex>-<2 hex>`, lowercase,
+/// ids not all zero. A later version is read for its first four fields (as Trace Context says a
+/// version-00 reader must) and re-emitted as version 00; anything else is `None`, never copied.
+pub fn traceparent(value: &str) -> Option<String> {
+    let lower_hex = |p: &str, len: usize| {
+        p.len() == len
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
-    let version = parts.next();
-    if !ok(version, 2) || version == Some("ff") {
+    let v = value.trim_matches([' ', '\t']);
+    if v.len() < 55 || !v.is_char_boundary(55) {
         return None;
     }
-    let (trace, span) = (parts.next(), parts.next());
-    if !ok(trace, 32) || !ok(span, 16) || !ok(parts.next(), 2) {
-        return None;
-    }
-    // All-zero trace or span ids are invalid.
-    if trace.is_some_and(|t| t.bytes().all(|b| b == b'0'))
-        || span.is_some_and(|s| s.bytes().all(|b| b == b'0'))
+    let (head, tail) = v.split_at(55);
+    let mut parts = head.split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if !lower_hex(version, 2)
+        || version == "ff"
+        || !lower_hex(trace, 32)
+        || !lower_hex(span, 16)
+        || !lower_hex(flags, 2)
     {
         return None;
     }
-    if version == Some("00") && parts.next().is_some() {
+    // Version 00 has exactly four fields; later versions may append `-...`.
+    if (version == "00" && !tail.is_empty()) || (!tail.is_empty() && !tail.starts_with('-')) {
         return None;
     }
-    Some(value)
+    if trace.bytes().all(|b| b == b'0') || span.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some(format!("00-{trace}-{span}-{flags}"))
+}
+
+/// A W3C `tracestate` re-emitted from its valid list members only: keys and values checked
+/// against Trace Context's grammar, duplicates and empty members dropped, at most 32 members
+/// and 512 bytes; `None` when nothing valid remains.
+pub fn tracestate(value: &str) -> Option<String> {
+    fn key_ok(k: &str) -> bool {
+        let part = |p: &str, first_digit: bool, max: usize| {
+            let b = p.as_bytes();
+            !b.is_empty()
+                && b.len() <= max
+                && (b[0].is_ascii_lowercase() || (first_digit && b[0].is_ascii_digit()))
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-*/".contains(c))
+        };
+        match k.split_once('@') {
+            None => part(k, false, 256),
+            Some((tenant, system)) => part(tenant, true, 241) && part(system, false, 14),
+        }
+    }
+    fn value_ok(v: &str) -> bool {
+        v.len() <= 256
+            && !v.ends_with(' ')
+            && v.bytes()
+                .all(|b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+    }
+    let mut out = String::new();
+    let mut keys: Vec<&str> = Vec::new();
+    for member in value.split(',') {
+        let member = member.trim_matches([' ', '\t']);
+        let Some((k, v)) = member.split_once('=') else {
+            continue;
+        };
+        if !key_ok(k) || !value_ok(v) || keys.contains(&k) {
+            continue;
+        }
+        if keys.len() == 32 || out.len() + member.len() + 1 > 512 {
+            break;
+        }
+        keys.push(k);
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(member);
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// `baggage` members as `(key, value)`, skipping malformed members and properties.
@@ -103,7 +157,21 @@ mod tests {
     #[test]
     fn traceparent_validation() {
         let good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        assert_eq!(traceparent(good), Some(good));
+        assert_eq!(traceparent(good).as_deref(), Some(good));
+        assert_eq!(
+            traceparent("cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later").as_deref(),
+            Some(good),
+            "a later version is re-emitted as 00"
+        );
+        assert_eq!(
+            traceparent("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"),
+            None
+        );
+        assert_eq!(
+            traceparent("cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x"),
+            None
+        );
+        assert_eq!(traceparent(&format!("{good}{}", "-x".repeat(1000))), None);
         assert_eq!(
             traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x"),
             None
@@ -119,6 +187,24 @@ mod tests {
         assert_eq!(traceparent("00-xyz-b7ad6b7169203331-01"), None);
         assert!(
             traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future").is_some()
+        );
+    }
+
+    #[test]
+    fn tracestate_members() {
+        assert_eq!(
+            tracestate("congo=t61rcWkgMzE, rojo=00f067aa0ba902b7").as_deref(),
+            Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        );
+        assert_eq!(
+            tracestate("Bad Key=1,ok=2,ok=3,t@sys=x,=y,z").as_deref(),
+            Some("ok=2,t@sys=x")
+        );
+        assert_eq!(tracestate("a=b\u{7f}"), None);
+        let many: Vec<String> = (0..40).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(
+            tracestate(&many.join(",")).map(|t| t.split(',').count()),
+            Some(32)
         );
     }
 

@@ -30,7 +30,7 @@ use crate::tls::spiffe;
 pub struct ServerSettings {
     /// ztunnel opens up to 100 streams per connection; a higher limit never makes it queue.
     pub max_concurrent_streams: u32,
-    pub handshake_timeout: Duration,
+    pub timeouts: Timeouts,
     /// How long connections may finish their streams after GOAWAY on shutdown.
     pub drain_grace: Duration,
 }
@@ -39,8 +39,42 @@ impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
             max_concurrent_streams: 1000,
-            handshake_timeout: Duration::from_secs(10),
+            timeouts: Timeouts::default(),
             drain_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// How long a peer may keep a connection or stream without making progress. Each firing is
+/// counted (`waypoint_timeouts_total{timeout=...}`); docs/running.md says where each default
+/// comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP accepted to TLS handshake done (ztunnel and Envoy's listener: 10 s).
+    pub tls_handshake: Duration,
+    /// TLS done to the client's HTTP/2 preface and SETTINGS (same budget as the handshake).
+    pub h2_preface: Duration,
+    /// An HBONE connection with no open stream is closed with GOAWAY (ztunnel's pool closes
+    /// its idle connections after 5 minutes; Envoy's HTTP idle_timeout is 1 hour).
+    pub connection_idle: Duration,
+    /// A CONNECT to an HTTP or sniffed port that sends no byte (Envoy's request_headers_timeout
+    /// style budget).
+    pub first_byte: Duration,
+    /// A stream with no byte in either direction (Envoy's stream_idle_timeout: 5 minutes).
+    pub stream_idle: Duration,
+    /// First byte of a request to the end of its headers (HTTP/1 inside a tunnel).
+    pub request_headers: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tls_handshake: Duration::from_secs(10),
+            h2_preface: Duration::from_secs(10),
+            connection_idle: Duration::from_secs(300),
+            first_byte: Duration::from_secs(10),
+            stream_idle: Duration::from_secs(300),
+            request_headers: Duration::from_secs(10),
         }
     }
 }
@@ -89,6 +123,8 @@ impl Tunnel {
 /// Serves accepted tunnels.
 pub trait TunnelHandler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, tunnel: Tunnel) -> impl Future<Output = ()> + Send;
+    /// The trust domains a peer's SPIFFE ID may be in (the mesh's and its aliases), as of now.
+    fn trust_domains(&self) -> Arc<[String]>;
 }
 
 /// Accepts connections until `shutdown` turns true, then drains them.
@@ -154,6 +190,9 @@ async fn serve_connection<H: TunnelHandler>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    // Counted from accept to close, whatever stage the peer stalls in.
+    let _active = metrics.hbone_connections.track();
+    let timeouts = settings.timeouts;
     let Some(tls) = identity.current() else {
         // Not ready: without a certificate there is nothing to offer the client.
         metrics.hbone_handshake_failures.inc();
@@ -161,7 +200,7 @@ async fn serve_connection<H: TunnelHandler>(
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
-    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+    let mut tls = match tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             metrics.hbone_handshake_failures.inc();
@@ -170,44 +209,61 @@ async fn serve_connection<H: TunnelHandler>(
         }
         Err(_) => {
             metrics.hbone_handshake_failures.inc();
-            tracing::warn!("TLS handshake timed out");
+            metrics.timeouts.tls_handshake.inc();
+            tracing::warn!(timeout = ?timeouts.tls_handshake, "TLS handshake timed out");
             return;
         }
     };
-    let peer = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(spiffe::uri_san)
-        .map(|id| PeerIdentity::new(&id));
-    if peer.is_none() {
-        tracing::warn!("client certificate has no SPIFFE ID; principal-based rules will not match");
-    }
+    // ztunnel's rule, made strict: the chain was verified by rustls; the leaf must name exactly
+    // one SPIFFE ID, in our trust domain or an alias. Anything else would let a peer pick the
+    // identity policy sees (two URI SANs) or hide from principal rules (none).
+    let trust_domains = handler.trust_domains();
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let peer = match spiffe::peer_id(leaf, &trust_domains) {
+        Ok(id) => PeerIdentity::new(&id),
+        Err(reason) => {
+            metrics.hbone_handshake_failures.inc();
+            metrics.hbone_peer_identity_rejected.inc();
+            tracing::warn!(%reason, ?trust_domains, "client certificate refused");
+            tls.get_mut().1.send_close_notify();
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            return;
+        }
+    };
     let conn_info = Arc::new(ConnInfo {
         id,
         peer_addr,
-        peer,
+        peer: Some(peer),
     });
     let principal = conn_info.peer.as_ref().map(|p| p.uri().to_owned());
     tracing::debug!(principal = ?principal, "HBONE connection established");
-    let mut h2 = match h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .initial_window_size(super::STREAM_WINDOW)
         .initial_connection_window_size(super::CONNECTION_WINDOW)
         .max_frame_size(super::MAX_FRAME)
         .max_header_list_size(super::MAX_HEADER_LIST)
         .max_send_buffer_size(super::MAX_FRAME as usize)
-        .handshake::<_, Bytes>(tls)
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
+        .handshake::<_, Bytes>(tls);
+    // The handshake completes when the client's preface has arrived.
+    let mut h2 = match tokio::time::timeout(timeouts.h2_preface, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "HTTP/2 handshake failed");
             return;
         }
+        Err(_) => {
+            metrics.timeouts.h2_preface.inc();
+            tracing::warn!(timeout = ?timeouts.h2_preface, "no HTTP/2 preface after TLS; closing");
+            return;
+        }
     };
-    let _active = metrics.hbone_connections.track();
+    // Streams in flight, and when the last one ended: a connection without streams for
+    // `connection_idle` gets GOAWAY.
+    let streams = Arc::new(StreamCount::default());
+    let mut idle_check =
+        tokio::time::interval((timeouts.connection_idle / 4).max(Duration::from_millis(10)));
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -217,7 +273,9 @@ async fn serve_connection<H: TunnelHandler>(
                     let conn = conn_info.clone();
                     let handler = handler.clone();
                     let metrics = metrics.clone();
+                    let in_flight = StreamCount::enter(&streams);
                     tokio::spawn(async move {
+                        let _in_flight = in_flight;
                         if let Some(t) = tunnel(conn, req, respond, &metrics) {
                             handler.handle(t).await;
                         }
@@ -235,9 +293,67 @@ async fn serve_connection<H: TunnelHandler>(
                 draining = true;
                 h2.graceful_shutdown();
             }
+            _ = idle_check.tick(), if !draining => {
+                if streams.idle_for() >= Some(timeouts.connection_idle) {
+                    metrics.timeouts.connection_idle.inc();
+                    tracing::debug!(timeout = ?timeouts.connection_idle, "idle HBONE connection; GOAWAY");
+                    draining = true;
+                    h2.graceful_shutdown();
+                }
+            }
         }
     }
     tracing::debug!("HBONE connection closed");
+}
+
+/// Streams in flight on one connection, and since when there have been none.
+#[derive(Debug)]
+struct StreamCount {
+    active: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since `epoch` when the count last dropped to zero.
+    idle_since: AtomicU64,
+    epoch: tokio::time::Instant,
+}
+
+impl Default for StreamCount {
+    fn default() -> Self {
+        StreamCount {
+            active: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+}
+
+/// One stream's share of a [`StreamCount`].
+struct InFlight(Arc<StreamCount>);
+
+impl StreamCount {
+    fn enter(this: &Arc<StreamCount>) -> InFlight {
+        this.active.fetch_add(1, Ordering::Relaxed);
+        InFlight(this.clone())
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How long the connection has had no stream; `None` while one is open.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let since = self.idle_since.load(Ordering::Relaxed);
+        Some(Duration::from_millis(self.now_ms().saturating_sub(since)))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle_since.store(self.0.now_ms(), Ordering::Relaxed);
+        }
+    }
 }
 
 /// Resolves once shutdown is signalled (or its sender is gone). The guard `wait_for` returns is
@@ -290,9 +406,7 @@ fn tunnel(
     let forwarded_host = forwarded
         .and_then(headers::forwarded_host)
         .map(str::to_owned);
-    let traceparent = header("traceparent")
-        .and_then(headers::traceparent)
-        .map(str::to_owned);
+    let traceparent = header("traceparent").and_then(headers::traceparent);
     let baggage = header("baggage").map(str::to_owned);
     metrics.tunnels.inc();
     Some(Tunnel {

@@ -70,6 +70,18 @@ impl Destination {
         }
     }
 
+    /// Whether any endpoint satisfies `f` (each is offered once, in order, until one does).
+    pub fn any_endpoint(&self, mut f: impl FnMut(&Endpoint) -> bool) -> bool {
+        match self {
+            Destination::Service(s) => s.endpoints.iter().any(f),
+            Destination::Workload(w, port) => f(&Endpoint {
+                address: SocketAddr::new(w.ip, *port),
+                identity: w.identity.clone(),
+                pod: Some(w.pod.clone()),
+            }),
+        }
+    }
+
     pub fn endpoint_count(&self) -> usize {
         match self {
             Destination::Service(s) => s.endpoints.len(),

@@ -183,6 +183,42 @@ enum Authenticated {
     Answered,
 }
 
+/// W3C Trace Context towards the app: re-emitted from what parses, never copied. Without a valid
+/// `traceparent` the `tracestate` goes too (Trace Context: it must not be used alone).
+fn rebuild_trace_context(req: &mut RequestHeader) -> Result<()> {
+    let one = |name: &str| {
+        let mut values = req.headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => v.to_str().ok().map(str::to_owned),
+            // Several traceparent headers are invalid; several tracestate lines are one list.
+            (Some(_), Some(_)) if name == "traceparent" => None,
+            (Some(_), Some(_)) => Some(
+                req.headers
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (None, _) => None,
+        }
+    };
+    let parent = one("traceparent").and_then(|v| crate::hbone::headers::traceparent(&v));
+    let state = parent
+        .as_ref()
+        .and_then(|_| one("tracestate"))
+        .and_then(|v| crate::hbone::headers::tracestate(&v));
+    req.remove_header("traceparent");
+    req.remove_header("tracestate");
+    if let Some(p) = parent {
+        req.insert_header("traceparent", p)?;
+    }
+    if let Some(s) = state {
+        req.insert_header("tracestate", s)?;
+    }
+    Ok(())
+}
+
 fn host_of(req: &RequestHeader) -> &str {
     req.uri
         .authority()
@@ -313,7 +349,9 @@ impl ProxyHttp for HttpApp {
             .req_header()
             .headers
             .get("traceparent")
-            .map(|v| v.as_bytes().to_vec())
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::hbone::headers::traceparent)
+            .map(String::into_bytes)
             .or_else(|| {
                 ctx.tunnel
                     .as_ref()?
@@ -359,6 +397,7 @@ impl ProxyHttp for HttpApp {
         upstream: &mut RequestHeader,
         ctx: &mut ReqCtx,
     ) -> Result<()> {
+        rebuild_trace_context(upstream)?;
         if let Some(ip) = ctx.tunnel.as_ref().and_then(|t| t.client_ip) {
             let xff = match upstream
                 .headers

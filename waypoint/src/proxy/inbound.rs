@@ -15,13 +15,15 @@ use pingora::protocols::l4::virt::VirtualSocketStream;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
 
 use super::destination::Destination;
 use super::http::HttpApp;
+use super::idle::{Activity, Tracked};
 use super::sniff::{Sniffed, sniff};
 use super::upstream::Upstream;
 use crate::config::ConfigHandle;
-use crate::hbone::server::{ConnInfo, Tunnel, TunnelHandler};
+use crate::hbone::server::{ConnInfo, Timeouts, Tunnel, TunnelHandler};
 use crate::hbone::stream::H2Stream;
 use crate::metrics::Metrics;
 
@@ -46,7 +48,12 @@ pub struct Inbound {
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<Metrics>,
     pub shutdown: ShutdownWatch,
+    pub timeouts: Timeouts,
 }
+
+/// Longest HTTP/1 request head waited for under the request-headers timeout; a longer one is
+/// Pingora's to refuse.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 impl std::fmt::Debug for Inbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,8 +69,19 @@ enum Inner {
 }
 
 impl TunnelHandler for Inbound {
+    fn trust_domains(&self) -> Arc<[String]> {
+        self.config.load().trust_domains.clone()
+    }
+
     async fn handle(self: Arc<Self>, tunnel: Tunnel) {
         let snapshot = self.config.load();
+        if let Some(refusal) = self.leads_to_us(&tunnel, &snapshot) {
+            self.metrics.tunnels_rejected.inc();
+            self.metrics.self_destination_refused.inc();
+            super::own::log_refused("CONNECT refused", &refusal);
+            tunnel.reject(StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        }
         let Some(dest) = Destination::resolve(&snapshot, tunnel.target) else {
             self.metrics.tunnels_rejected.inc();
             tracing::warn!(
@@ -88,13 +106,32 @@ impl TunnelHandler for Inbound {
                 return;
             }
         };
-        let inner = match dest.protocol() {
-            Protocol::Tcp => Inner::Tcp,
-            Protocol::Http2 => Inner::H2c,
-            Protocol::Http => detect(&mut stream, None).await.unwrap_or(Inner::Http1),
-            Protocol::Unknown => detect(&mut stream, Some(SNIFF_TIMEOUT))
-                .await
-                .unwrap_or(Inner::Tcp),
+        let first_byte = self.timeouts.first_byte;
+        let detected = match dest.protocol() {
+            Protocol::Tcp => Detected::Found(Inner::Tcp),
+            // A declared HTTP port waits for the client's first byte, for so long.
+            Protocol::Http2 => match detect(&mut stream, first_byte).await {
+                Detected::Found(_) => Detected::Found(Inner::H2c),
+                other => other,
+            },
+            Protocol::Http => match detect(&mut stream, first_byte).await {
+                Detected::Found(Inner::Tcp) => Detected::Found(Inner::Http1),
+                other => other,
+            },
+            // Server-first protocols never speak: silence means opaque TCP.
+            Protocol::Unknown => match detect(&mut stream, SNIFF_TIMEOUT).await {
+                Detected::Silent => Detected::Found(Inner::Tcp),
+                other => other,
+            },
+        };
+        let inner = match detected {
+            Detected::Found(inner) => inner,
+            Detected::Ended => return,
+            Detected::Silent => {
+                self.metrics.timeouts.first_byte.inc();
+                tracing::info!(destination = %dest, timeout = ?first_byte, "no byte on an HTTP port; closing the tunnel");
+                return;
+            }
         };
         tracing::debug!(destination = %dest, ?inner, "tunnel open");
         match inner {
@@ -106,6 +143,7 @@ impl TunnelHandler for Inbound {
                     &snapshot,
                     &self.upstream,
                     &self.metrics,
+                    self.timeouts.stream_idle,
                 )
                 .await;
             }
@@ -117,29 +155,111 @@ impl TunnelHandler for Inbound {
     }
 }
 
-/// Reads until the first bytes tell HTTP/1, h2c or something else; `None` on timeout or EOF.
-async fn detect(stream: &mut H2Stream, timeout: Option<Duration>) -> Option<Inner> {
+/// What the first bytes of a tunnel said.
+enum Detected {
+    Found(Inner),
+    /// The client ended the stream (or it failed) before saying anything decisive.
+    Ended,
+    /// Nothing within the wait.
+    Silent,
+}
+
+/// Reads until the first bytes tell HTTP/1, h2c or something else.
+async fn detect(stream: &mut H2Stream, timeout: Duration) -> Detected {
     let look = async {
         let mut want = 1;
         loop {
-            let buf = stream.peek(want).await.ok()?;
+            let Ok(buf) = stream.peek(want).await else {
+                return Detected::Ended;
+            };
             match sniff(buf) {
-                Sniffed::Http1 => return Some(Inner::Http1),
-                Sniffed::H2c => return Some(Inner::H2c),
-                Sniffed::Opaque => return Some(Inner::Tcp),
-                Sniffed::NeedMore if buf.len() < want => return Some(Inner::Tcp),
+                Sniffed::Http1 => return Detected::Found(Inner::Http1),
+                Sniffed::H2c => return Detected::Found(Inner::H2c),
+                Sniffed::Opaque => return Detected::Found(Inner::Tcp),
+                Sniffed::NeedMore if buf.is_empty() => return Detected::Ended,
+                Sniffed::NeedMore if buf.len() < want => return Detected::Found(Inner::Tcp),
                 Sniffed::NeedMore => want = buf.len() + 1,
             }
         }
     };
-    match timeout {
-        Some(t) => tokio::time::timeout(t, look).await.ok().flatten(),
-        None => look.await,
-    }
+    tokio::time::timeout(timeout, look)
+        .await
+        .unwrap_or(Detected::Silent)
+}
+
+/// Waits until the buffered bytes hold a whole HTTP/1 request head (or more than
+/// [`MAX_REQUEST_HEAD`], or the stream ends); false when `limit` passes first.
+async fn request_head(stream: &mut H2Stream, limit: Duration) -> bool {
+    let complete = async {
+        let mut want = 1;
+        loop {
+            let Ok(buf) = stream.peek(want).await else {
+                return;
+            };
+            if buf.len() < want
+                || buf.len() > MAX_REQUEST_HEAD
+                || buf.windows(4).any(|w| w == b"\r\n\r\n")
+            {
+                return;
+            }
+            want = buf.len() + 1;
+        }
+    };
+    tokio::time::timeout(limit, complete).await.is_ok()
 }
 
 impl Inbound {
-    async fn serve_http(&self, stream: H2Stream, ctx: Arc<TunnelCtx>, inner: Inner) {
+    /// Whether this tunnel would lead back into the waypoint: a CONNECT to one of our own
+    /// listeners, or to a destination whose every endpoint is us or a reserved port.
+    fn leads_to_us(
+        &self,
+        tunnel: &Tunnel,
+        snapshot: &crate::config::Snapshot,
+    ) -> Option<super::own::Refusal> {
+        let own = &self.upstream.own;
+        if own.is_ours(tunnel.target) {
+            return Some(super::own::Refusal::Ours(tunnel.target));
+        }
+        let dest = Destination::resolve(snapshot, tunnel.target)?;
+        let mut refusal = None;
+        let usable =
+            dest.any_endpoint(
+                |ep| match self.upstream.check(ep.address, ep.identity.as_deref()) {
+                    Ok(()) => true,
+                    Err(r) => {
+                        refusal = Some(r);
+                        false
+                    }
+                },
+            );
+        if usable { None } else { refusal }
+    }
+    /// Serves the tunnel's HTTP until the client is done or the stream has been idle for the
+    /// stream idle timeout.
+    async fn serve_http(&self, mut stream: H2Stream, ctx: Arc<TunnelCtx>, inner: Inner) {
+        if inner == Inner::Http1 && !request_head(&mut stream, self.timeouts.request_headers).await
+        {
+            self.metrics.timeouts.request_headers.inc();
+            tracing::info!(timeout = ?self.timeouts.request_headers, "request headers incomplete; 408");
+            // Envoy's answer to request_headers_timeout.
+            let _ = stream
+                .write_all(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        let activity = Activity::new();
+        let stream = Tracked::new(stream, activity.clone());
+        tokio::select! {
+            () = self.serve_http_inner(stream, ctx, inner) => {}
+            () = activity.idle(self.timeouts.stream_idle) => {
+                self.metrics.timeouts.stream_idle.inc();
+                tracing::info!(timeout = ?self.timeouts.stream_idle, "idle HTTP tunnel closed");
+            }
+        }
+    }
+
+    async fn serve_http_inner(&self, stream: Tracked<H2Stream>, ctx: Arc<TunnelCtx>, inner: Inner) {
         let mut stream = Stream::from(VirtualSocketStream::new(Box::new(stream)));
         let Ok(header) = ResponseHeader::build(200, None) else {
             return;

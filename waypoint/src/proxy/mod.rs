@@ -5,7 +5,9 @@
 
 pub mod destination;
 pub mod http;
+pub mod idle;
 pub mod inbound;
+pub mod own;
 pub mod relay;
 pub mod sniff;
 pub mod tcp;

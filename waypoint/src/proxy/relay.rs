@@ -106,7 +106,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
         identity: value(IDENTITY_HEADER)
             .filter(|v| !v.is_empty())
             .map(str::to_owned),
-        traceparent: value("traceparent").map(str::to_owned),
+        traceparent: value("traceparent").and_then(crate::hbone::headers::traceparent),
         consumed,
     }))
 }

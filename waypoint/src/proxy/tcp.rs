@@ -23,6 +23,7 @@ pub async fn serve(
     snapshot: &Snapshot,
     upstream: &Upstream,
     metrics: &Metrics,
+    stream_idle: std::time::Duration,
 ) {
     // Decide before any await: the request borrows data that is not `Sync`.
     let denied = {
@@ -85,8 +86,16 @@ pub async fn serve(
         stream.reset(h2::Reason::CONNECT_ERROR);
         return;
     };
-    match tokio::io::copy_bidirectional(&mut stream, &mut up).await {
-        Ok((to_app, to_client)) => tracing::debug!(to_app, to_client, "TCP relay finished"),
-        Err(e) => tracing::debug!(error = %e, "TCP relay ended with an error"),
+    let activity = super::idle::Activity::new();
+    let mut stream = super::idle::Tracked::new(stream, activity.clone());
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut stream, &mut up) => match r {
+            Ok((to_app, to_client)) => tracing::debug!(to_app, to_client, "TCP relay finished"),
+            Err(e) => tracing::debug!(error = %e, "TCP relay ended with an error"),
+        },
+        () = activity.idle(stream_idle) => {
+            metrics.timeouts.stream_idle.inc();
+            tracing::info!(destination = %dest, timeout = ?stream_idle, "idle TCP tunnel closed");
+        }
     }
 }

@@ -8,6 +8,7 @@ use gateway_api_bindings::mesh::Endpoint;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::own::{OwnAddresses, Refusal};
 use crate::hbone::client::{Connector, TunnelError};
 use crate::metrics::Metrics;
 
@@ -26,12 +27,16 @@ pub enum UpstreamError {
     },
     #[error("connecting to {0}: timed out")]
     Timeout(SocketAddr),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 #[derive(Debug)]
 pub struct Upstream {
     pub hbone: Connector,
     pub connect_timeout: Duration,
+    /// Addresses no upstream connection may reach (our own, reserved ports).
+    pub own: OwnAddresses,
     metrics: Arc<Metrics>,
 }
 
@@ -40,8 +45,18 @@ impl Upstream {
         Upstream {
             hbone,
             connect_timeout: Duration::from_secs(5),
+            own: OwnAddresses::default(),
             metrics,
         }
+    }
+
+    /// Where a connection to `address` would actually go: its ztunnel when `identity` is known.
+    pub fn check(&self, address: SocketAddr, identity: Option<&str>) -> Result<(), Refusal> {
+        let dial = match identity {
+            Some(_) => SocketAddr::new(address.ip(), self.hbone.port),
+            None => address,
+        };
+        self.own.check(address, dial)
     }
 
     /// Opens a stream to `address`: through its ztunnel when `identity` is known, else directly.
@@ -51,6 +66,13 @@ impl Upstream {
         identity: Option<&str>,
         traceparent: Option<&str>,
     ) -> Result<Box<dyn Io>, UpstreamError> {
+        // On every path (HBONE, plain TCP, HTTP through the relay): never into ourselves.
+        if let Err(refusal) = self.check(address, identity) {
+            self.metrics.self_destination_refused.inc();
+            self.metrics.upstream_connect_failures.inc();
+            super::own::log_refused("upstream connection refused", &refusal);
+            return Err(refusal.into());
+        }
         let r = match identity {
             Some(id) => self
                 .hbone

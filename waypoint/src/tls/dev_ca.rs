@@ -91,6 +91,22 @@ impl DevCa {
         })
     }
 
+    /// A workload-shaped certificate with any number of URI SANs (none, several, foreign trust
+    /// domains): what a compromised or misconfigured CA could hand a peer, for tests of the
+    /// identity rules.
+    pub fn issue_uris(&self, uris: &[&str], lifetime: Duration) -> Result<IssuedCert, IssueError> {
+        let key = KeyPair::generate()?;
+        let mut params = workload_params(lifetime)?;
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| Ok(SanType::URI((*u).try_into()?)))
+            .collect::<Result<_, rcgen::Error>>()?;
+        Ok(IssuedCert {
+            chain_pem: params.signed_by(&key, &self.issuer)?.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// A PEM workload certificate for `spiffe_id` over someone else's public key, as a CA
     /// answering a CSR does: the name comes from the CA's own knowledge, not the request.
     pub fn sign(
@@ -99,23 +115,28 @@ impl DevCa {
         lifetime: Duration,
         public_key: &impl PublicKeyData,
     ) -> Result<String, IssueError> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut params = workload_params(lifetime)?;
         params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into()?)];
-        params.distinguished_name = DistinguishedName::new();
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(1);
-        params.not_after =
-            now + time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(1));
         Ok(params.signed_by(public_key, &self.issuer)?.pem())
     }
+}
+
+/// Istio's workload certificate shape without its name: no subject, serverAuth + clientAuth.
+fn workload_params(lifetime: Duration) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = DistinguishedName::new();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(1));
+    Ok(params)
 }

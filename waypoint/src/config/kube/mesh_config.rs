@@ -10,6 +10,9 @@ use crate::config::MeshSettings;
 pub struct Overrides {
     pub root_namespace: Option<String>,
     pub trust_domain: Option<String>,
+    /// Replaces the mesh config's `trustDomainAliases` when given (even empty: `--trust-domain-alias` absent
+    /// leaves it `None`).
+    pub trust_domain_aliases: Option<Vec<String>>,
     pub path_normalization: Option<PathNormalization>,
 }
 
@@ -18,6 +21,7 @@ pub struct Overrides {
 pub struct MeshConfig {
     pub root_namespace: Option<String>,
     pub trust_domain: Option<String>,
+    pub trust_domain_aliases: Vec<String>,
     pub path_normalization: Option<PathNormalization>,
 }
 
@@ -28,6 +32,8 @@ struct Raw {
     root_namespace: Option<String>,
     #[serde(default)]
     trust_domain: Option<String>,
+    #[serde(default)]
+    trust_domain_aliases: Option<Vec<String>>,
     #[serde(default)]
     path_normalization: Option<RawNormalization>,
 }
@@ -60,6 +66,12 @@ impl MeshConfig {
         Ok(MeshConfig {
             root_namespace: raw.root_namespace.filter(|s| !s.is_empty()),
             trust_domain: raw.trust_domain.filter(|s| !s.is_empty()),
+            trust_domain_aliases: raw
+                .trust_domain_aliases
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect(),
             path_normalization,
         })
     }
@@ -79,6 +91,10 @@ impl MeshConfig {
                 .clone()
                 .or_else(|| self.trust_domain.clone())
                 .unwrap_or(defaults.trust_domain),
+            trust_domain_aliases: overrides
+                .trust_domain_aliases
+                .clone()
+                .unwrap_or_else(|| self.trust_domain_aliases.clone()),
             path_normalization: overrides
                 .path_normalization
                 .or(self.path_normalization)
@@ -100,6 +116,12 @@ mod tests {
         let base = MeshSettings::default();
         let s = mc.settings(&Overrides::default(), &base);
         assert_eq!(s.trust_domain, "example.org");
+        assert!(s.trust_domain_aliases.is_empty());
+        let aliased =
+            MeshConfig::parse("trustDomain: new.td\ntrustDomainAliases: [old.td, \"\"]\n")
+                .unwrap()
+                .settings(&Overrides::default(), &base);
+        assert_eq!(aliased.trust_domain_aliases, ["old.td"]);
         assert_eq!(s.root_namespace, "mesh-root");
         assert_eq!(s.path_normalization, PathNormalization::MergeSlashes);
         let flags = Overrides {

@@ -393,6 +393,7 @@ impl State {
             authn: self.authn.clone(),
             destinations: Arc::new(self.destinations.destinations().clone()),
             path_normalization: self.settings.path_normalization,
+            trust_domains: self.settings.trust_domains(),
         };
         drop(store);
         let version = snapshot.version;

@@ -58,6 +58,8 @@ pub struct MeshOptions {
     pub identity: Option<IdentitySource>,
     /// The mesh CA; a new one otherwise.
     pub ca: Option<Arc<DevCa>>,
+    /// Adjusts the in-process waypoint's options (timeouts, fixed admin ports) before it starts.
+    pub tune: Option<fn(&mut RunOptions)>,
 }
 
 impl Default for MeshOptions {
@@ -83,6 +85,7 @@ impl Default for MeshOptions {
             kube: None,
             identity: None,
             ca: None,
+            tune: None,
         }
     }
 }
@@ -338,6 +341,9 @@ impl Mesh {
         run.admin_addr = SocketAddr::new(wp_ip, 0);
         run.server.drain_grace = opts.drain_grace;
         run.poll_interval = Duration::from_millis(100);
+        if let Some(tune) = opts.tune {
+            tune(&mut run);
+        }
         let waypoint = waypoint::run::start(run).await?;
         Ok(Mesh {
             block,

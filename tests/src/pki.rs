@@ -55,6 +55,22 @@ impl Pki {
     /// Issues a day-long certificate for `spiffe_id`, saved as `<file_stem>.pem` / `-key.pem`.
     pub fn issue(&self, spiffe_id: &str, file_stem: &str) -> anyhow::Result<WorkloadCert> {
         let issued = self.ca.issue(spiffe_id, Duration::from_secs(24 * 3600))?;
+        self.save(spiffe_id, file_stem, &issued)
+    }
+
+    /// A certificate with exactly these URI SANs (none, several, another trust domain), for
+    /// probes of the identity rules; `spiffe_id` is the first of them or empty.
+    pub fn issue_uris(&self, uris: &[&str], file_stem: &str) -> anyhow::Result<WorkloadCert> {
+        let issued = self.ca.issue_uris(uris, Duration::from_secs(24 * 3600))?;
+        self.save(uris.first().copied().unwrap_or(""), file_stem, &issued)
+    }
+
+    fn save(
+        &self,
+        spiffe_id: &str,
+        file_stem: &str,
+        issued: &waypoint::tls::dev_ca::IssuedCert,
+    ) -> anyhow::Result<WorkloadCert> {
         let chain_path = self.dir.join(format!("{file_stem}.pem"));
         let key_path = self.dir.join(format!("{file_stem}-key.pem"));
         std::fs::write(&chain_path, &issued.chain_pem)?;

@@ -114,10 +114,7 @@ impl TunnelHandler for Inbound {
                 Detected::Found(_) => Detected::Found(Inner::H2c),
                 other => other,
             },
-            Protocol::Http => match detect(&mut stream, first_byte).await {
-                Detected::Found(Inner::Tcp) => Detected::Found(Inner::Http1),
-                other => other,
-            },
+            Protocol::Http => detect(&mut stream, first_byte).await,
             // Server-first protocols never speak: silence means opaque TCP.
             Protocol::Unknown => match detect(&mut stream, SNIFF_TIMEOUT).await {
                 Detected::Silent => Detected::Found(Inner::Tcp),
@@ -158,7 +155,7 @@ impl TunnelHandler for Inbound {
 /// What the first bytes of a tunnel said.
 enum Detected {
     Found(Inner),
-    /// The client ended the stream (or it failed) before saying anything decisive.
+    /// The stream failed (a reset) before saying anything decisive.
     Ended,
     /// Nothing within the wait.
     Silent,
@@ -176,7 +173,6 @@ async fn detect(stream: &mut H2Stream, timeout: Duration) -> Detected {
                 Sniffed::Http1 => return Detected::Found(Inner::Http1),
                 Sniffed::H2c => return Detected::Found(Inner::H2c),
                 Sniffed::Opaque => return Detected::Found(Inner::Tcp),
-                Sniffed::NeedMore if buf.is_empty() => return Detected::Ended,
                 Sniffed::NeedMore if buf.len() < want => return Detected::Found(Inner::Tcp),
                 Sniffed::NeedMore => want = buf.len() + 1,
             }

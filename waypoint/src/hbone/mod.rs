@@ -1,4 +1,4 @@
-//! HBONE: HTTP/2 CONNECT over mutual TLS, as ztunnel speaks it (`shared/reference/hbone.md`).
+//! HBONE: HTTP/2 CONNECT over mutual TLS, as ztunnel speaks it (the wire contract is `docs/hbone.md`).
 //!
 //! * [`server`]: the listener ztunnels send client traffic to.
 //! * [`client`]: tunnels we open to destination ztunnels, pooled per (pod IP, identity).

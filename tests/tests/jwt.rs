@@ -895,8 +895,20 @@ async fn work_and_memory_per_token_are_bounded() {
             jsonwebtoken::encode(&h, claims, &EncodingKey::from_secret(secret)).unwrap()
         };
 
+        // Resident memory, printed for the record (other tests share the process: no bound).
+        let rss = || {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
+                })
+                .unwrap_or_default()
+        };
+        println!("RSS before: {} kB", rss());
         // Large valid tokens: verified, never cached.
-        for i in 0..200 {
+        for i in 0..1000 {
             let t = sign(
                 Some("h"),
                 &claims(iss, &format!("u{i}"), json!({"pad": "p".repeat(80_000)})),
@@ -904,6 +916,7 @@ async fn work_and_memory_per_token_are_bounded() {
             assert!(check(&authn, &bearer(&t), None).await.unwrap().is_some());
         }
         assert_eq!(a.cached_tokens(), 0, "tokens over 4 KiB are not cached");
+        println!("RSS after 1,000 distinct 80 KB tokens: {} kB", rss());
 
         // Many distinct small valid tokens: the cache stays within its entries and bytes.
         for i in 0..3000 {
@@ -916,9 +929,10 @@ async fn work_and_memory_per_token_are_bounded() {
             assert!(a.cached_tokens() <= cache::MAX_ENTRIES);
         }
         println!(
-            "after 3,000 distinct 3.4 KB tokens: {} cached, ~{} bytes",
+            "after 3,000 distinct 3.4 KB tokens: {} cached, ~{} bytes, RSS {} kB",
             a.cached_tokens(),
-            a.cached_bytes()
+            a.cached_bytes(),
+            rss()
         );
 
         // Forged kid-less tokens against 10,000 kid-less keys: each is checked against at

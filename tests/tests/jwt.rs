@@ -474,6 +474,7 @@ impl Probe {
 /// APP receives. Each answer is printed (`--nocapture`) so a run on older code shows what got
 /// through there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stdout)] // the record of what each probe got through (`--nocapture`)
 async fn what_the_app_receives() {
     tokio::time::timeout(Duration::from_secs(120), async {
         let k1 = SigningKey::rsa("k1");
@@ -863,6 +864,7 @@ spec:
 /// are verified but never cached, the cache stays within its byte budget, a forged token sent
 /// again is refused from memory, and a kid-less token meets at most a few of 10,000 keys.
 #[tokio::test]
+#[allow(clippy::print_stdout)] // the figures docs/performance.md quotes (`--nocapture`)
 async fn work_and_memory_per_token_are_bounded() {
     use base64::Engine as _;
     use jsonwebtoken::{EncodingKey, Header};

@@ -138,17 +138,16 @@ impl Key {
     /// Whether this key's type can check `alg` at all (a selected key of the wrong type simply
     /// fails verification, as in jwt_verify_lib).
     pub fn can_verify(&self, alg: Alg) -> bool {
-        match (&self.material, alg) {
+        matches!(
+            (&self.material, alg),
             (
                 Material::Rsa { .. },
                 Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512,
-            ) => true,
-            (Material::Ec { p384: false, .. }, Alg::ES256) => true,
-            (Material::Ec { p384: true, .. }, Alg::ES384) => true,
-            (Material::Oct(_), Alg::HS256 | Alg::HS384 | Alg::HS512) => true,
-            (Material::Ed25519(_), Alg::EdDSA) => true,
-            _ => false,
-        }
+            ) | (Material::Ec { p384: false, .. }, Alg::ES256)
+                | (Material::Ec { p384: true, .. }, Alg::ES384)
+                | (Material::Oct(_), Alg::HS256 | Alg::HS384 | Alg::HS512)
+                | (Material::Ed25519(_), Alg::EdDSA)
+        )
     }
 }
 

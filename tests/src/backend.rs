@@ -8,7 +8,8 @@ use tokio::task::JoinHandle;
 
 /// Starts an HTTP/1.1 keep-alive server on `addr`. Every response is `200` with a body of
 /// `name method path` and one `header: value` line per interesting header it received
-/// (`x-forwarded-for`, `traceparent`, `tracestate`), so tests can see what the waypoint forwarded.
+/// (`x-forwarded-for`, `traceparent`, `tracestate`, every `authorization` and `cookie`,
+/// `x-jwt-*`), so tests can see what the waypoint forwarded.
 pub async fn http(addr: SocketAddr, name: &'static str) -> std::io::Result<JoinHandle<()>> {
     let l = TcpListener::bind(addr).await?;
     Ok(tokio::spawn(async move {
@@ -33,15 +34,21 @@ async fn serve_http(mut s: TcpStream, name: &'static str) -> std::io::Result<()>
                         .map(|h| String::from_utf8_lossy(h.value).into_owned())
                 };
                 let mut extra = String::new();
-                for k in [
-                    "x-forwarded-for",
-                    "traceparent",
-                    "tracestate",
-                    "authorization",
-                ] {
+                for k in ["x-forwarded-for", "traceparent", "tracestate"] {
                     if let Some(v) = get(k) {
                         extra.push_str(&format!("{k}: {v}\n"));
                     }
+                }
+                // Every credential line, in order: what a token left behind in the request.
+                for h in req.headers.iter().filter(|h| {
+                    h.name.eq_ignore_ascii_case("authorization")
+                        || h.name.eq_ignore_ascii_case("cookie")
+                }) {
+                    extra.push_str(&format!(
+                        "{}: {}\n",
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value)
+                    ));
                 }
                 // What RequestAuthentication adds (outputClaimToHeaders, outputPayloadToHeader).
                 for h in req.headers.iter().filter(|h| h.name.starts_with("x-jwt-")) {

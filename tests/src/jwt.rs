@@ -75,11 +75,35 @@ impl SigningKey {
         }
     }
 
+    /// The same key published differently (no `kid`, `use: enc`, another `alg`...).
+    pub fn with_jwk(
+        mut self,
+        edit: impl FnOnce(&mut serde_json::Map<String, Value>),
+    ) -> SigningKey {
+        if let Value::Object(m) = &mut self.jwk {
+            edit(m);
+        }
+        self
+    }
+
     pub fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("signing")
     }
+}
+
+/// `token` with its payload replaced by `claims` and its header and signature kept: what an
+/// attacker without the key can send.
+pub fn forge(token: &str, claims: &Value) -> String {
+    let mut parts = token.split('.');
+    let (header, _, signature) = (parts.next(), parts.next(), parts.next());
+    format!(
+        "{}.{}.{}",
+        header.unwrap_or(""),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        signature.unwrap_or("")
+    )
 }
 
 /// A JWKS document holding `keys`.

@@ -12,7 +12,7 @@ use waypoint::authn::jwks::{JwksOptions, JwksRegistry};
 use waypoint::authn::{Authn, AuthnError};
 use waypoint::metrics::Metrics;
 use waypoint_tests::http1;
-use waypoint_tests::jwt::{JwksServer, SigningKey, claims, now};
+use waypoint_tests::jwt::{JwksServer, SigningKey, claims, forge, now};
 use waypoint_tests::mesh::{HTTPBIN_VIP, Mesh, MeshOptions};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -67,10 +67,9 @@ async fn check(
     query: Option<&str>,
 ) -> Result<Option<String>, AuthnError> {
     let a = authn.for_target(None).expect("rules bound to the waypoint");
-    let Some(found) = a.find(headers, query)? else {
-        return Ok(None);
-    };
-    Ok(Some(a.verify(&found).await?.principal.clone()))
+    Ok(a.authenticate(headers, query)
+        .await?
+        .map(|accepted| accepted.verified.principal.clone()))
 }
 
 #[tokio::test]
@@ -93,8 +92,12 @@ async fn rsa_and_ec_tokens_validate_and_shape_the_request() {
             let token = key.sign(&claims(iss, "alice", json!({"aud": ["api", "other"], "scope": "read write", "org": {"team": "blue"}})));
             let a = authn.for_target(None).unwrap();
             let mut headers = bearer(&token);
-            let found = a.find(&headers, None).unwrap().unwrap();
-            let v = a.verify(&found).await.unwrap_or_else(|e| panic!("{:?}: {e}", key.alg));
+            let accepted = a
+                .authenticate(&headers, None)
+                .await
+                .unwrap_or_else(|e| panic!("{:?}: {e}", key.alg))
+                .unwrap();
+            let v = &accepted.verified;
             assert_eq!(v.principal, format!("{iss}/alice"));
             // scope is space-delimited by default: a list for `request.auth.claims[scope]`.
             assert_eq!(
@@ -104,7 +107,8 @@ async fn rsa_and_ec_tokens_validate_and_shape_the_request() {
                     policy_engine::Claim::String("write".into())
                 ]))
             );
-            a.apply(&found, &v, &mut headers);
+            a.sanitize(&mut headers);
+            accepted.apply(&mut headers);
             assert!(headers.get("authorization").is_none(), "stripped unless forwardOriginalToken");
             assert_eq!(headers["x-jwt-sub"], "alice");
             assert_eq!(headers["x-jwt-team"], "blue");
@@ -185,7 +189,9 @@ async fn bad_tokens_are_refused_with_envoys_reasons() {
             check(&authn, &HeaderMap::new(), Some("x=1")).await,
             Ok(None)
         );
-        // The default locations are the bearer header and access_token; both at once is refused.
+        // The default locations are the bearer header and access_token. The same token in
+        // both is one token (Envoy verifies it twice and accepts); two different ones are
+        // refused.
         let q = format!("access_token={ok}");
         assert!(
             check(&authn, &HeaderMap::new(), Some(&q))
@@ -193,8 +199,15 @@ async fn bad_tokens_are_refused_with_envoys_reasons() {
                 .unwrap()
                 .is_some()
         );
+        assert!(
+            check(&authn, &bearer(&ok), Some(&q))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let other = t(json!({"aud": "api", "sub": "bob"}));
         assert_eq!(
-            check(&authn, &bearer(&ok), Some(&q)).await,
+            check(&authn, &bearer(&other), Some(&q)).await,
             Err(AuthnError::MultipleTokens)
         );
     })
@@ -417,4 +430,570 @@ spec:
     })
     .await
     .unwrap();
+}
+
+/// One request through the waypoint and what it must come to: the status and, when the app
+/// answered, lines the app must and must not have received (its echo: request line, every
+/// `authorization` and `cookie`, every `x-jwt-*` header).
+struct Probe {
+    what: &'static str,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    status: u16,
+    app_sees: Vec<String>,
+    app_never_sees: Vec<String>,
+}
+
+fn probe(what: &'static str, path: impl Into<String>, headers: &[(&'static str, &str)]) -> Probe {
+    Probe {
+        what,
+        path: path.into(),
+        headers: headers.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        status: 200,
+        app_sees: Vec::new(),
+        app_never_sees: Vec::new(),
+    }
+}
+
+impl Probe {
+    fn status(mut self, s: u16) -> Probe {
+        self.status = s;
+        self
+    }
+    fn sees(mut self, line: impl Into<String>) -> Probe {
+        self.app_sees.push(line.into());
+        self
+    }
+    fn never(mut self, text: impl Into<String>) -> Probe {
+        self.app_never_sees.push(text.into());
+        self
+    }
+}
+
+/// Every attack of the RequestAuthentication review, through the live mesh, asserting what the
+/// APP receives. Each answer is printed (`--nocapture`) so a run on older code shows what got
+/// through there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stdout)] // the record of what each probe got through (`--nocapture`)
+async fn what_the_app_receives() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let k1 = SigningKey::rsa("k1");
+        // Published without a kid: jwt_verify_lib tries it for any token.
+        let nokid = SigningKey::ec("x").with_jwk(|j| {
+            j.remove("kid");
+        });
+        // An encryption key: never verifies a signature.
+        let enc = SigningKey::rsa("enc").with_jwk(|j| {
+            j.remove("alg");
+            j.insert("use".into(), json!("enc"));
+        });
+        // An RSA key published for RSA-OAEP: jwt_verify_lib refuses it at load.
+        let oaep = SigningKey::rsa("oaep").with_jwk(|j| {
+            j.remove("use");
+            j.insert("alg".into(), json!("RSA-OAEP"));
+        });
+        let server = JwksServer::start(&[&k1, &nokid, &enc, &oaep])
+            .await
+            .unwrap();
+        let iss = "https://issuer.example";
+        let iss2 = "https://forwarding.example";
+        let policies = format!(
+            r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: ambient-demo}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: httpbin}}]
+  jwtRules:
+  - issuer: {iss}
+    jwksUri: {uri}
+    fromHeaders: [{{name: Authorization, prefix: "Bearer "}}]
+    fromParams: [access_token]
+    fromCookies: [session]
+    outputPayloadToHeader: x-jwt-payload
+    outputClaimToHeaders: [{{header: x-jwt-role, claim: role}}, {{header: x-jwt-sub, claim: sub}}]
+  - issuer: {iss2}
+    jwksUri: {uri}
+    fromHeaders: [{{name: x-jwt-forwarded}}]
+    forwardOriginalToken: true
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: app, namespace: ambient-demo}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: httpbin}}]
+  rules:
+  - to: [{{operation: {{paths: ["/anything*"]}}}}]
+  - to: [{{operation: {{paths: ["/admin"]}}}}]
+    when: [{{key: "request.headers[x-jwt-role]", values: [admin]}}]
+  - to: [{{operation: {{paths: ["/claims"]}}}}]
+    when: [{{key: "request.auth.claims[role]", values: [admin]}}]
+  - from: [{{source: {{requestPrincipals: ["{iss}/team/alice"]}}}}]
+    to: [{{operation: {{paths: ["/principal"]}}}}]
+"#,
+            uri = server.uri()
+        );
+        let mesh = Mesh::start(MeshOptions {
+            policies,
+            ..MeshOptions::default()
+        })
+        .await
+        .unwrap();
+
+        let c = |extra: serde_json::Value| claims(iss, "alice", extra);
+        let alice = k1.sign(&c(json!({"role": "user"})));
+        let root = k1.sign(&claims(iss, "root", json!({"role": "admin"})));
+        let norole = k1.sign(&claims(iss, "carol", json!({})));
+        let slash = k1.sign(&claims(iss, "team/alice", json!({})));
+        let forged = forge(&alice, &claims(iss, "mallory", json!({"role": "admin"})));
+        let fwd = k1.sign(&claims(iss2, "dave", json!({})));
+        let mut sub_number = claims(iss, "x", json!({}));
+        sub_number["sub"] = json!(123);
+        let sub_number = k1.sign(&sub_number);
+        let aud_number = k1.sign(&c(json!({"aud": 5})));
+        let exp_huge = k1.sign(&c(json!({"exp": 1e300})));
+        let iss_number = {
+            let mut v = c(json!({}));
+            v["iss"] = json!(7);
+            k1.sign(&v)
+        };
+        let by_nokid = nokid.sign(&c(json!({})));
+        let by_enc = enc.sign(&c(json!({})));
+        let by_oaep = oaep.sign(&c(json!({})));
+        let bearer = |t: &str| format!("Bearer {t}");
+        let pct = |t: &str| t.replace('.', "%2E");
+
+        let probes = vec![
+            // 1. Client-sent output headers.
+            probe(
+                "no token, forged x-jwt-role",
+                "/admin",
+                &[("x-jwt-role", "admin")],
+            )
+            .status(403),
+            probe(
+                "no token, forged output headers",
+                "/anything",
+                &[
+                    ("x-jwt-role", "admin"),
+                    ("x-jwt-payload", "e30"),
+                    ("x-jwt-sub", "root"),
+                ],
+            )
+            .never("x-jwt-"),
+            probe(
+                "valid token without the claim, forged x-jwt-role",
+                "/admin",
+                &[("authorization", &bearer(&norole)), ("x-jwt-role", "admin")],
+            )
+            .status(403),
+            probe(
+                "valid token role=user, forged x-jwt-role",
+                "/anything",
+                &[("authorization", &bearer(&alice)), ("x-jwt-role", "admin")],
+            )
+            .sees("x-jwt-role: user")
+            .never("x-jwt-role: admin"),
+            probe(
+                "invalid token, forged x-jwt-role",
+                "/admin",
+                &[("authorization", &bearer(&forged)), ("x-jwt-role", "admin")],
+            )
+            .status(401),
+            // 2. forwardOriginalToken: false removes the token where it was found.
+            probe(
+                "token in the query",
+                format!("/anything?a=1&access_token={alice}&b=2"),
+                &[],
+            )
+            .sees(" GET /anything?a=1&b=2\n")
+            .sees("x-jwt-sub: alice")
+            .never(alice.clone()),
+            probe(
+                "valid then forged access_token",
+                format!("/anything?access_token={alice}&access_token={forged}"),
+                &[],
+            )
+            .sees(" GET /anything\n")
+            .never(forged.clone())
+            .never(alice.clone()),
+            probe(
+                "forged then valid access_token",
+                format!("/anything?access_token={forged}&access_token={alice}"),
+                &[],
+            )
+            .status(401),
+            probe(
+                "token in a header",
+                "/anything",
+                &[("authorization", &bearer(&alice))],
+            )
+            .sees("x-jwt-sub: alice")
+            .never("authorization:"),
+            probe(
+                "forwardOriginalToken: true keeps it",
+                "/anything",
+                &[("x-jwt-forwarded", &fwd)],
+            )
+            .sees(format!("x-jwt-forwarded: {fwd}")),
+            // 3. Extraction as Envoy's extractor.
+            probe(
+                "percent-encoded parameter name, forged",
+                format!("/anything?access%5Ftoken={forged}"),
+                &[],
+            )
+            .status(401),
+            probe(
+                "percent-encoded parameter name, valid",
+                format!("/anything?access%5Ftoken={alice}&x=1"),
+                &[],
+            )
+            .sees(" GET /anything?x=1\n")
+            .sees("x-jwt-sub: alice"),
+            probe(
+                "percent-encoded token value",
+                format!("/anything?access_token={}", pct(&alice)),
+                &[],
+            )
+            .sees(" GET /anything\n")
+            .sees("x-jwt-sub: alice"),
+            probe(
+                "quoted cookie value",
+                "/anything",
+                &[("cookie", &format!("a=b; session=\"{alice}\""))],
+            )
+            .sees("x-jwt-sub: alice")
+            .sees(format!("cookie: a=b; session=\"{alice}\"")),
+            probe(
+                "forged cookie",
+                "/anything",
+                &[("cookie", &format!("session={forged}"))],
+            )
+            .status(401),
+            probe(
+                "Bearer after another scheme in the same value",
+                "/anything",
+                &[("authorization", &format!("Basic Zm9v, Bearer {forged}"))],
+            )
+            .status(401),
+            probe(
+                "lower-case bearer is no token (case-sensitive prefix)",
+                "/anything",
+                &[("authorization", &format!("bearer {forged}"))],
+            )
+            .sees(format!("authorization: bearer {forged}"))
+            .never("x-jwt-sub"),
+            probe(
+                "spaces after the prefix",
+                "/anything",
+                &[("authorization", &format!("Bearer   {alice}"))],
+            )
+            .sees("x-jwt-sub: alice")
+            .never("authorization:"),
+            probe(
+                "two Authorization headers, valid then forged",
+                "/anything",
+                &[
+                    ("authorization", &bearer(&alice)),
+                    ("authorization", &bearer(&forged)),
+                ],
+            )
+            .status(401),
+            probe(
+                "two Authorization headers, forged then valid",
+                "/anything",
+                &[
+                    ("authorization", &bearer(&forged)),
+                    ("authorization", &bearer(&alice)),
+                ],
+            )
+            .status(401),
+            probe(
+                "Basic and Bearer headers",
+                "/anything",
+                &[
+                    ("authorization", "Basic Zm9v"),
+                    ("authorization", &bearer(&alice)),
+                ],
+            )
+            .sees("x-jwt-sub: alice")
+            .never("authorization:"),
+            probe(
+                "same token in header and query",
+                format!("/anything?access_token={alice}"),
+                &[("authorization", &bearer(&alice))],
+            )
+            .sees(" GET /anything\n")
+            .sees("x-jwt-sub: alice")
+            .never("authorization:"),
+            probe(
+                "different valid tokens in header and query",
+                format!("/anything?access_token={norole}"),
+                &[("authorization", &bearer(&alice))],
+            )
+            .status(401),
+            probe(
+                "valid header, forged query",
+                format!("/anything?access_token={forged}"),
+                &[("authorization", &bearer(&alice))],
+            )
+            .status(401),
+            // 4. Claim types and key selection as jwt_verify_lib.
+            probe(
+                "sub is a number",
+                "/anything",
+                &[("authorization", &bearer(&sub_number))],
+            )
+            .status(401),
+            probe(
+                "aud is a number",
+                "/anything",
+                &[("authorization", &bearer(&aud_number))],
+            )
+            .status(401),
+            probe(
+                "exp is 1e300",
+                "/anything",
+                &[("authorization", &bearer(&exp_huge))],
+            )
+            .status(401),
+            probe(
+                "iss is a number",
+                "/anything",
+                &[("authorization", &bearer(&iss_number))],
+            )
+            .status(401),
+            probe(
+                "JWK without kid, token with kid",
+                "/anything",
+                &[("authorization", &bearer(&by_nokid))],
+            )
+            .sees("x-jwt-sub: alice"),
+            probe(
+                "JWK with use: enc",
+                "/anything",
+                &[("authorization", &bearer(&by_enc))],
+            )
+            .status(401),
+            probe(
+                "JWK with alg: RSA-OAEP",
+                "/anything",
+                &[("authorization", &bearer(&by_oaep))],
+            )
+            .status(401),
+            // 6. What already behaved.
+            probe(
+                "claim matching, admin",
+                "/claims",
+                &[("authorization", &bearer(&root))],
+            )
+            .sees("x-jwt-role: admin"),
+            probe(
+                "claim matching, user",
+                "/claims",
+                &[("authorization", &bearer(&alice))],
+            )
+            .status(403),
+            // Istio splits a requestPrincipal at its LAST `/`: "<iss>/team/alice" names issuer
+            // "<iss>/team", which a token of "<iss>" with sub "team/alice" is not.
+            probe(
+                "sub with a slash cannot pose as another issuer's",
+                "/principal",
+                &[("authorization", &bearer(&slash))],
+            )
+            .status(403),
+        ];
+
+        let hbone = mesh.hbone(&mesh.sleep).await.unwrap();
+        let short = |s: &str| {
+            // Tokens are long: print each as the end of its payload.
+            let mut out = s.to_owned();
+            for t in [&alice, &root, &norole, &slash, &forged, &fwd, &by_nokid] {
+                let payload = t.split('.').nth(1).unwrap_or("");
+                out = out.replace(t.as_str(), &format!("<{}…>", &payload[payload.len() - 6..]));
+            }
+            out
+        };
+        let mut failures = Vec::new();
+        for p in &probes {
+            let o = hbone
+                .open(HTTPBIN_VIP, &[("forwarded", "for=\"10.244.1.9:51000\"")])
+                .await
+                .unwrap();
+            assert_eq!(o.status, 200);
+            let mut s = o.stream.unwrap();
+            let headers: Vec<(&str, &str)> =
+                p.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = http1::request(&mut s, "GET", &p.path, &headers, "")
+                .await
+                .unwrap()
+                .unwrap();
+            println!(
+                "PROBE {:<55} -> {} | app: {}",
+                p.what,
+                r.status,
+                short(&r.body).replace('\n', " | ")
+            );
+            let mut wrong = Vec::new();
+            if r.status != p.status {
+                wrong.push(format!("status {} (want {})", r.status, p.status));
+            }
+            if r.status == 200 {
+                for l in &p.app_sees {
+                    if !r.body.contains(l.as_str()) {
+                        wrong.push(format!("app lacks {:?}", short(l)));
+                    }
+                }
+                for l in &p.app_never_sees {
+                    if r.body.contains(l.as_str()) {
+                        wrong.push(format!("app got {:?}", short(l)));
+                    }
+                }
+            }
+            if !wrong.is_empty() {
+                failures.push(format!("{}: {}", p.what, wrong.join(", ")));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    })
+    .await
+    .unwrap();
+}
+
+/// Memory and work stay bounded under many distinct large or forged tokens: large valid tokens
+/// are verified but never cached, the cache stays within its byte budget, a forged token sent
+/// again is refused from memory, and a kid-less token meets at most a few of 10,000 keys.
+#[tokio::test]
+#[allow(clippy::print_stdout)] // the figures docs/performance.md quotes (`--nocapture`)
+async fn work_and_memory_per_token_are_bounded() {
+    use base64::Engine as _;
+    use jsonwebtoken::{EncodingKey, Header};
+    use waypoint::authn::cache;
+    tokio::time::timeout(LIMIT, async {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        // 10,000 keys, none with a kid: every one is a candidate for a kid-less token.
+        let mut keys: Vec<String> = (0..10_000)
+            .map(|i| {
+                format!(
+                    r#"{{"kty":"oct","k":"{}"}}"#,
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .encode(format!("other-secret-{i:05}-padding-bytes"))
+                )
+            })
+            .collect();
+        keys.push(format!(
+            r#"{{"kty":"oct","kid":"h","alg":"HS256","k":"{k}"}}"#
+        ));
+        let jwks = format!(r#"{{"keys":[{}]}}"#, keys.join(",")).replace('\'', "''");
+        let metrics = Arc::new(Metrics::default());
+        let reg = registry(&metrics);
+        let iss = "https://issuer.example";
+        let authn = compile(&format!("{{issuer: '{iss}', jwks: '{jwks}'}}"), &reg);
+        let a = authn.for_target(None).unwrap();
+        let sign = |kid: Option<&str>, claims: &serde_json::Value| {
+            let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
+            h.kid = kid.map(Into::into);
+            jsonwebtoken::encode(&h, claims, &EncodingKey::from_secret(secret)).unwrap()
+        };
+
+        // Resident memory, printed for the record (other tests share the process: no bound).
+        let rss = || {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
+                })
+                .unwrap_or_default()
+        };
+        println!("RSS before: {} kB", rss());
+        // Large valid tokens: verified, never cached.
+        for i in 0..1000 {
+            let t = sign(
+                Some("h"),
+                &claims(iss, &format!("u{i}"), json!({"pad": "p".repeat(80_000)})),
+            );
+            assert!(check(&authn, &bearer(&t), None).await.unwrap().is_some());
+        }
+        assert_eq!(a.cached_tokens(), 0, "tokens over 4 KiB are not cached");
+        println!("RSS after 1,000 distinct 80 KB tokens: {} kB", rss());
+
+        // Many distinct small valid tokens: the cache stays within its entries and bytes.
+        for i in 0..3000 {
+            let t = sign(
+                Some("h"),
+                &claims(iss, &format!("u{i}"), json!({"pad": "p".repeat(2500)})),
+            );
+            assert!(check(&authn, &bearer(&t), None).await.unwrap().is_some());
+            assert!(a.cached_bytes() <= cache::MAX_BYTES, "{}", a.cached_bytes());
+            assert!(a.cached_tokens() <= cache::MAX_ENTRIES);
+        }
+        println!(
+            "after 3,000 distinct 3.4 KB tokens: {} cached, ~{} bytes, RSS {} kB",
+            a.cached_tokens(),
+            a.cached_bytes(),
+            rss()
+        );
+
+        // Forged kid-less tokens against 10,000 kid-less keys: each is checked against at
+        // most MAX_KEYS_TRIED of them; sent again, it is refused from memory.
+        let good = sign(None, &claims(iss, "alice", json!({})));
+        assert!(
+            check(&authn, &bearer(&good), None).await.is_ok(),
+            "keys with a kid are tried first: the right key is not crowded out"
+        );
+        let forged: Vec<String> = (0..2000)
+            .map(|i| forge(&good, &claims(iss, &format!("mallory{i}"), json!({}))))
+            .collect();
+        let started = std::time::Instant::now();
+        for f in &forged {
+            assert_eq!(
+                check(&authn, &bearer(f), None).await,
+                Err(AuthnError::BadSignature)
+            );
+        }
+        println!(
+            "2,000 distinct forged kid-less tokens, 10,000 keys: {:?}",
+            started.elapsed()
+        );
+        assert!(a.refused_tokens() <= cache::MAX_REFUSED);
+        let hits = metrics.jwt_refused_cache_hits.get();
+        assert_eq!(
+            check(&authn, &bearer(&forged[1999]), None).await,
+            Err(AuthnError::BadSignature)
+        );
+        assert_eq!(
+            metrics.jwt_refused_cache_hits.get(),
+            hits + 1,
+            "answered from memory"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+/// Keys that cannot verify are reported when the rule is loaded: a warning each and the metric.
+#[tokio::test]
+async fn unusable_keys_are_reported_at_load() {
+    use base64::Engine as _;
+    let metrics = Arc::new(Metrics::default());
+    let reg = registry(&metrics);
+    let b = |n: usize| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(vec![0xC5u8; n]);
+    let jwks = format!(
+        r#"{{"keys":[{{"kty":"RSA","kid":"small","n":"{}","e":"AQAB"}},{{"kty":"EC","crv":"P-521","kid":"p521","x":"{}","y":"{}"}},{{"kty":"oct","use":"enc","k":"{}"}}]}}"#,
+        b(128),
+        b(66),
+        b(66),
+        b(32)
+    );
+    let _authn = compile(
+        &format!("{{issuer: 'https://i.example', jwks: '{jwks}'}}"),
+        &reg,
+    );
+    assert_eq!(metrics.jwks_keys_unusable.get(), 3);
+    let problems = waypoint::authn::jwks::inline_problems(Some(&jwks));
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].contains("RSA-1024"), "{problems:?}");
 }

@@ -11,6 +11,9 @@ impl Counter {
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn inc_by(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -137,6 +140,8 @@ pub struct Metrics {
     pub jwt_cache_hits: Counter,
     pub jwks_fetches: Counter,
     pub jwks_fetch_failures: Counter,
+    pub jwt_refused_cache_hits: Counter,
+    pub jwks_keys_unusable: Counter,
     /// Workload certificates installed (the first one included), and failed attempts to get one.
     pub identity_renewals: Counter,
     pub identity_renewal_failures: Counter,
@@ -181,6 +186,8 @@ impl Default for Metrics {
             jwt_cache_hits: Counter::default(),
             jwks_fetches: Counter::default(),
             jwks_fetch_failures: Counter::default(),
+            jwt_refused_cache_hits: Counter::default(),
+            jwks_keys_unusable: Counter::default(),
             identity_renewals: Counter::default(),
             identity_renewal_failures: Counter::default(),
             identity_expiry: Gauge::default(),
@@ -348,7 +355,7 @@ impl Metrics {
         );
         counter(
             "waypoint_jwt_rejected_total",
-            "Requests answered 401 for their JWT.",
+            "Requests refused for their JWT (401, or 403 for audiences).",
             self.jwt_rejected.get(),
         );
         counter(
@@ -365,6 +372,16 @@ impl Metrics {
             "waypoint_jwks_fetch_failures_total",
             "Failed JWKS fetches (the previous keys, if any, stay in use).",
             self.jwks_fetch_failures.get(),
+        );
+        counter(
+            "waypoint_jwt_refused_cache_hits_total",
+            "Refused JWTs answered from the short-lived refusal cache.",
+            self.jwt_refused_cache_hits.get(),
+        );
+        counter(
+            "waypoint_jwks_keys_unusable_total",
+            "JWKS keys left out at load because they cannot verify (logged with the reason).",
+            self.jwks_keys_unusable.get(),
         );
         counter(
             "waypoint_identity_renewals_total",

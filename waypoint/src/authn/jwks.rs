@@ -16,8 +16,6 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use jsonwebtoken::jwk::{Jwk, KeyAlgorithm};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::metrics::Metrics;
@@ -25,12 +23,93 @@ use crate::metrics::Metrics;
 /// A JWKS or discovery document larger than this is refused.
 const MAX_BODY: usize = 1 << 20;
 
+/// The algorithms this build verifies (`alg` of a token's header). jwt_verify_lib also does
+/// ES512 (P-521), which ring cannot verify: such tokens are refused ("Jwt header [alg] is not
+/// supported") and P-521 keys are reported at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alg {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    HS256,
+    HS384,
+    HS512,
+    EdDSA,
+}
+
+impl Alg {
+    pub const ALL: [Alg; 12] = [
+        Alg::RS256,
+        Alg::RS384,
+        Alg::RS512,
+        Alg::PS256,
+        Alg::PS384,
+        Alg::PS512,
+        Alg::ES256,
+        Alg::ES384,
+        Alg::HS256,
+        Alg::HS384,
+        Alg::HS512,
+        Alg::EdDSA,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::RS256 => "RS256",
+            Alg::RS384 => "RS384",
+            Alg::RS512 => "RS512",
+            Alg::PS256 => "PS256",
+            Alg::PS384 => "PS384",
+            Alg::PS512 => "PS512",
+            Alg::ES256 => "ES256",
+            Alg::ES384 => "ES384",
+            Alg::HS256 => "HS256",
+            Alg::HS384 => "HS384",
+            Alg::HS512 => "HS512",
+            Alg::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Alg> {
+        Alg::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+impl std::fmt::Display for Alg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The public part of a key, in the form ring verifies with.
+#[derive(Clone, PartialEq, Eq)]
+#[allow(missing_debug_implementations)] // an HMAC secret is never printed
+pub enum Material {
+    /// Big-endian modulus and exponent.
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// An uncompressed SEC1 point on P-256 (`p384: false`) or P-384.
+    Ec {
+        p384: bool,
+        point: Vec<u8>,
+    },
+    Oct(Vec<u8>),
+    Ed25519(Vec<u8>),
+}
+
 /// One usable key.
 pub struct Key {
     pub kid: Option<String>,
-    /// The key's own `alg`, when the set names one: only that algorithm may use it.
-    pub alg: Option<Algorithm>,
-    pub key: DecodingKey,
+    /// The key's own `alg`, as written: only a token with exactly that `alg` may use it.
+    pub alg: Option<String>,
+    pub material: Material,
 }
 
 impl std::fmt::Debug for Key {
@@ -43,50 +122,210 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
-    /// Whether this key may check a token signed with `alg` and naming `kid`.
-    pub fn fits(&self, alg: Algorithm, kid: Option<&str>) -> bool {
-        if kid.is_some() && self.kid.as_deref() != kid {
+    /// Whether this key is a candidate for a token naming `alg` and `kid`, as jwt_verify_lib's
+    /// `verifyJwtWithoutTimeChecking` (src/verify.cc) chooses: a `kid` only rules a key out when
+    /// both the token and the key have one and they differ (a key without `kid` is tried for
+    /// any token); a key's `alg`, when present, must be the token's.
+    pub fn selected(&self, alg: &str, kid: Option<&str>) -> bool {
+        if let (Some(want), Some(have)) = (kid, self.kid.as_deref())
+            && want != have
+        {
             return false;
         }
-        if self.alg.is_some_and(|a| a != alg) {
-            return false;
-        }
-        self.key.family() == alg.family()
+        self.alg.as_deref().is_none_or(|a| a == alg)
+    }
+
+    /// Whether this key's type can check `alg` at all (a selected key of the wrong type simply
+    /// fails verification, as in jwt_verify_lib).
+    pub fn can_verify(&self, alg: Alg) -> bool {
+        matches!(
+            (&self.material, alg),
+            (
+                Material::Rsa { .. },
+                Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512,
+            ) | (Material::Ec { p384: false, .. }, Alg::ES256)
+                | (Material::Ec { p384: true, .. }, Alg::ES384)
+                | (Material::Oct(_), Alg::HS256 | Alg::HS384 | Alg::HS512)
+                | (Material::Ed25519(_), Alg::EdDSA)
+        )
     }
 }
 
-/// Parses a JWKS document. Keys of a type this build cannot use are skipped and reported; a
-/// document that is not a key set at all is an error.
-pub fn parse(text: &[u8]) -> Result<(Vec<Key>, Vec<String>), String> {
+/// A JWKS document read: the keys this build can use, and one line per key it cannot.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub keys: Vec<Key>,
+    pub unusable: Vec<String>,
+}
+
+/// Parses a JWKS document as jwt_verify_lib's `Jwks::createFromJwksCore` (src/jwks.cc) does:
+/// a key that cannot be used is left out and the others kept; a document that is not a key set
+/// at all is an error. Besides jwt_verify_lib's own checks (an `alg` that does not suit the
+/// key type, an EC `crv` that does not suit the `alg`, an RSA exponent other than 3 or 65537),
+/// keys ring cannot verify with are reported here rather than failing tokens later: RSA moduli
+/// outside 2048..=8192 bits, P-521, OKP curves other than Ed25519. Keys published with
+/// `use: enc` are left out too (RFC 7517 §4.2: not for signatures), which jwt_verify_lib does
+/// not check.
+pub fn parse(text: &[u8]) -> Result<Parsed, String> {
     let doc: serde_json::Value =
         serde_json::from_slice(text).map_err(|e| format!("JWKS is not JSON: {e}"))?;
-    let Some(keys) = doc.get("keys").and_then(|k| k.as_array()) else {
-        return Err("JWKS has no \"keys\" array".into());
+    let Some(keys) = doc.get("keys") else {
+        return Err("JWKS has no \"keys\" field".into());
     };
-    let mut out = Vec::new();
-    let mut skipped = Vec::new();
+    let Some(keys) = keys.as_array() else {
+        return Err("\"keys\" in the JWKS is not an array".into());
+    };
+    let mut out = Parsed::default();
     for (i, k) in keys.iter().enumerate() {
-        let parsed = serde_json::from_value::<Jwk>(k.clone())
-            .map_err(|e| e.to_string())
-            .and_then(|jwk| {
-                let key = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
-                let alg = jwk.common.key_algorithm.and_then(|a| key_algorithm(a).ok());
-                Ok(Key {
-                    kid: jwk.common.key_id.clone(),
-                    alg,
-                    key,
-                })
-            });
-        match parsed {
-            Ok(k) => out.push(k),
-            Err(e) => skipped.push(format!("keys[{i}]: {e}")),
+        match key(k) {
+            Ok(key) => out.keys.push(key),
+            Err(e) => {
+                let kid = k.get("kid").and_then(|v| v.as_str());
+                out.unusable.push(match kid {
+                    Some(kid) => format!("keys[{i}] (kid {kid:?}): {e}"),
+                    None => format!("keys[{i}]: {e}"),
+                });
+            }
         }
     }
-    Ok((out, skipped))
+    Ok(out)
 }
 
-fn key_algorithm(a: KeyAlgorithm) -> Result<Algorithm, ()> {
-    a.to_string().parse().map_err(|_| ())
+/// Reports what [`parse`] left out: a warning per key and the metric.
+pub fn report_unusable(source: &dyn std::fmt::Display, unusable: &[String], metrics: &Metrics) {
+    for u in unusable {
+        tracing::warn!(source = %source, "JWKS key unusable, left out: {u}");
+    }
+    metrics.jwks_keys_unusable.inc_by(unusable.len() as u64);
+}
+
+/// The unusable keys of a rule's inline `jwks`, for its status message; empty when the rule
+/// fetches its keys or they are all usable.
+pub fn inline_problems(jwks: Option<&str>) -> Vec<String> {
+    match jwks.map(|j| parse(j.as_bytes())) {
+        None => Vec::new(),
+        Some(Ok(p)) => p.unusable,
+        Some(Err(e)) => vec![e],
+    }
+}
+
+fn key(k: &serde_json::Value) -> Result<Key, String> {
+    use base64::Engine as _;
+    let field = |name: &str| -> Result<Option<&str>, String> {
+        match k.get(name) {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(format!("[{name}] is not a string")),
+        }
+    };
+    let required = |name: &str| field(name)?.ok_or_else(|| format!("[{name}] is missing"));
+    let b64 = |name: &str| -> Result<Vec<u8>, String> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(required(name)?.trim_end_matches('='))
+            .map_err(|_| format!("[{name}] is not base64url"))
+    };
+    if !k.is_object() {
+        return Err("not a JSON object".into());
+    }
+    let kty = required("kty")?;
+    let kid = field("kid")?.map(str::to_owned);
+    let alg = field("alg")?;
+    if field("use")? == Some("enc") {
+        return Err("\"use\": \"enc\" (an encryption key) never verifies a signature".into());
+    }
+    let material = match kty {
+        "RSA" => {
+            // jwt_verify_lib only checks the "RS"/"PS" prefix, so `RSA-OAEP` loads there and is
+            // then never selected (no token's alg equals it): refused here, where it is seen.
+            if let Some(a) = alg
+                && !matches!(a, "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512")
+            {
+                return Err(format!(
+                    "[alg] {a:?} is not a signature algorithm for an RSA key"
+                ));
+            }
+            let n = b64("n")?;
+            let e = b64("e")?;
+            let n = &n[n.iter().take_while(|b| **b == 0).count()..];
+            let e = &e[e.iter().take_while(|b| **b == 0).count()..];
+            if e != [3] && e != [1, 0, 1] {
+                return Err("RSA exponent is neither 3 nor 65537".into());
+            }
+            let bits =
+                (n.len() * 8).saturating_sub(n.first().map_or(0, |b| b.leading_zeros() as usize));
+            if !(2048..=8192).contains(&bits) {
+                return Err(format!(
+                    "RSA-{bits}: only 2048 to 8192 bit RSA keys are supported"
+                ));
+            }
+            Material::Rsa {
+                n: n.to_vec(),
+                e: e.to_vec(),
+            }
+        }
+        "EC" => {
+            if let Some(a) = alg
+                && !a.starts_with("ES")
+            {
+                return Err(format!("[alg] {a:?} is not ES* for an EC key"));
+            }
+            let crv = field("crv")?;
+            let p384 = match (alg, crv) {
+                (Some("ES256") | None, Some("P-256")) | (Some("ES256"), None) | (None, None) => {
+                    false
+                }
+                (Some("ES384") | None, Some("P-384")) | (Some("ES384"), None) => true,
+                (Some("ES512") | None, Some("P-521")) | (Some("ES512"), None) => {
+                    return Err("P-521 (ES512) keys are not supported".into());
+                }
+                (Some(a), Some(c)) if matches!(c, "P-256" | "P-384" | "P-521") => {
+                    return Err(format!("[crv] {c} does not suit [alg] {a}"));
+                }
+                _ => return Err(format!("[crv] {crv:?} / [alg] {alg:?} is not supported")),
+            };
+            let (x, y) = (b64("x")?, b64("y")?);
+            let len = if p384 { 48 } else { 32 };
+            if x.len() != len || y.len() != len {
+                return Err("[x] or [y] has the wrong length for the curve".into());
+            }
+            let mut point = Vec::with_capacity(1 + 2 * len);
+            point.push(4);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            Material::Ec { p384, point }
+        }
+        "oct" => {
+            if alg.is_some_and(|a| !matches!(a, "HS256" | "HS384" | "HS512")) {
+                return Err(format!("[alg] {alg:?} is not HS256, HS384 or HS512"));
+            }
+            let k = b64("k")?;
+            if k.is_empty() {
+                return Err("[k] is empty".into());
+            }
+            Material::Oct(k)
+        }
+        "OKP" => {
+            if alg.is_some_and(|a| a != "EdDSA") {
+                return Err(format!("[alg] {alg:?} is not EdDSA for an OKP key"));
+            }
+            match field("crv")? {
+                Some("Ed25519") => {}
+                Some(c) => return Err(format!("OKP curve {c} is not supported")),
+                None => return Err("[crv] is missing".into()),
+            }
+            let x = b64("x")?;
+            if x.len() != 32 {
+                return Err("[x] is not 32 bytes".into());
+            }
+            Material::Ed25519(x)
+        }
+        other => return Err(format!("[kty] {other:?} is not supported")),
+    };
+    Ok(Key {
+        kid,
+        alg: alg.map(str::to_owned),
+        material,
+    })
 }
 
 /// Where a set's keys come from.
@@ -181,10 +420,8 @@ impl KeySet {
             .unwrap_or_else(|_| Err(format!("timed out after {:?}", remote.timeout)));
         let parsed = fetched.and_then(|body| parse(&body));
         match parsed {
-            Ok((keys, skipped)) => {
-                if !skipped.is_empty() {
-                    tracing::warn!(source = %remote.source, skipped = ?skipped, "JWKS keys skipped");
-                }
+            Ok(Parsed { keys, unusable }) => {
+                report_unusable(&remote.source, &unusable, &remote.fetcher.metrics);
                 tracing::debug!(source = %remote.source, keys = keys.len(), "JWKS fetched");
                 remote.fetcher.metrics.jwks_fetches.inc();
                 self.keys.store(Some(Arc::new(keys)));
@@ -431,22 +668,67 @@ where
 mod tests {
     use super::*;
 
+    const P256_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const P256_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+
     #[test]
-    fn unusable_keys_are_skipped_not_fatal() {
-        let doc = br#"{"keys": [
-            {"kty": "EC", "crv": "P-256", "kid": "a", "alg": "ES256",
-             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
-             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
-            {"kty": "XYZ", "kid": "b"}
-        ]}"#;
-        let (keys, skipped) = parse(doc).unwrap();
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].kid.as_deref(), Some("a"));
-        assert!(keys[0].fits(Algorithm::ES256, Some("a")));
-        assert!(!keys[0].fits(Algorithm::ES256, Some("other")));
-        assert!(!keys[0].fits(Algorithm::RS256, None));
-        assert_eq!(skipped.len(), 1, "{skipped:?}");
+    fn unusable_keys_are_reported_not_fatal() {
+        let p521 = "A".repeat(88);
+        let small_n = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            [0xC5u8; 128],
+        );
+        let doc = format!(
+            r#"{{"keys": [
+            {{"kty": "EC", "crv": "P-256", "kid": "a", "alg": "ES256", "x": "{P256_X}", "y": "{P256_Y}"}},
+            {{"kty": "XYZ", "kid": "b"}},
+            {{"kty": "EC", "crv": "P-521", "kid": "c", "x": "{p521}", "y": "{p521}"}},
+            {{"kty": "RSA", "kid": "d", "n": "{small_n}", "e": "AQAB"}},
+            {{"kty": "EC", "crv": "P-256", "kid": "e", "use": "enc", "x": "{P256_X}", "y": "{P256_Y}"}},
+            {{"kty": "RSA", "kid": "f", "alg": "RSA-OAEP", "n": "{small_n}", "e": "AQAB"}},
+            {{"kty": "EC", "crv": "P-384", "alg": "ES256", "x": "{P256_X}", "y": "{P256_Y}"}},
+            "not a key"
+        ]}}"#
+        );
+        let p = parse(doc.as_bytes()).unwrap();
+        assert_eq!(p.keys.len(), 1);
+        assert_eq!(p.keys[0].kid.as_deref(), Some("a"));
+        let u = p.unusable.join("\n");
+        for want in [
+            "keys[1] (kid \"b\"): [kty] \"XYZ\" is not supported",
+            "keys[2] (kid \"c\"): P-521",
+            "keys[3] (kid \"d\"): RSA-1024",
+            "keys[4] (kid \"e\"): \"use\": \"enc\"",
+            "keys[5] (kid \"f\"): [alg] \"RSA-OAEP\" is not a signature algorithm",
+            "keys[6]: [crv] P-384 does not suit [alg] ES256",
+            "keys[7]: not a JSON object",
+        ] {
+            assert!(u.contains(want), "{want} missing from\n{u}");
+        }
         assert!(parse(b"{}").is_err());
+        assert!(parse(br#"{"keys": {}}"#).is_err());
         assert!(parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn selection_as_jwt_verify_lib() {
+        let k = |kid: Option<&str>, alg: Option<&str>| Key {
+            kid: kid.map(Into::into),
+            alg: alg.map(Into::into),
+            material: Material::Oct(vec![1]),
+        };
+        assert!(k(Some("a"), None).selected("HS256", Some("a")));
+        assert!(!k(Some("a"), None).selected("HS256", Some("b")));
+        assert!(
+            k(Some("a"), None).selected("HS256", None),
+            "a token without kid tries all"
+        );
+        assert!(
+            k(None, None).selected("HS256", Some("b")),
+            "a key without kid fits any"
+        );
+        assert!(!k(None, Some("HS384")).selected("HS256", None));
+        assert!(k(None, Some("HS256")).can_verify(Alg::HS256));
+        assert!(!k(None, None).can_verify(Alg::RS256));
     }
 }

@@ -8,16 +8,21 @@ use gateway_api_bindings::ObjectKey;
 use gateway_api_bindings::istio::{JwtRule, parse_duration};
 use http::HeaderValue;
 use http::header::HeaderName;
-use jsonwebtoken::Algorithm;
 use policy_engine::request::DEFAULT_SPACE_DELIMITED_CLAIMS;
 use policy_engine::{Claim, JwtClaims};
 
-use super::AuthnError;
-use super::jwks::{self, JwksRegistry, KeySet, Source};
+use super::jwks::{self, Alg, JwksRegistry, KeySet, Source};
 use super::location::Location;
+use super::{AuthnError, HeaderError, PayloadError};
 
 /// Clock skew tolerated on `exp` and `nbf`, as Envoy's default `clock_skew_seconds`.
 pub const LEEWAY_SECS: u64 = 60;
+
+/// The most keys one token's signature is checked against. A token without `kid` (or keys
+/// without one) makes jwt_verify_lib try every key of the set; with thousands of inline keys one
+/// forged token would cost that many signature checks on every request. Real key sets hold a
+/// handful of keys; past this many, a token fails as if the remaining keys did not match.
+pub const MAX_KEYS_TRIED: usize = 8;
 
 /// Istio's default JWKS fetch timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,6 +52,8 @@ pub struct Verified {
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     /// Unix seconds after which the token is expired (no leeway): cache entries end there.
     pub exp: Option<u64>,
+    /// The encoded payload's length: what the claims cost in memory, for the cache's budget.
+    pub payload_len: usize,
 }
 
 impl Provider {
@@ -65,11 +72,9 @@ impl Provider {
         };
         let keys = match (&rule.jwks, &rule.jwks_uri) {
             (Some(inline), _) => {
-                let (keys, skipped) = jwks::parse(inline.as_bytes())?;
-                if !skipped.is_empty() {
-                    tracing::warn!(rule = %origin, skipped = ?skipped, "inline JWKS keys skipped");
-                }
-                Arc::new(KeySet::inline(keys))
+                let parsed = jwks::parse(inline.as_bytes())?;
+                jwks::report_unusable(&origin, &parsed.unusable, &registry.metrics());
+                Arc::new(KeySet::inline(parsed.keys))
             }
             (None, Some(uri)) => registry.remote(Source::Uri(uri.clone()), timeout),
             (None, None) => registry.remote(Source::Discovery(rule.issuer.clone()), timeout),
@@ -122,13 +127,38 @@ impl Provider {
             .map_or_else(|| "inline".to_owned(), ToString::to_string)
     }
 
-    /// Checks the signature against this rule's keys, then time and audience. A token whose
-    /// `kid` the keys lack (or any token before the first fetch) triggers one bounded refetch.
+    /// The output headers this rule sets from a valid token: removed from every request
+    /// before any token is read, so a client can never send them itself.
+    pub fn output_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.payload_header
+            .iter()
+            .chain(self.claim_headers.iter().map(|(h, _)| h))
+    }
+
+    /// Validates `token` for this rule in Envoy's order (authenticator.cc `startVerify`): time
+    /// constraints, then audiences, then the signature. A token whose `kid` matches no key (or
+    /// any token before the first fetch) triggers one bounded refetch.
     pub async fn verify(
         self: &Arc<Self>,
         token: &Parsed<'_>,
         now: u64,
     ) -> Result<Verified, AuthnError> {
+        if token
+            .exp
+            .is_some_and(|exp| now > exp.saturating_add(LEEWAY_SECS))
+        {
+            return Err(AuthnError::Expired);
+        }
+        if token
+            .nbf
+            .is_some_and(|nbf| now.saturating_add(LEEWAY_SECS) < nbf)
+        {
+            return Err(AuthnError::NotYetValid);
+        }
+        if !self.audiences.is_empty() && !token.audiences.iter().any(|a| self.audiences.contains(a))
+        {
+            return Err(AuthnError::Audience);
+        }
         let seen = self.keys.version();
         let verified = self.check_signature(token)?
             || (self.keys.refetch(seen).await && self.check_signature(token)?);
@@ -139,61 +169,38 @@ impl Provider {
                 AuthnError::KeyNotFound
             });
         }
-        self.check_claims(token, now)
+        Ok(self.accept(token))
     }
 
-    /// `Ok(false)` when no key fits the token (unknown `kid`, or no keys yet); an error when a
-    /// fitting key rejects the signature.
+    /// `Ok(false)` when no key is selected for the token (unknown `kid`, another `alg`, or no
+    /// keys yet); an error when selected keys reject the signature.
     pub fn check_signature(&self, token: &Parsed<'_>) -> Result<bool, AuthnError> {
         let Some(keys) = self.keys.current() else {
             return Ok(false);
         };
-        let mut fitting = keys
-            .iter()
-            .filter(|k| k.fits(token.alg, token.kid.as_deref()))
-            .peekable();
-        if fitting.peek().is_none() {
+        let (alg, kid) = (token.alg.name(), token.kid.as_deref());
+        if !keys.iter().any(|k| k.selected(alg, kid)) {
             return Ok(false);
         }
-        for k in fitting {
-            if super::signature::verify(
-                token.alg,
-                &k.key,
-                token.message.as_bytes(),
-                token.signature,
-            ) {
+        // Keys of another type fail without any work and do not count against the cap. Keys
+        // with a kid (the token's, when it has one) go first, so kid-less keys cannot crowd
+        // them out: any key that verifies accepts the token, whatever the order.
+        let message = token.message.as_bytes();
+        let usable = |named: bool| {
+            keys.iter().filter(move |k| {
+                k.kid.is_some() == named && k.selected(alg, kid) && k.can_verify(token.alg)
+            })
+        };
+        for k in usable(true).chain(usable(false)).take(MAX_KEYS_TRIED) {
+            if super::signature::verify(token.alg, &k.material, message, &token.signature) {
                 return Ok(true);
             }
         }
         Err(AuthnError::BadSignature)
     }
 
-    fn check_claims(
-        self: &Arc<Self>,
-        token: &Parsed<'_>,
-        now: u64,
-    ) -> Result<Verified, AuthnError> {
+    fn accept(self: &Arc<Self>, token: &Parsed<'_>) -> Verified {
         let payload = &token.payload;
-        let exp = numeric(payload, "exp")?;
-        if exp.is_some_and(|exp| now > exp.saturating_add(LEEWAY_SECS)) {
-            return Err(AuthnError::Expired);
-        }
-        if numeric(payload, "nbf")?.is_some_and(|nbf| now.saturating_add(LEEWAY_SECS) < nbf) {
-            return Err(AuthnError::NotYetValid);
-        }
-        if !self.audiences.is_empty() {
-            let ok = match payload.get("aud") {
-                Some(serde_json::Value::String(a)) => self.audiences.contains(a),
-                Some(serde_json::Value::Array(list)) => list
-                    .iter()
-                    .filter_map(|a| a.as_str())
-                    .any(|a| self.audiences.iter().any(|x| x == a)),
-                _ => false,
-            };
-            if !ok {
-                return Err(AuthnError::Audience);
-            }
-        }
         let sub = payload.get("sub").and_then(|s| s.as_str()).unwrap_or("");
         let principal = format!("{}/{sub}", self.issuer);
         let mut set_headers = Vec::new();
@@ -210,49 +217,117 @@ impl Provider {
         let claims: BTreeMap<String, Claim> =
             payload.iter().map(|(k, v)| (k.clone(), claim(v))).collect();
         let delimited: Vec<&str> = self.space_delimited.iter().map(String::as_str).collect();
-        Ok(Verified {
+        Verified {
             claims: JwtClaims::new(claims, &delimited),
             principal,
             provider: self.clone(),
             set_headers,
-            exp,
-        })
+            exp: token.exp,
+            payload_len: token.payload_b64.len(),
+        }
     }
 }
 
-/// A token split and decoded, before any provider looked at it.
+/// A token split and decoded, before any provider looked at it: jwt_verify_lib's
+/// `Jwt::parseFromString` (src/jwt.cc), with its checks and its messages.
 #[derive(Debug)]
 pub struct Parsed<'t> {
-    pub alg: Algorithm,
+    pub alg: Alg,
     pub kid: Option<String>,
     /// `header.payload`, what the signature covers.
-    pub message: &'t str,
-    pub signature: &'t str,
+    pub message: String,
+    pub signature: Vec<u8>,
     pub payload_b64: &'t str,
     pub payload: serde_json::Map<String, serde_json::Value>,
+    pub exp: Option<u64>,
+    pub nbf: Option<u64>,
+    pub audiences: Vec<String>,
 }
 
 impl<'t> Parsed<'t> {
     pub fn new(token: &'t str) -> Result<Parsed<'t>, AuthnError> {
-        use base64::Engine as _;
-        let (message, signature) = token.rsplit_once('.').ok_or(AuthnError::Malformed)?;
-        let (_, payload_b64) = message.split_once('.').ok_or(AuthnError::Malformed)?;
-        if payload_b64.contains('.') {
+        // Exactly three non-empty parts (absl::StrSplit with SkipEmpty).
+        let mut parts = token.split('.').filter(|p| !p.is_empty());
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(AuthnError::Malformed);
-        }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::Malformed)?;
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload_b64.trim_end_matches('='))
-            .map_err(|_| AuthnError::Malformed)?;
-        let payload = serde_json::from_slice(&payload).map_err(|_| AuthnError::Malformed)?;
-        Ok(Parsed {
-            alg: header.alg,
-            kid: header.kid,
-            message,
+        };
+        let header = json_object(header_b64).map_err(|bad_json| {
+            AuthnError::Header(if bad_json {
+                HeaderError::Json
+            } else {
+                HeaderError::Base64
+            })
+        })?;
+        let alg = match header.get("alg") {
+            Some(serde_json::Value::String(a)) => {
+                Alg::from_name(a).ok_or(AuthnError::Header(HeaderError::AlgNotSupported))?
+            }
+            _ => return Err(AuthnError::Header(HeaderError::Alg)),
+        };
+        let kid = match header.get("kid") {
+            None => None,
+            Some(serde_json::Value::String(k)) => Some(k.clone()),
+            Some(_) => return Err(AuthnError::Header(HeaderError::Kid)),
+        };
+        let payload = json_object(payload_b64).map_err(|bad_json| {
+            AuthnError::Payload(if bad_json {
+                PayloadError::Json
+            } else {
+                PayloadError::Base64
+            })
+        })?;
+        let signature = b64(signature_b64).ok_or(AuthnError::SignatureBase64)?;
+        let mut parsed = Parsed {
+            alg,
+            kid,
+            message: format!("{header_b64}.{payload_b64}"),
             signature,
             payload_b64,
-            payload,
-        })
+            payload: serde_json::Map::new(),
+            exp: None,
+            nbf: None,
+            audiences: Vec::new(),
+        };
+        let string = |name: &str, e: PayloadError| match payload.get(name) {
+            None => Ok(()),
+            Some(serde_json::Value::String(_)) => Ok(()),
+            Some(_) => Err(AuthnError::Payload(e)),
+        };
+        string("iss", PayloadError::IssNotString)?;
+        string("sub", PayloadError::SubNotString)?;
+        string("jti", PayloadError::JtiNotString)?;
+        time(
+            &payload,
+            "iat",
+            PayloadError::IatNotInteger,
+            PayloadError::IatOutOfRange,
+        )?;
+        parsed.nbf = time(
+            &payload,
+            "nbf",
+            PayloadError::NbfNotInteger,
+            PayloadError::NbfOutOfRange,
+        )?;
+        parsed.exp = time(
+            &payload,
+            "exp",
+            PayloadError::ExpNotInteger,
+            PayloadError::ExpOutOfRange,
+        )?;
+        parsed.audiences = match payload.get("aud") {
+            None => Vec::new(),
+            Some(serde_json::Value::String(a)) => vec![a.clone()],
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .map(|a| a.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or(AuthnError::Payload(PayloadError::AudNotString))?,
+            Some(_) => return Err(AuthnError::Payload(PayloadError::AudNotString)),
+        };
+        parsed.payload = payload;
+        Ok(parsed)
     }
 
     pub fn issuer(&self) -> Option<&str> {
@@ -260,19 +335,40 @@ impl<'t> Parsed<'t> {
     }
 }
 
-/// A time claim: absent, or a non-negative number of seconds.
-fn numeric(
+/// Base64url with or without padding, as absl's `WebSafeBase64Unescape`.
+fn b64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .ok()
+}
+
+/// A base64url JSON object; `Err(true)` when it is base64 but not a JSON object.
+fn json_object(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, bool> {
+    let bytes = b64(s).ok_or(false)?;
+    serde_json::from_slice(&bytes).map_err(|_| true)
+}
+
+/// A time claim as jwt_verify_lib's `GetUInt64`: absent, or a JSON number in [0, 2^64),
+/// truncated to whole seconds.
+fn time(
     payload: &serde_json::Map<String, serde_json::Value>,
     name: &str,
+    not_number: PayloadError,
+    out_of_range: PayloadError,
 ) -> Result<Option<u64>, AuthnError> {
-    match payload.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .map(Some)
-            .ok_or(AuthnError::Malformed),
+    let Some(v) = payload.get(name) else {
+        return Ok(None);
+    };
+    if let Some(n) = v.as_u64() {
+        return Ok(Some(n));
     }
+    let f = v.as_f64().ok_or(AuthnError::Payload(not_number))?;
+    // 2^64 as f64 is exact; the cast below truncates a fraction.
+    if !(0.0..18_446_744_073_709_551_616.0).contains(&f) {
+        return Err(AuthnError::Payload(out_of_range));
+    }
+    Ok(Some(f as u64))
 }
 
 /// Envoy's `claim_to_headers`: strings, numbers and booleans; nested by `.`.
@@ -309,11 +405,102 @@ pub fn claim(v: &serde_json::Value) -> Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+
+    fn token(header: &str, payload: &str) -> String {
+        let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.{}", e(header), e(payload), e("sig"))
+    }
 
     #[test]
     fn malformed_tokens() {
-        for t in ["", "a", "a.b", "a.b.c.d", "!!.e30.sig"] {
-            assert!(matches!(Parsed::new(t), Err(AuthnError::Malformed)), "{t}");
+        for t in ["", "a", "a.b", "a.b.c.d", "..."] {
+            assert_eq!(Parsed::new(t).err(), Some(AuthnError::Malformed), "{t}");
+        }
+        assert_eq!(
+            Parsed::new("!!.e30.c2ln").err(),
+            Some(AuthnError::Header(HeaderError::Base64))
+        );
+    }
+
+    #[test]
+    fn claim_types_as_jwt_verify_lib() {
+        let h = r#"{"alg":"RS256","kid":"k"}"#;
+        let t = token(h, r#"{"iss":"i","sub":"s","exp":1.5e9,"aud":["a","b"]}"#);
+        let ok = Parsed::new(&t).unwrap();
+        assert_eq!(ok.exp, Some(1_500_000_000));
+        assert_eq!(ok.audiences, ["a", "b"]);
+        let cases = [
+            (
+                h,
+                r#"{"sub":123}"#,
+                AuthnError::Payload(PayloadError::SubNotString),
+            ),
+            (
+                h,
+                r#"{"iss":7}"#,
+                AuthnError::Payload(PayloadError::IssNotString),
+            ),
+            (
+                h,
+                r#"{"aud":5}"#,
+                AuthnError::Payload(PayloadError::AudNotString),
+            ),
+            (
+                h,
+                r#"{"aud":["a",5]}"#,
+                AuthnError::Payload(PayloadError::AudNotString),
+            ),
+            (
+                h,
+                r#"{"exp":1e300}"#,
+                AuthnError::Payload(PayloadError::ExpOutOfRange),
+            ),
+            (
+                h,
+                r#"{"exp":-1}"#,
+                AuthnError::Payload(PayloadError::ExpOutOfRange),
+            ),
+            (
+                h,
+                r#"{"exp":"1"}"#,
+                AuthnError::Payload(PayloadError::ExpNotInteger),
+            ),
+            (
+                h,
+                r#"{"nbf":null}"#,
+                AuthnError::Payload(PayloadError::NbfNotInteger),
+            ),
+            (
+                h,
+                r#"{"iat":true}"#,
+                AuthnError::Payload(PayloadError::IatNotInteger),
+            ),
+            (
+                h,
+                r#"{"jti":1}"#,
+                AuthnError::Payload(PayloadError::JtiNotString),
+            ),
+            (h, r#"[1]"#, AuthnError::Payload(PayloadError::Json)),
+            (
+                r#"{"alg":"none"}"#,
+                "{}",
+                AuthnError::Header(HeaderError::AlgNotSupported),
+            ),
+            (
+                r#"{"alg":"ES512"}"#,
+                "{}",
+                AuthnError::Header(HeaderError::AlgNotSupported),
+            ),
+            (r#"{"alg":1}"#, "{}", AuthnError::Header(HeaderError::Alg)),
+            (
+                r#"{"alg":"RS256","kid":1}"#,
+                "{}",
+                AuthnError::Header(HeaderError::Kid),
+            ),
+        ];
+        for (h, p, want) in cases {
+            assert_eq!(Parsed::new(&token(h, p)).err(), Some(want), "{h} {p}");
         }
     }
 }

@@ -186,7 +186,7 @@ fn decide(
     let verified = match (&req.http, authn.for_target(target.as_deref())) {
         (Some(h), Some(a)) => match authenticate(a, rt, h, &mut headers) {
             Ok(v) => v,
-            Err(e) => return Line::local(401, format!("unauthenticated: {e}")),
+            Err(e) => return Line::local(e.status(), format!("unauthenticated: {e}")),
         },
         _ => None,
     };
@@ -264,14 +264,14 @@ fn authenticate(
         }
     }
     let query = http.path.split_once('?').map(|(_, q)| q);
-    let Some(found) = authn.find(&map, query)? else {
-        return Ok(None);
-    };
-    let verified = rt.block_on(authn.verify(&found))?;
-    authn.apply(&found, &verified, &mut map);
+    authn.sanitize(&mut map);
+    let accepted = rt.block_on(authn.authenticate(&map, query))?;
+    if let Some(a) = &accepted {
+        a.apply(&mut map);
+    }
     *headers = map
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
-    Ok(Some(verified))
+    Ok(accepted.map(|a| a.verified))
 }

@@ -125,24 +125,15 @@ impl HttpApp {
         let Some(authn) = authn else {
             return Ok(Authenticated::Anonymous);
         };
+        // Output headers go before any token is read: only a valid token sets them.
+        authn.sanitize(session.req_header_mut());
         let req = session.req_header();
-        let result = match authn.find(&req.headers, req.uri.query()) {
-            Ok(None) => return Ok(Authenticated::Anonymous),
-            Ok(Some(found)) => authn.verify(&found).await.map(|v| (found, v)),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok((found, verified)) => {
-                let (strip, set) = authn.mutations(&found, &verified);
-                let req = session.req_header_mut();
-                if let Some(name) = strip {
-                    req.remove_header(name);
-                }
-                for (name, value) in set {
-                    req.insert_header(name.clone(), value.clone())?;
-                }
+        match authn.authenticate(&req.headers, req.uri.query()).await {
+            Ok(None) => Ok(Authenticated::Anonymous),
+            Ok(Some(accepted)) => {
+                accepted.apply_to_request(session.req_header_mut());
                 self.metrics.jwt_valid.inc();
-                Ok(Authenticated::Token(verified))
+                Ok(Authenticated::Token(accepted.verified))
             }
             Err(e) => {
                 self.metrics.jwt_rejected.inc();
@@ -162,7 +153,7 @@ impl HttpApp {
                 self.local(
                     session,
                     ctx,
-                    401,
+                    e.status(),
                     e.body(),
                     true,
                     Some(("www-authenticate", challenge)),

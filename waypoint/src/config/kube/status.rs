@@ -209,9 +209,26 @@ fn desired(store: &Store, input: &StatusInput, gateway: &ObjectKey) -> Vec<Write
         if !status::concerns(store, &t, gateway, root) {
             continue;
         }
-        let Some(c) = status::request_authentication(store, &ra.object, root).condition else {
+        let Some(mut c) = status::request_authentication(store, &ra.object, root).condition else {
             continue;
         };
+        // Inline keys this waypoint cannot verify with are named where the policy's author
+        // looks (fetched keys are only known at run time: logged and counted there).
+        let unusable: Vec<String> = ra
+            .object
+            .spec
+            .jwt_rules
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| {
+                crate::authn::jwks::inline_problems(r.jwks.as_deref())
+                    .into_iter()
+                    .map(move |p| format!("jwtRules[{i}].jwks {p}"))
+            })
+            .collect();
+        if !unusable.is_empty() {
+            c.message = format!("{}; keys left out: {}", c.message, unusable.join("; "));
+        }
         let observed = ra.object.status.as_ref().map(|s| s.conditions.as_slice());
         out.extend(policy_write(
             Kind::RequestAuthentication,

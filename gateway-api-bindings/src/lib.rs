@@ -4,6 +4,8 @@
 //!
 //! * [`istio`]: the Istio CRDs the waypoint reads (written here; no crate fits kube 4.2).
 //! * [`store`]: a pure index with `apply`, loaded from YAML files or fed by watchers.
+//! * [`yaml`]: bounded YAML reading (size, depth, no anchors/aliases, located errors).
+//! * [`limits`]: the name and size limits Kubernetes and the CRDs declare, and bounded display.
 //! * [`attachment`]: which policies bind to a waypoint, and to which of its destinations.
 //! * [`mesh`]: the destinations a waypoint serves (Services, EndpointSlices, Pods) and their identities.
 //! * [`pod`]: the few fields of a Pod the waypoint keeps.
@@ -12,13 +14,15 @@
 
 pub mod attachment;
 pub mod istio;
+pub mod limits;
 pub mod mesh;
 pub mod pod;
 pub mod status;
 pub mod store;
 pub mod translate;
+pub mod yaml;
 
 pub use attachment::{
     WaypointIdentity, authorizer_for, binding, service_entry_target, service_target,
 };
-pub use store::{Kind, LoadError, Object, ObjectKey, Origin, Sourced, Store};
+pub use store::{Ignored, Kind, LoadError, Object, ObjectKey, Origin, Sourced, Store};

@@ -12,9 +12,24 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 
+use crate::yaml;
+
 use crate::istio::{AuthorizationPolicy, RequestAuthentication, ServiceEntry, WorkloadEntry};
+use crate::limits;
 use crate::mesh::SERVICE_NAME_LABEL;
 use crate::pod::PodInfo;
+
+/// Errors reported for one file; the rest are counted in one more error.
+pub const MAX_ERRORS_PER_FILE: usize = 20;
+
+/// Files read from one config directory.
+pub const MAX_FILES: usize = 4096;
+
+/// Longest file path echoed in an error.
+const MAX_SHOWN_PATH: usize = 256;
+
+/// Longest error message kept (decoding errors can quote values).
+const MAX_MESSAGE: usize = 512;
 
 /// `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,7 +64,12 @@ pub struct Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.file {
-            Some(p) => write!(f, "{} (document {})", p.display(), self.document + 1),
+            Some(p) => write!(
+                f,
+                "{} (document {})",
+                limits::shown_max(&p.display().to_string(), MAX_SHOWN_PATH),
+                self.document + 1
+            ),
             None => f.write_str("<api server>"),
         }
     }
@@ -187,7 +207,20 @@ pub struct LoadError {
     pub message: String,
 }
 
-/// Everything known, keyed for lookup. Objects of other kinds are skipped by the loader.
+/// An object of a kind the waypoint does not read (an HTTPRoute, a VirtualService, ...): the
+/// loader skips it, and `authz check` names it so that nobody believes it is enforced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    pub origin: Origin,
+    /// `apiVersion` and `kind` as written (made printable).
+    pub api_version: String,
+    pub kind: String,
+    /// `namespace/name` (made printable).
+    pub key: String,
+}
+
+/// Everything known, keyed for lookup. Objects of other kinds are skipped by the loader and
+/// listed in [`Store::ignored`].
 #[derive(Debug, Default, Clone)]
 pub struct Store {
     pub gateways: BTreeMap<ObjectKey, Sourced<Gateway>>,
@@ -204,6 +237,8 @@ pub struct Store {
     pub slices_by_service: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// Pod IP -> pod.
     pub pods_by_ip: HashMap<IpAddr, ObjectKey>,
+    /// Objects of kinds the waypoint does not read, as loaded from files.
+    pub ignored: Vec<Ignored>,
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> ObjectKey {
@@ -337,35 +372,25 @@ impl Store {
     }
 
     /// Reads one object known to be of `kind` (list items from the API server carry no type).
+    /// The limits of [`limits::check`] apply, as to files.
     pub fn parse_as(
         kind: Kind,
         value: serde_json::Value,
         origin: &Origin,
     ) -> Result<Object, LoadError> {
-        let meta = |k: &str| {
-            value
-                .get("metadata")
-                .and_then(|m| m.get(k))
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        };
-        let ident = format!(
-            "{kind} {}/{}",
-            meta("namespace").unwrap_or_default(),
-            meta("name").unwrap_or_else(|| "<unnamed>".into())
-        );
+        let ident = ident(&kind.to_string(), &value, "");
+        if let Some(v) = limits::check(kind, &value).into_iter().next() {
+            return Err(violation_error(origin, &ident, v));
+        }
         Self::parse_kind(kind, value, origin, &ident)
     }
 
-    fn parse_kind<D>(
+    fn parse_kind(
         kind: Kind,
-        value: D,
+        value: serde_json::Value,
         origin: &Origin,
         ident: &str,
-    ) -> Result<Object, LoadError>
-    where
-        D: for<'de> serde::Deserializer<'de>,
-    {
+    ) -> Result<Object, LoadError> {
         Ok(match kind {
             Kind::Gateway => Object::Gateway(typed(value, origin, ident)?),
             Kind::GatewayClass => Object::GatewayClass(typed(value, origin, ident)?),
@@ -378,51 +403,93 @@ impl Store {
                 Object::RequestAuthentication(typed(value, origin, ident)?)
             }
             Kind::EndpointSlice => Object::EndpointSlice(typed(value, origin, ident)?),
-            Kind::Pod => Object::Pod(PodInfo::from(typed::<Pod, _>(value, origin, ident)?)),
+            Kind::Pod => Object::Pod(PodInfo::from(typed::<Pod>(value, origin, ident)?)),
         })
     }
 
-    /// Loads a multi-document YAML file, or every `.yaml`/`.yml` file under a directory (sorted,
-    /// recursively). Unreadable documents are returned as errors; the rest is loaded.
+    /// Loads a multi-document YAML file, or every `.yaml`/`.yml` file under a directory (see
+    /// [`config_files`]). Documents that cannot be read are returned as errors (at most
+    /// [`MAX_ERRORS_PER_FILE`] per file, plus a count); the rest is loaded. A file that cannot be
+    /// read at all is one error naming it; only listing the directory fails the whole call.
     pub fn load_path(&mut self, path: &Path) -> Result<Vec<LoadError>, std::io::Error> {
         let mut errors = Vec::new();
-        for file in yaml_files(path)? {
-            let text = std::fs::read_to_string(&file)?;
-            errors.extend(self.load_str(&text, Some(&file)));
+        let mut seen = HashMap::new();
+        for file in config_files(path)? {
+            match read_bounded(&file) {
+                Ok(text) => errors.extend(self.load_text(&text, Some(&file), &mut seen)),
+                Err(message) => errors.push(LoadError {
+                    origin: Origin {
+                        file: Some(file.clone()),
+                        document: 0,
+                    },
+                    object: "file".into(),
+                    field: String::new(),
+                    message,
+                }),
+            }
         }
         Ok(errors)
     }
 
-    /// Loads multi-document YAML text.
+    /// Loads multi-document YAML text (see [`crate::yaml`] for what is refused). The same object
+    /// (kind, namespace, name) twice in the text is an error naming both places, and the second
+    /// copy is not used; a later call replaces objects, as [`Store::apply`] does.
     pub fn load_str(&mut self, text: &str, file: Option<&Path>) -> Vec<LoadError> {
+        self.load_text(text, file, &mut HashMap::new())
+    }
+
+    /// `seen`: where each object of this load (one text, or every file of a path) came from.
+    fn load_text(&mut self, text: &str, file: Option<&Path>, seen: &mut Seen) -> Vec<LoadError> {
+        let origin_of = |document| Origin {
+            file: file.map(Path::to_path_buf),
+            document,
+        };
         let mut errors = Vec::new();
-        for (document, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let origin = Origin {
-                file: file.map(Path::to_path_buf),
-                document,
-            };
-            let value = match <serde_yaml::Value as serde::Deserialize>::deserialize(de) {
-                Ok(serde_yaml::Value::Null) => continue,
-                Ok(v) => v,
-                Err(e) => {
-                    errors.push(LoadError {
-                        origin,
-                        object: "document".into(),
-                        field: String::new(),
-                        message: format!("not valid YAML: {e}"),
-                    });
-                    continue;
-                }
-            };
-            self.load_value(value, &origin, &mut errors);
+        if let Err(message) = yaml::check_size(text.len()) {
+            errors.push(LoadError {
+                origin: origin_of(0),
+                object: "file".into(),
+                field: String::new(),
+                message,
+            });
+            return errors;
+        }
+        let (documents, syntax) = yaml::documents(text);
+        for doc in documents {
+            if doc.value.is_null() {
+                continue;
+            }
+            self.load_value(doc.value, &origin_of(doc.index), seen, &mut errors);
+        }
+        if let Some(e) = syntax {
+            errors.push(LoadError {
+                origin: origin_of(e.document),
+                object: "document".into(),
+                field: String::new(),
+                message: format!(
+                    "not valid YAML: {}; the rest of the file is not read",
+                    limits::shown_max(&e.to_string(), MAX_MESSAGE)
+                ),
+            });
+        }
+        if errors.len() > MAX_ERRORS_PER_FILE {
+            let more = errors.len() - MAX_ERRORS_PER_FILE;
+            errors.truncate(MAX_ERRORS_PER_FILE);
+            errors.push(LoadError {
+                origin: origin_of(0),
+                object: "file".into(),
+                field: String::new(),
+                message: format!("and {more} more error(s) in this file"),
+            });
         }
         errors
     }
 
     fn load_value(
         &mut self,
-        value: serde_yaml::Value,
+        value: serde_json::Value,
         origin: &Origin,
+        seen: &mut Seen,
         errors: &mut Vec<LoadError>,
     ) {
         let text = |k: &str| {
@@ -433,45 +500,120 @@ impl Store {
                 .to_owned()
         };
         let (api_version, kind) = (text("apiVersion"), text("kind"));
-        let meta = |k: &str| {
-            value
-                .get("metadata")
-                .and_then(|m| m.get(k))
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        };
-        let ident = format!(
-            "{kind} {}/{}",
-            meta("namespace").unwrap_or_else(|| "default".into()),
-            meta("name").unwrap_or_else(|| "<unnamed>".into())
-        );
         if kind == "List" {
-            if let Some(serde_yaml::Value::Sequence(items)) = value.get("items").cloned() {
+            if let Some(serde_json::Value::Array(items)) = value.get("items").cloned() {
                 for item in items {
-                    self.load_value(item, origin, errors);
+                    self.load_value(item, origin, seen, errors);
                 }
             }
             return;
         }
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-        let parsed = Kind::of(group, &kind).map(|k| Self::parse_kind(k, value, origin, &ident));
-        match parsed {
-            Some(Ok(object)) => self.apply(object, origin.clone()),
-            Some(Err(e)) => errors.push(e),
-            None => {
-                tracing::debug!(%origin, %ident, "skipping an object of a kind the waypoint does not read")
+        let Some(k) = Kind::of(group, &kind) else {
+            let ident = ident("", &value, "default");
+            tracing::debug!(%origin, kind = %limits::shown(&kind), object = %ident, "skipping an object of a kind the waypoint does not read");
+            self.ignored.push(Ignored {
+                origin: origin.clone(),
+                api_version: limits::shown(&api_version).into_owned(),
+                kind: limits::shown(&kind).into_owned(),
+                key: ident.trim_start().to_owned(),
+            });
+            return;
+        };
+        let ident = ident(
+            &kind,
+            &value,
+            if k.cluster_scoped() { "" } else { "default" },
+        );
+        let violations = limits::check(k, &value);
+        if !violations.is_empty() {
+            errors.extend(
+                violations
+                    .into_iter()
+                    .map(|v| violation_error(origin, &ident, v)),
+            );
+            return;
+        }
+        match Self::parse_kind(k, value, origin, &ident) {
+            Ok(object) => {
+                if let Some(first) = seen.get(&(k, object.key())) {
+                    errors.push(LoadError {
+                        origin: origin.clone(),
+                        object: ident,
+                        field: String::new(),
+                        message: format!(
+                            "also defined at {first}; the same object in two places is refused, neither copy replaces the other"
+                        ),
+                    });
+                } else {
+                    seen.insert((k, object.key()), origin.clone());
+                    self.apply(object, origin.clone());
+                }
             }
+            Err(e) => errors.push(e),
         }
     }
 }
 
-fn typed<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(
-    value: D,
+/// Where each object of one load came from.
+type Seen = HashMap<(Kind, ObjectKey), Origin>;
+
+/// `Kind namespace/name` for messages, printable and bounded whatever the object holds.
+fn ident(kind: &str, value: &serde_json::Value, default_ns: &str) -> String {
+    let meta = |k: &str| {
+        value
+            .get("metadata")
+            .and_then(|m| m.get(k))
+            .and_then(|v| v.as_str())
+    };
+    let ns = meta("namespace").unwrap_or(default_ns);
+    let name = meta("name").unwrap_or("<unnamed>");
+    let key = if ns.is_empty() {
+        limits::shown(name).into_owned()
+    } else {
+        format!("{}/{}", limits::shown(ns), limits::shown(name))
+    };
+    format!("{} {key}", limits::shown(kind))
+}
+
+fn violation_error(origin: &Origin, ident: &str, v: limits::Violation) -> LoadError {
+    LoadError {
+        origin: origin.clone(),
+        object: ident.to_owned(),
+        field: if v.field.is_empty() {
+            String::new()
+        } else {
+            format!(" field {}", v.field)
+        },
+        message: v.message,
+    }
+}
+
+/// Reads a config file, refusing more than [`yaml::MAX_BYTES`] without reading further.
+fn read_bounded(file: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot open: {e}"))?;
+    let mut bytes = Vec::new();
+    f.take(yaml::MAX_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    yaml::check_size(bytes.len())?;
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 (byte {}); Kubernetes manifests are UTF-8",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+fn typed<T: DeserializeOwned>(
+    value: serde_json::Value,
     origin: &Origin,
     ident: &str,
 ) -> Result<T, LoadError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
+        // Map keys in the path are the file's text: made printable and bounded.
+        let path = limits::shown_max(&e.path().to_string(), MAX_SHOWN_PATH).into_owned();
         LoadError {
             origin: origin.clone(),
             object: ident.to_owned(),
@@ -480,7 +622,7 @@ fn typed<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(
             } else {
                 format!(" field {path}")
             },
-            message: e.into_inner().to_string(),
+            message: limits::shown_max(&e.into_inner().to_string(), MAX_MESSAGE).into_owned(),
         }
     })
 }
@@ -489,7 +631,12 @@ fn slice_service(slice: &EndpointSlice) -> Option<&String> {
     slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)
 }
 
-fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+/// The files a config path names: the file itself, or every `.yaml`/`.yml` file under a
+/// directory, sorted. Names starting with `.` are skipped (a ConfigMap volume keeps each file
+/// three times: `x.yaml`, `..data/x.yaml` and `..<timestamp>/x.yaml`), symlinks to files are
+/// followed, symlinks to directories are not (a link to `..` would loop), and at most
+/// [`MAX_FILES`] files are read.
+pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
     if !path.is_dir() {
         // Surface a missing file as an error rather than an empty config.
         std::fs::metadata(path)?;
@@ -499,11 +646,21 @@ fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
     let mut dirs = vec![path.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir)? {
-            let p = entry?.path();
-            if p.is_dir() {
+            let entry = entry?;
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
+            let p = entry.path();
+            if entry.file_type()?.is_dir() {
                 dirs.push(p);
-            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") && p.is_file() {
                 out.push(p);
+                if out.len() > MAX_FILES {
+                    return Err(std::io::Error::other(format!(
+                        "more than {MAX_FILES} config files under {}",
+                        limits::shown_max(&path.display().to_string(), MAX_SHOWN_PATH)
+                    )));
+                }
             }
         }
     }

@@ -1,15 +1,19 @@
 //! `waypoint authz check`: Istio's validation and `WaypointAccepted` status for every
-//! AuthorizationPolicy and RequestAuthentication.
+//! AuthorizationPolicy and RequestAuthentication, and a warning for every object of a kind the
+//! waypoint does not enforce (an HTTPRoute or a VirtualService is read by nothing here).
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use gateway_api_bindings::{ObjectKey, Origin, status};
+use gateway_api_bindings::{Ignored, ObjectKey, Origin, limits, status};
 
 pub(crate) fn run(config: &Path, root_ns: &str) -> anyhow::Result<ExitCode> {
-    let (store, load_failed) = super::load(config)?;
-    let mut invalid = load_failed;
+    let (store, errors) = super::load(config)?;
+    let mut invalid = !errors.is_empty();
     let mut out = std::io::stdout().lock();
+    for ignored in &store.ignored {
+        not_enforced(&mut out, ignored)?;
+    }
     for (key, ap) in &store.authorization_policies {
         let st = status::authorization_policy(&store, &ap.object, root_ns);
         invalid |= report(&mut out, "AuthorizationPolicy", key, &ap.origin, &st)?;
@@ -23,6 +27,37 @@ pub(crate) fn run(config: &Path, root_ns: &str) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Warns that an object is not enforced, saying what does enforce its kind where that is known.
+fn not_enforced(out: &mut impl std::io::Write, o: &Ignored) -> std::io::Result<()> {
+    let why = match o.kind.as_str() {
+        "HTTPRoute" | "GRPCRoute" | "TCPRoute" | "TLSRoute" | "VirtualService"
+        | "DestinationRule" => {
+            "routing and traffic policy are not implemented by this waypoint: requests go to the Service they address"
+        }
+        "PeerAuthentication" => "mTLS mode is ztunnel's to enforce",
+        "Sidecar" | "EnvoyFilter" | "WasmPlugin" | "Telemetry" | "ProxyConfig" => {
+            "Envoy configuration; this waypoint is not Envoy"
+        }
+        _ => "the waypoint does not read this kind",
+    };
+    writeln!(
+        out,
+        "  warning: {}: {} {}: not enforced ({}): {why}",
+        o.origin,
+        if o.kind.is_empty() {
+            "<no kind>"
+        } else {
+            &o.kind
+        },
+        o.key,
+        if o.api_version.is_empty() {
+            "<no apiVersion>"
+        } else {
+            &o.api_version
+        },
+    )
 }
 
 /// Prints one policy's condition, errors and warnings; returns whether it is invalid.
@@ -57,14 +92,16 @@ fn report(
         writeln!(
             out,
             "  error: {origin}: {kind} {key}: {}: {}",
-            e.field, e.message
+            e.field,
+            limits::shown_max(&e.message, 512)
         )?;
     }
     for w in &st.warnings {
         writeln!(
             out,
             "  warning: {origin}: {kind} {key}: {}: {}",
-            w.field, w.message
+            w.field,
+            limits::shown_max(&w.message, 512)
         )?;
     }
     Ok(st.is_invalid())

@@ -72,6 +72,19 @@ struct Line<'a> {
 }
 
 impl Line<'_> {
+    /// An object the waypoint refuses: the config is not evaluated.
+    fn refused(reason: String) -> anyhow::Result<String> {
+        let line = Line {
+            decision: "error",
+            status: None,
+            policy: None,
+            rule: None,
+            action: None,
+            reason: format!("config refused: {reason}").into(),
+        };
+        Ok(serde_json::to_string(&line)?)
+    }
+
     /// A request answered before policy (400 from path normalization, 401 from a token).
     fn local(status: u16, reason: String) -> anyhow::Result<String> {
         let line = Line {
@@ -111,7 +124,18 @@ pub(crate) fn run(
 ) -> anyhow::Result<ExitCode> {
     let mode = PathNormalization::parse(normalization)
         .with_context(|| format!("unknown --path-normalization {normalization:?}"))?;
-    let (store, _) = super::load(config)?;
+    let (store, errors) = super::load(config)?;
+    // The waypoint refuses a config holding an object it cannot read or a policy Istio's webhook
+    // would reject, and keeps serving its previous one: no decision exists for this config.
+    let mut refused: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    refused.extend(waypoint::config::invalid_policies(&store, root_ns));
+    if !refused.is_empty() {
+        let mut out = std::io::stdout().lock();
+        for reason in refused {
+            writeln!(out, "{}", Line::refused(reason)?)?;
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     let text = std::fs::read_to_string(requests)
         .with_context(|| format!("reading {}", requests.display()))?;
     let mut authorizers: HashMap<(String, String), (Authorizer, Authn)> = HashMap::new();

@@ -6,10 +6,11 @@ pub(crate) mod eval;
 use std::path::Path;
 
 use anyhow::Context as _;
-use gateway_api_bindings::Store;
+use gateway_api_bindings::{LoadError, Store};
 
-/// Loads the config, reporting unreadable documents on stderr. Returns whether any failed.
-pub(crate) fn load(config: &Path) -> anyhow::Result<(Store, bool)> {
+/// Loads the config with the waypoint's own loader (same limits, same refusals), reporting
+/// unreadable documents on stderr. Returns them too.
+pub(crate) fn load(config: &Path) -> anyhow::Result<(Store, Vec<LoadError>)> {
     let mut store = Store::default();
     let errors = store
         .load_path(config)
@@ -17,5 +18,5 @@ pub(crate) fn load(config: &Path) -> anyhow::Result<(Store, bool)> {
     for e in &errors {
         eprintln!("error: {e}");
     }
-    Ok((store, !errors.is_empty()))
+    Ok((store, errors))
 }

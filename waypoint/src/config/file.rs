@@ -1,15 +1,22 @@
 //! The file config source: a YAML file or a directory of them, polled for changes. A change that
-//! does not load or compile is logged and ignored; the last good snapshot keeps serving.
+//! does not load or compile is logged once (a file that stays broken is not re-read until it
+//! changes again), counted in `waypoint_config_reload_failures_total`, and ignored: the last
+//! good snapshot keeps serving. Reading is bounded (see `gateway_api_bindings::yaml`), so no
+//! file can stall or exhaust the reload.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use gateway_api_bindings::Store;
+use gateway_api_bindings::store::config_files;
 
 use super::{ConfigError, ConfigHandle, MeshSettings, Snapshot};
 use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
+
+/// Errors kept in one rejection (each file already caps its own).
+const MAX_ERRORS_LOGGED: usize = 50;
 
 /// Reads and compiles `path`.
 pub fn load(
@@ -23,9 +30,18 @@ pub fn load(
         source,
     })?;
     if !errors.is_empty() {
-        return Err(ConfigError::Objects(
-            errors.iter().map(ToString::to_string).collect(),
-        ));
+        let mut lines: Vec<String> = errors
+            .iter()
+            .take(MAX_ERRORS_LOGGED)
+            .map(ToString::to_string)
+            .collect();
+        if errors.len() > MAX_ERRORS_LOGGED {
+            lines.push(format!(
+                "and {} more error(s)",
+                errors.len() - MAX_ERRORS_LOGGED
+            ));
+        }
+        return Err(ConfigError::Objects(lines));
     }
     let snapshot = Snapshot::compile(&store, settings, jwks)?;
     Ok((snapshot, store))
@@ -35,21 +51,16 @@ pub fn load(
 pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
 /// Take it before loading, and hand it to [`watch`], so a change made during the load is seen.
+/// It covers the files the loader reads ([`config_files`]) and, for a directory, the directory
+/// itself (a file added, removed or renamed changes its mtime).
 pub fn fingerprint(path: &Path) -> Fingerprint {
-    let mut files = vec![path.to_path_buf()];
-    let mut out = Vec::new();
-    while let Some(p) = files.pop() {
-        let Ok(meta) = std::fs::metadata(&p) else {
-            out.push((p, 0, None));
-            continue;
-        };
-        if meta.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                files.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
-            }
-        } else {
-            out.push((p, meta.len(), meta.modified().ok()));
-        }
+    let stamp = |p: &Path| match std::fs::metadata(p) {
+        Ok(meta) => (p.to_path_buf(), meta.len(), meta.modified().ok()),
+        Err(_) => (p.to_path_buf(), 0, None),
+    };
+    let mut out = vec![stamp(path)];
+    if let Ok(files) = config_files(path) {
+        out.extend(files.iter().map(|f| stamp(f)));
     }
     out.sort();
     out

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use gateway_api_bindings::mesh::Destinations;
-use gateway_api_bindings::{ObjectKey, Origin, Store, WaypointIdentity, authorizer_for, status};
+use gateway_api_bindings::{
+    ObjectKey, Origin, Store, WaypointIdentity, authorizer_for, limits, status,
+};
 use policy_engine::Authorizer;
 
 use crate::authn::Authn;
@@ -74,6 +76,31 @@ pub enum ConfigError {
     AmbiguousGateway(String),
 }
 
+/// Istio's validation errors of every AuthorizationPolicy and RequestAuthentication in `store`,
+/// one line each (bounded). Any of them makes a file config invalid, as the admission webhook
+/// would have refused the object; `authz eval` refuses the config for the same reason.
+pub fn invalid_policies(store: &Store, root: &str) -> Vec<String> {
+    let mut invalid = Vec::new();
+    let mut report = |kind: &str, key: &ObjectKey, origin: &Origin, st: status::PolicyStatus| {
+        for e in &st.errors {
+            invalid.push(format!(
+                "{origin}: {kind} {key}: {}: {}",
+                e.field,
+                limits::shown_max(&e.message, 512)
+            ));
+        }
+    };
+    for (key, ap) in &store.authorization_policies {
+        let st = status::authorization_policy(store, &ap.object, root);
+        report("AuthorizationPolicy", key, &ap.origin, st);
+    }
+    for (key, ra) in &store.request_authentications {
+        let st = status::request_authentication(store, &ra.object, root);
+        report("RequestAuthentication", key, &ra.origin, st);
+    }
+    invalid
+}
+
 /// Everything the data path needs, compiled once. Parts are shared between snapshots when they
 /// did not change.
 #[derive(Debug)]
@@ -125,25 +152,7 @@ impl Snapshot {
         settings: &MeshSettings,
         jwks: &JwksRegistry,
     ) -> Result<Snapshot, ConfigError> {
-        let root = &settings.root_namespace;
-        let mut invalid = Vec::new();
-        let mut report =
-            |kind: &str, key: &ObjectKey, origin: &Origin, st: status::PolicyStatus| {
-                for e in &st.errors {
-                    invalid.push(format!(
-                        "{origin}: {kind} {key}: {}: {}",
-                        e.field, e.message
-                    ));
-                }
-            };
-        for (key, ap) in &store.authorization_policies {
-            let st = status::authorization_policy(store, &ap.object, root);
-            report("AuthorizationPolicy", key, &ap.origin, st);
-        }
-        for (key, ra) in &store.request_authentications {
-            let st = status::request_authentication(store, &ra.object, root);
-            report("RequestAuthentication", key, &ra.origin, st);
-        }
+        let invalid = invalid_policies(store, &settings.root_namespace);
         if !invalid.is_empty() {
             return Err(ConfigError::Objects(invalid));
         }

@@ -47,15 +47,19 @@ struct RawNormalization {
 #[derive(Debug, thiserror::Error)]
 pub enum MeshConfigError {
     #[error("the mesh config is not valid YAML: {0}")]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(#[from] gateway_api_bindings::yaml::YamlError),
+    #[error("the mesh config does not decode: {0}")]
+    Decode(#[from] serde_json::Error),
     #[error("unknown pathNormalization.normalization {0:?}")]
     Normalization(String),
 }
 
 impl MeshConfig {
-    /// Parses the `mesh` key. Fields the waypoint does not use are ignored.
+    /// Parses the `mesh` key. Fields the waypoint does not use are ignored. Read with the
+    /// config loader's bounds (size, depth, no aliases), as a ConfigMap is written by whoever
+    /// may edit `istio-system`.
     pub fn parse(text: &str) -> Result<MeshConfig, MeshConfigError> {
-        let raw: Option<Raw> = serde_yaml::from_str(text)?;
+        let raw: Option<Raw> = serde_json::from_value(gateway_api_bindings::yaml::single(text)?)?;
         let Some(raw) = raw else {
             return Ok(MeshConfig::default());
         };

@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/waypoint-target
 # Everything here runs in order: the checks share one target dir, and a failure stops the run.
 .NOTPARALLEL:
 
-.PHONY: deps demo test fmt clippy unit demo-check
+.PHONY: deps demo test fmt clippy unit demo-check fuzz-smoke
 
 # Which tool groups `.ci/deps.sh` installs: `make deps` wants all; `demo` needs only the build's
 # (a target-specific value applies to the prerequisites it pulls in).
@@ -27,7 +27,7 @@ demo: deps
 
 # Every check CI runs, in this order. A new check (the Helm chart checks, the fuzz smoke script)
 # gets a target below and its name in CHECKS; the tools it needs go into .ci/deps.sh (group test).
-CHECKS := fmt clippy unit demo-check
+CHECKS := fmt clippy unit demo-check fuzz-smoke
 test: deps $(CHECKS)
 
 fmt:
@@ -46,3 +46,10 @@ unit:
 demo-check:
 	$(CARGO) test --workspace --locked --no-run --quiet
 	"$(CARGO_TARGET_DIR)/debug/demo-mesh" --check
+
+# The config loader under libFuzzer for a bounded time (and input size): no input may crash it, loop,
+# or grow it past 2 GiB. Its build (gateway-api-bindings with AddressSanitizer) goes to
+# ~/.cache/waypoint-fuzz-target; the first one is slow, later ones build only what changed.
+FUZZ_SECONDS ?= 30
+fuzz-smoke:
+	fuzz/smoke.sh $(FUZZ_SECONDS)

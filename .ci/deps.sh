@@ -77,6 +77,7 @@ install_command() {
   case "$how" in
     apt:*) echo "${sudo}apt-get update && ${sudo}apt-get install -y ${how#apt:}" ;;
     rustup:*) echo "rustup component add ${how#rustup:}" ;;
+    cargo:*) echo "cargo install ${how#cargo:} --locked" ;;
     *) echo "$how" ;;
   esac
 }
@@ -115,6 +116,14 @@ install_one() {
       say "running: rustup component add $component"
       rustup component add "$component" ||
         give_up "$name" "$why" "rustup component add $component" "rustup failed (see above)"
+      ;;
+    cargo:*)
+      # A crate's binary, built from crates.io into ~/.cargo/bin (no root needed).
+      local crate=${how#cargo:}
+      say "installing $name with cargo (crate $crate; a few minutes on 2 cores)"
+      say "running: cargo install $crate --locked"
+      cargo install "$crate" --locked ||
+        give_up "$name" "$why" "cargo install $crate --locked" "cargo install failed (see above)"
       ;;
     *)
       say "internal error: unknown install method '$how' for $name"
@@ -168,6 +177,7 @@ need build cc           "cc --version"            apt:gcc        "rustc links wi
 need build cmake        "cmake --version"         apt:cmake      "pingora-core builds zlib-ng (libz-ng-sys) with it"
 need test  rustfmt      "cargo fmt --version"     rustup:rustfmt "cargo fmt --check"
 need test  clippy       "cargo clippy --version"  rustup:clippy  "cargo clippy -D warnings"
+need test  cargo-fuzz   "cargo fuzz --version"    cargo:cargo-fuzz "fuzz/smoke.sh, the config loader's fuzz run"
 # Checks added later (helm for the chart checks, Python packages for schema validation) go here.
 
 install_missing

@@ -71,9 +71,9 @@ impl Clause {
             Clause::Host(s) => s.eval(http.map(|h| h.host), |m, v| m.matches_ignore_case(v)),
             Clause::Method(s) => s.eval(http.map(|h| h.method), |m, v| m.matches(v)),
             Clause::Path(s) => s.eval(http.map(|h| h.path), |m, v| m.matches(v)),
-            Clause::Header(name, s) => {
-                s.eval(http.and_then(|h| h.headers.get(name)), |m, v| m.matches(v))
-            }
+            Clause::Header(name, s) => s.eval(http.and_then(|h| h.headers.get(name)), |m, v| {
+                m.matches_bytes(v)
+            }),
             Clause::RequestPrincipal(s) => s.eval(req.jwt, |m, j| m.matches(j)),
             Clause::Claim(path, s) => s.eval(req.jwt.and_then(|j| j.lookup(path)), |m, c| {
                 claim_matches(m, c)

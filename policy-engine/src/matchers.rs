@@ -71,6 +71,17 @@ impl StrMatch {
         }
     }
 
+    /// A header value: Envoy compares the bytes, which need not be UTF-8 (obs-text).
+    pub(crate) fn matches_bytes(&self, s: &[u8]) -> bool {
+        match self {
+            StrMatch::Exact(e) => s == e.as_bytes(),
+            StrMatch::Prefix(p) => s.starts_with(p.as_bytes()),
+            StrMatch::Suffix(x) => s.ends_with(x.as_bytes()),
+            StrMatch::NonEmpty => !s.is_empty(),
+            StrMatch::Present => true,
+        }
+    }
+
     /// Host comparison: `self` holds lower-case text.
     pub(crate) fn matches_ignore_case(&self, s: &str) -> bool {
         let s = s.as_bytes();

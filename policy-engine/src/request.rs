@@ -58,20 +58,23 @@ impl PeerIdentity {
     }
 }
 
-/// Header lookup by lower-case name. Multiple values must already be joined with `,` (Envoy's view).
+/// Header lookup by lower-case name, as Envoy's header map answers it: a name sent more than once
+/// must already be joined with `,` in arrival order, and values are bytes (obs-text, bytes >= 0x80,
+/// is legal in a field value and compared as it is). Pseudo-headers (`:path`, `:method`,
+/// `:authority`, `:scheme`) are looked up here too.
 pub trait Headers {
-    fn get(&self, lower_case_name: &str) -> Option<&str>;
+    fn get(&self, lower_case_name: &str) -> Option<&[u8]>;
 }
 
 impl Headers for BTreeMap<String, String> {
-    fn get(&self, lower_case_name: &str) -> Option<&str> {
-        BTreeMap::get(self, lower_case_name).map(String::as_str)
+    fn get(&self, lower_case_name: &str) -> Option<&[u8]> {
+        BTreeMap::get(self, lower_case_name).map(String::as_bytes)
     }
 }
 
 impl Headers for std::collections::HashMap<String, String> {
-    fn get(&self, lower_case_name: &str) -> Option<&str> {
-        std::collections::HashMap::get(self, lower_case_name).map(String::as_str)
+    fn get(&self, lower_case_name: &str) -> Option<&[u8]> {
+        std::collections::HashMap::get(self, lower_case_name).map(String::as_bytes)
     }
 }
 
@@ -80,7 +83,7 @@ impl Headers for std::collections::HashMap<String, String> {
 pub struct NoHeaders;
 
 impl Headers for NoHeaders {
-    fn get(&self, _: &str) -> Option<&str> {
+    fn get(&self, _: &str) -> Option<&[u8]> {
         None
     }
 }

@@ -11,14 +11,15 @@ use anyhow::{Context as _, bail};
 use gateway_api_bindings::{
     ObjectKey, Store, WaypointIdentity, authorizer_for, service_entry_target, service_target,
 };
-use policy_engine::path::{self, PathNormalization};
+use policy_engine::path::PathNormalization;
 use policy_engine::request::DEFAULT_SPACE_DELIMITED_CLAIMS;
-use policy_engine::{Authorizer, HttpRequest, JwtClaims, PeerIdentity, Request};
+use policy_engine::{Authorizer, JwtClaims, PeerIdentity, Request};
 
 use serde::Deserialize;
 use waypoint::authn::jwks::{JwksOptions, JwksRegistry};
 use waypoint::authn::provider::{Verified, claim};
 use waypoint::authn::{Authenticator, Authn, AuthnError};
+use waypoint::proxy::request_view::{Incoming, RequestView};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,11 +48,68 @@ struct Source {
 #[serde(deny_unknown_fields)]
 struct Http {
     method: String,
+    /// The `Host` header, when not given in `headers`.
     #[serde(default)]
     host: String,
+    /// The request-target as on the request line: origin-form (`/p?q`), absolute-form
+    /// (`http://a/p`), `*` or authority-form.
     path: String,
+    /// Header fields; a list for a name sent more than once, in arrival order.
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: BTreeMap<String, FieldValues>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FieldValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl FieldValues {
+    fn iter(&self) -> impl Iterator<Item = &String> {
+        match self {
+            FieldValues::One(v) => std::slice::from_ref(v).iter(),
+            FieldValues::Many(vs) => vs.iter(),
+        }
+    }
+}
+
+/// The header fields of a request document, as the waypoint's codec would hold them.
+fn header_map(http: &Http, token: Option<&str>) -> anyhow::Result<http::HeaderMap> {
+    let mut map = http::HeaderMap::new();
+    for (name, values) in &http.headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .with_context(|| format!("http.headers: {name:?} is not a header name"))?;
+        for v in values.iter() {
+            let value = http::HeaderValue::from_str(v)
+                .with_context(|| format!("http.headers.{name}: {v:?} is not a field value"))?;
+            map.append(name.clone(), value);
+        }
+    }
+    if !http.host.is_empty() && !map.contains_key(http::header::HOST) {
+        let host = http::HeaderValue::from_str(&http.host)
+            .with_context(|| format!("http.host: {:?} is not a field value", http.host))?;
+        map.insert(http::header::HOST, host);
+    }
+    if let Some(t) = token {
+        let bearer = http::HeaderValue::from_str(&format!("Bearer {t}"))
+            .context("token: not a header value")?;
+        map.insert(http::header::AUTHORIZATION, bearer);
+    }
+    Ok(map)
+}
+
+/// The document's request as the waypoint's codec hands it to [`RequestView::build`].
+fn incoming<'a>(http: &'a Http, headers: &'a http::HeaderMap) -> Incoming<'a> {
+    Incoming {
+        method: &http.method,
+        target: http.path.as_bytes(),
+        h2_authority: None,
+        h2_scheme: None,
+        http2: false,
+        headers,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,14 +256,18 @@ fn decide(
     if req.token.is_some() && req.http.is_none() {
         bail!("a token needs an http request");
     }
-    let mut headers: BTreeMap<String, String> = req
-        .http
-        .iter()
-        .flat_map(|h| h.headers.iter())
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-        .collect();
-    if let Some(t) = &req.token {
-        headers.insert("authorization".into(), format!("Bearer {t}"));
+    if req.http.as_ref().is_some_and(|h| h.method.is_empty()) {
+        bail!("http.method must not be empty");
+    }
+    let mut headers = match &req.http {
+        Some(h) => header_map(h, req.token.as_deref())?,
+        None => http::HeaderMap::new(),
+    };
+    // What the waypoint refuses before authentication and policy (400, 404).
+    if let Some(h) = &req.http
+        && let Err(e) = RequestView::build(incoming(h, &headers), mode)
+    {
+        return Line::local(e.status(), format!("refused: {e}"));
     }
     let verified = match (&req.http, authn.for_target(target.as_deref())) {
         (Some(h), Some(a)) => match authenticate(a, rt, h, &mut headers) {
@@ -223,31 +285,14 @@ fn decide(
         JwtClaims::new(claims, &DEFAULT_SPACE_DELIMITED_CLAIMS)
     });
     let claims = claims.as_ref().or(verified.as_ref().map(|v| &v.claims));
-    let normalized = match &req.http {
-        Some(h) => match path::normalize(&h.path, mode) {
-            Ok(p) => Some(p),
-            // Envoy answers 400 before any policy runs.
-            Err(e) => return Line::local(400, format!("denied: {e}")),
+    let view = match &req.http {
+        Some(h) => match RequestView::build(incoming(h, &headers), mode) {
+            Ok(v) => Some(v),
+            Err(e) => return Line::local(e.status(), format!("refused: {e}")),
         },
         None => None,
     };
-    if req.http.as_ref().is_some_and(|h| h.method.is_empty()) {
-        bail!("http.method must not be empty");
-    }
-    let http = req
-        .http
-        .as_ref()
-        .zip(normalized.as_deref())
-        .map(|(h, p)| HttpRequest {
-            method: &h.method,
-            host: if h.host.is_empty() {
-                headers.get("host").map_or("", String::as_str)
-            } else {
-                &h.host
-            },
-            path: p,
-            headers: &headers,
-        });
+    let http = view.as_ref().map(RequestView::http);
     let request = Request {
         peer: peer.as_ref(),
         source_ip: req.source.ip,
@@ -276,26 +321,17 @@ fn authenticate(
     authn: &Authenticator,
     rt: &tokio::runtime::Runtime,
     http: &Http,
-    headers: &mut BTreeMap<String, String>,
+    headers: &mut http::HeaderMap,
 ) -> Result<Option<Arc<Verified>>, AuthnError> {
-    let mut map = http::HeaderMap::new();
-    for (k, v) in headers.iter() {
-        if let (Ok(k), Ok(v)) = (
-            http::header::HeaderName::from_bytes(k.as_bytes()),
-            http::HeaderValue::from_str(v),
-        ) {
-            map.insert(k, v);
-        }
-    }
-    let query = http.path.split_once('?').map(|(_, q)| q);
-    authn.sanitize(&mut map);
-    let accepted = rt.block_on(authn.authenticate(&map, query))?;
+    let target = http
+        .path
+        .split_once('#')
+        .map_or(http.path.as_str(), |(t, _)| t);
+    let query = target.split_once('?').map(|(_, q)| q);
+    authn.sanitize(headers);
+    let accepted = rt.block_on(authn.authenticate(headers, query))?;
     if let Some(a) = &accepted {
-        a.apply(&mut map);
+        a.apply(headers);
     }
-    *headers = map
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
     Ok(accepted.map(|a| a.verified))
 }

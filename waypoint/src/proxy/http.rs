@@ -9,18 +9,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use gateway_api_bindings::mesh::Protocol;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::upstreams::peer::{ALPN, Proxy};
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use policy_engine::Request;
 use policy_engine::authorizer::DENIED_BODY;
-use policy_engine::path;
-use policy_engine::{HttpRequest, Request};
 
 use super::destination::Destination;
 use super::inbound::TunnelCtx;
 use super::relay::{IDENTITY_HEADER, next_hop};
+use super::request_view::{Incoming, Refused, RequestView};
 use crate::authn::provider::Verified;
 use crate::authn::{self, Authenticator};
 use crate::config::ConfigHandle;
@@ -45,14 +46,6 @@ pub struct ReqCtx {
     /// The request was answered by the waypoint itself (403, 400, 503).
     local_reply: bool,
     denied: bool,
-}
-
-struct HeaderView<'a>(&'a http::HeaderMap);
-
-impl policy_engine::Headers for HeaderView<'_> {
-    fn get(&self, lower_case_name: &str) -> Option<&str> {
-        self.0.get(lower_case_name).and_then(|v| v.to_str().ok())
-    }
 }
 
 fn tunnel_of(session: &Session) -> Option<Arc<TunnelCtx>> {
@@ -111,6 +104,33 @@ impl HttpApp {
         }
         reply(session, status, body, extra).await?;
         Ok(true)
+    }
+
+    /// Answers a request Envoy's codec or connection manager would refuse before any filter
+    /// (400; 404 or 405 for what is not proxied), and closes the connection as Envoy does
+    /// after a protocol error.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        tunnel: &TunnelCtx,
+        e: Refused,
+    ) -> Result<bool> {
+        tracing::info!(
+            peer = ?tunnel.conn.peer.as_ref().map(|p| p.uri()),
+            client = ?tunnel.client_ip,
+            target = %tunnel.target,
+            method = %session.req_header().method,
+            reason = %e,
+            "request refused before policy"
+        );
+        session.set_keepalive(None);
+        let (status, body) = match e.status() {
+            404 => (404, "Not Found"),
+            405 => (405, "Method Not Allowed"),
+            _ => (400, "Bad Request"),
+        };
+        self.local(session, ctx, status, body, true, None).await
     }
 
     /// RequestAuthentication, before policy.
@@ -210,6 +230,21 @@ fn rebuild_trace_context(req: &mut RequestHeader) -> Result<()> {
     Ok(())
 }
 
+/// The request as the downstream codec holds it, for [`RequestView::build`].
+fn incoming<'a>(session: &'a Session) -> Incoming<'a> {
+    let req = session.req_header();
+    let http2 = session.as_downstream().is_http2();
+    Incoming {
+        method: req.method.as_str(),
+        // Pingora keeps the request-target's bytes (less any fragment) as received.
+        target: req.raw_path(),
+        h2_authority: req.uri.authority().map(|a| a.as_str()).filter(|_| http2),
+        h2_scheme: req.uri.scheme_str().filter(|_| http2),
+        http2,
+        headers: &req.headers,
+    }
+}
+
 fn host_of(req: &RequestHeader) -> &str {
     req.uri
         .authority()
@@ -231,6 +266,11 @@ impl ProxyHttp for HttpApp {
             return Error::e_explain(ErrorType::InternalError, "request without tunnel context");
         };
         let snapshot = self.config.load();
+        // What Envoy's codec and connection manager refuse never reaches authentication.
+        let refused = RequestView::build(incoming(session), snapshot.path_normalization).err();
+        if let Some(e) = refused {
+            return self.refuse(session, ctx, &tunnel, e).await;
+        }
         let Some(dest) = Destination::resolve(&snapshot, tunnel.target) else {
             // The destination left the config while the tunnel was open.
             tracing::warn!(target = %tunnel.target, "destination no longer served");
@@ -248,59 +288,59 @@ impl ProxyHttp for HttpApp {
             Authenticated::Answered => return Ok(true),
         };
         // Decide in a block with no await: the request view borrows data that is not `Sync`.
-        let (denied, normalized) = {
-            let req = session.req_header();
-            let raw_path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-            let normalized = match path::normalize(raw_path, snapshot.path_normalization) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::info!(path = raw_path, error = %e, "request path rejected by normalization");
-                    return self
-                        .local(session, ctx, 400, "Bad Request", true, None)
-                        .await;
+        let verdict = {
+            let view = RequestView::build(incoming(session), snapshot.path_normalization);
+            match view {
+                Err(e) => Err(e),
+                Ok(view) => {
+                    let request = Request {
+                        peer: tunnel.conn.peer.as_ref(),
+                        source_ip: tunnel.client_ip,
+                        remote_ip: tunnel.client_ip,
+                        destination_ip: Some(tunnel.target.ip()),
+                        destination_port: Some(tunnel.target.port()),
+                        sni: None,
+                        http: Some(view.http()),
+                        jwt: verified.as_ref().map(|v| &v.claims),
+                    };
+                    let decision = snapshot.authorizer.evaluate(&request, dest.policy_target());
+                    if !decision.allowed {
+                        tracing::info!(
+                            peer = ?tunnel.conn.peer.as_ref().map(|p| p.uri()),
+                            request_principal = ?verified.as_ref().map(|v| &v.principal),
+                            client = ?tunnel.client_ip,
+                            destination = %dest,
+                            method = view.method,
+                            authority = %view.authority,
+                            path = %view.path,
+                            policy = ?decision.matched.map(|m| m.policy.to_string()),
+                            rule = ?decision.matched.map(|m| m.rule),
+                            reason = %decision,
+                            "request denied"
+                        );
+                    }
+                    Ok((decision.allowed, view.path, view.authority.into_owned()))
                 }
-            };
-            let host = host_of(req);
-            let headers = HeaderView(&req.headers);
-            let request = Request {
-                peer: tunnel.conn.peer.as_ref(),
-                source_ip: tunnel.client_ip,
-                remote_ip: tunnel.client_ip,
-                destination_ip: Some(tunnel.target.ip()),
-                destination_port: Some(tunnel.target.port()),
-                sni: None,
-                http: Some(HttpRequest {
-                    method: req.method.as_str(),
-                    host,
-                    path: &normalized,
-                    headers: &headers,
-                }),
-                jwt: verified.as_ref().map(|v| &v.claims),
-            };
-            let decision = snapshot.authorizer.evaluate(&request, dest.policy_target());
-            if !decision.allowed {
-                tracing::info!(
-                    peer = ?tunnel.conn.peer.as_ref().map(|p| p.uri()),
-                    request_principal = ?verified.as_ref().map(|v| &v.principal),
-                    client = ?tunnel.client_ip,
-                    destination = %dest,
-                    method = %req.method,
-                    path = raw_path,
-                    policy = ?decision.matched.map(|m| m.policy.to_string()),
-                    rule = ?decision.matched.map(|m| m.rule),
-                    reason = %decision,
-                    "request denied"
-                );
             }
-            let changed = (normalized != raw_path).then(|| normalized.into_owned());
-            (!decision.allowed, changed)
         };
-        if denied {
-            return self.local(session, ctx, 403, DENIED_BODY, true, None).await;
-        }
-        // The app sees the path the policy was checked against, as with Envoy's normalization.
-        if let Some(uri) = normalized.and_then(|n| n.parse::<http::Uri>().ok()) {
-            session.req_header_mut().set_uri(uri);
+        let (path, authority) = match verdict {
+            Err(e) => return self.refuse(session, ctx, &tunnel, e).await,
+            Ok((false, ..)) => {
+                return self.local(session, ctx, 403, DENIED_BODY, true, None).await;
+            }
+            Ok((true, path, authority)) => (path, authority),
+        };
+        // The app gets the request policy was checked on: origin-form, the normalized path
+        // (as with Envoy's normalization) and `Host` from `:authority` (from an absolute-form
+        // target, RFC 9112 3.2.2), for an HTTP/1.1 and an h2 upstream alike.
+        let Ok(uri) = path.parse::<http::Uri>() else {
+            let e = Refused::InvalidTarget(path);
+            return self.refuse(session, ctx, &tunnel, e).await;
+        };
+        let req = session.req_header_mut();
+        req.set_uri(uri);
+        if req.headers.get(http::header::HOST).map(|h| h.as_bytes()) != Some(authority.as_bytes()) {
+            req.insert_header(http::header::HOST, authority)?;
         }
         ctx.dest = Some(dest);
         ctx.tunnel = Some(tunnel);
@@ -357,11 +397,15 @@ impl ProxyHttp for HttpApp {
         }
         peer.options.connection_timeout = Some(Duration::from_secs(10));
         peer.options.idle_timeout = Some(Duration::from_secs(90));
-        if session.as_downstream().is_http2()
-            || dest.protocol() == gateway_api_bindings::mesh::Protocol::Http2
-        {
-            peer.options.alpn = ALPN::H2;
-        }
+        // The port's declared protocol decides, as Istio configures Envoy's upstream cluster:
+        // HTTP/1.1 for `http`, h2 for `http2`/`grpc`/`h2c`; only an undeclared (sniffed) port
+        // follows the client (Istio's `useClientProtocol` for auto-detected ports).
+        peer.options.alpn = match dest.protocol() {
+            Protocol::Http => ALPN::H1,
+            Protocol::Http2 => ALPN::H2,
+            Protocol::Tcp | Protocol::Unknown if session.as_downstream().is_http2() => ALPN::H2,
+            Protocol::Tcp | Protocol::Unknown => ALPN::H1,
+        };
         Ok(Box::new(peer))
     }
 

@@ -114,7 +114,14 @@ impl TunnelHandler for Inbound {
                 Detected::Found(_) => Detected::Found(Inner::H2c),
                 other => other,
             },
-            Protocol::Http => detect(&mut stream, first_byte).await,
+            // A port declared HTTP carries HTTP whatever its first bytes look like (`patch /`
+            // is a valid request): Envoy's HTTP codec answers what it cannot parse, so only
+            // h2c's preface changes the codec here.
+            Protocol::Http => match detect(&mut stream, first_byte).await {
+                Detected::Found(Inner::H2c) => Detected::Found(Inner::H2c),
+                Detected::Found(_) => Detected::Found(Inner::Http1),
+                other => other,
+            },
             // Server-first protocols never speak: silence means opaque TCP.
             Protocol::Unknown => match detect(&mut stream, SNIFF_TIMEOUT).await {
                 Detected::Silent => Detected::Found(Inner::Tcp),

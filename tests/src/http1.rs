@@ -38,7 +38,16 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    io.write_all(req.as_bytes()).await?;
+    raw(io, req.as_bytes()).await
+}
+
+/// Writes `bytes` as they are (a request head and its `Content-Length` body) and reads one
+/// response. `Ok(None)` when the peer closed before answering.
+pub async fn raw<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    bytes: &[u8],
+) -> anyhow::Result<Option<Response>> {
+    io.write_all(bytes).await?;
     let mut buf = Vec::new();
     loop {
         let mut hs = [httparse::EMPTY_HEADER; 64];

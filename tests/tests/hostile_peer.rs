@@ -435,7 +435,10 @@ async fn a_connect_that_loops_into_the_waypoint_is_refused_once() {
         assert_eq!(dials, 0, "no tunnel to ourselves");
         assert_eq!(tunnels, 1, "one stream, not a chain of them");
         assert_eq!(
-            (m.hbone_connections.get(), m.upstream_hbone_connections.get()),
+            (
+                m.hbone_connections.get(),
+                m.upstream_hbone_connections.get()
+            ),
             (inbound, upstream),
             "the waypoint's connections stay flat"
         );

@@ -28,6 +28,8 @@
 //!   matches (validation warns). For values without `*` or `/` the two agree.
 //! * `principals` suffixes and `trustDomains` wildcards are compared as strings; istiod's RE2
 //!   regexes do not let `.` match a line feed, which a valid URI (RFC 3986) cannot contain.
+//! * the waypoint's HTTP view of a request (repeated fields, Host, request-target forms) refuses
+//!   with 400 some ambiguous requests Envoy would decide; `docs/authz.md` lists them;
 //! * a matching CUSTOM policy denies, since no external authorizer can be consulted yet;
 //! * unknown `when` keys and `experimental.envoy.filters.*` (Envoy metadata this waypoint does
 //!   not have) are handled like HTTP-only fields on TCP: an ALLOW rule never matches, a DENY/AUDIT

@@ -287,7 +287,10 @@ impl ProxyHttp for HttpApp {
             Authenticated::Token(v) => Some(v),
             Authenticated::Answered => return Ok(true),
         };
-        // Decide in a block with no await: the request view borrows data that is not `Sync`.
+        // The view is built again, not reused: authentication has since removed its output
+        // headers and the token and set claim headers, and policy must see the request as
+        // Envoy's RBAC filter does, after jwt_authn. Decide in a block with no await: the
+        // request view borrows data that is not `Sync`.
         let verdict = {
             let view = RequestView::build(incoming(session), snapshot.path_normalization);
             match view {

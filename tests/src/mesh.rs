@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use waypoint::app::{ConfigSource, RunOptions, Running};
 use waypoint::config::kube::KubeOptions;
 use waypoint::identity::IdentitySource;
-use waypoint::run::{ConfigSource, RunOptions, Running};
 use waypoint::tls::dev_ca::DevCa;
 
 use crate::backend;
@@ -344,7 +344,7 @@ impl Mesh {
         if let Some(tune) = opts.tune {
             tune(&mut run);
         }
-        let waypoint = waypoint::run::start(run).await?;
+        let waypoint = waypoint::app::start(run).await?;
         Ok(Mesh {
             block,
             dir,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use waypoint::run::RunOptions;
+use waypoint::app::RunOptions;
 use waypoint_tests::http1;
 use waypoint_tests::mesh::{HTTPBIN_VIP, Mesh, MeshOptions, TCP_ECHO_VIP};
 use waypoint_tests::pki::WorkloadCert;

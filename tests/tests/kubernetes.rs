@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use gateway_api_bindings::ObjectKey;
 use serde_json::Value;
+use waypoint::app::{ConfigSource, RunOptions};
 use waypoint::config::kube::KubeOptions;
 use waypoint::identity::IdentitySource;
-use waypoint::run::{ConfigSource, RunOptions};
 use waypoint_tests::http1;
 use waypoint_tests::kube_api::FakeApiServer;
 use waypoint_tests::mesh::{HTTPBIN_VIP, Mesh, MeshOptions, cluster_yaml};
@@ -427,7 +427,7 @@ async fn one_replica_writes_status_and_another_takes_over() {
         run.readiness_addr = SocketAddr::new(ip, 0);
         run.metrics_addr = SocketAddr::new(ip, 0);
         run.admin_addr = SocketAddr::new(ip, 0);
-        let b = waypoint::run::start(run).await.unwrap();
+        let b = waypoint::app::start(run).await.unwrap();
         let a_leads = || mesh.running().metrics.status_leader.get();
         let b_leads = || b.metrics.status_leader.get();
         until("replica-a leads (it started first)", || async {

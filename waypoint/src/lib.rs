@@ -9,14 +9,14 @@
 //! through [`proxy::upstream`] and the pooled [`hbone::client`]. Config ([`config`]) and the workload
 //! certificate ([`identity`], from files, Istio's CA or a SPIRE agent; TLS details in [`tls`]) are
 //! swapped in atomically from their own tasks; [`admin`] serves readiness, metrics
-//! and the config dump on separate listeners. [`run`] wires it together.
+//! and the config dump on separate listeners. [`app`] wires it together.
 
 pub mod admin;
+pub mod app;
 pub mod authn;
 pub mod config;
 pub mod hbone;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;
-pub mod run;
 pub mod tls;

@@ -1,4 +1,4 @@
-//! `waypoint run`: flags to [`waypoint::run::RunOptions`], signals to a graceful drain.
+//! `waypoint run`: flags to [`waypoint::app::RunOptions`], signals to a graceful drain.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,12 +10,12 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use gateway_api_bindings::ObjectKey;
 use policy_engine::path::PathNormalization;
+use waypoint::app::{ConfigSource, RunOptions};
 use waypoint::config::MeshSettings;
 use waypoint::config::kube::KubeOptions;
 use waypoint::config::kube::mesh_config::{MeshConfig, Overrides};
 use waypoint::identity::workload_api::socket_path;
 use waypoint::identity::{CaOptions, IdentitySource};
-use waypoint::run::{ConfigSource, RunOptions};
 use waypoint::tls::dev_ca::DevCa;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -307,7 +307,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             .collect::<Result<_, _>>()
             .with_context(|| format!("--jwks-ca {}: not PEM certificates", path.display()))?;
     }
-    let running = waypoint::run::start(opts).await?;
+    let running = waypoint::app::start(opts).await?;
     wait_for_signal().await?;
     tracing::info!("shutting down: GOAWAY sent, draining in-flight streams");
     running.shutdown().await;

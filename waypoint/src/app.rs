@@ -1,4 +1,4 @@
-//! `waypoint run`: wires identity, config, the HBONE listener, the HTTP app, the upstream pool and
+//! The app: wires identity, config, the HBONE listener, the HTTP app, the upstream pool and
 //! the admin listeners onto one tokio runtime, and drains them on shutdown.
 
 use std::net::SocketAddr;

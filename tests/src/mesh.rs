@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use waypoint::app::{ConfigSource, RunOptions, Running};
-use waypoint::config::kube::KubeOptions;
 use waypoint::identity::IdentitySource;
+use waypoint::source::kube::KubeOptions;
 use waypoint::tls::dev_ca::DevCa;
 
 use crate::backend;

@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::ConfigHandle;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::state::StateHandle;
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]
 pub struct AdminState {
-    pub config: Arc<ConfigHandle>,
+    pub config: Arc<StateHandle>,
     pub metrics: Arc<Metrics>,
     pub identity: Arc<Identity>,
     /// True once the listeners are up; readiness also needs a config and a certificate.

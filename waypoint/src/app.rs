@@ -15,8 +15,6 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState, Role};
 use crate::authn::jwks::{JwksOptions, JwksRegistry};
-use crate::config::kube::KubeOptions;
-use crate::config::{self, ConfigHandle, MeshSettings, Snapshot};
 use crate::hbone::client::Connector;
 use crate::hbone::server::{self, ServerSettings};
 use crate::identity::{Identity, IdentitySource};
@@ -26,6 +24,8 @@ use crate::proxy::inbound::Inbound;
 use crate::proxy::own::OwnAddresses;
 use crate::proxy::relay;
 use crate::proxy::upstream::Upstream;
+use crate::source::kube::KubeOptions;
+use crate::state::{self, MeshSettings, Snapshot, StateHandle};
 
 /// Where the config comes from.
 #[derive(Debug, Clone)]
@@ -90,9 +90,9 @@ pub enum StartError {
     #[error("binding the upstream relay socket: {0}")]
     Relay(std::io::Error),
     #[error("loading the config: {0}")]
-    Config(#[from] config::ConfigError),
+    Config(#[from] state::ConfigError),
     #[error("connecting to Kubernetes: {0}")]
-    Kube(#[from] config::kube::KubeError),
+    Kube(#[from] crate::source::kube::KubeError),
     #[error("loading the identity: {0}")]
     Identity(#[from] crate::identity::IdentityError),
 }
@@ -105,7 +105,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
-    pub config: Arc<ConfigHandle>,
+    pub config: Arc<StateHandle>,
     pub identity: Arc<Identity>,
     shutdown: watch::Sender<bool>,
     hbone: JoinHandle<()>,
@@ -132,8 +132,8 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
     );
     let config = match &opts.config {
         ConfigSource::File(path) => {
-            let seen = config::file::fingerprint(path);
-            let (snapshot, store) = config::file::load(path, &opts.settings, &jwks)?;
+            let seen = crate::source::file::fingerprint(path);
+            let (snapshot, store) = crate::source::file::load(path, &opts.settings, &jwks)?;
             tracing::info!(
                 version = snapshot.version,
                 waypoint = %snapshot.waypoint.gateway,
@@ -145,8 +145,8 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
             metrics
                 .config_version
                 .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
-            let config = ConfigHandle::new(snapshot, store);
-            background.push(tokio::spawn(config::file::watch(
+            let config = StateHandle::new(snapshot, store);
+            background.push(tokio::spawn(crate::source::file::watch(
                 path.clone(),
                 seen,
                 opts.settings.clone(),
@@ -158,9 +158,9 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
             config
         }
         ConfigSource::Kubernetes(k) => {
-            let config = ConfigHandle::unsynced(Snapshot::empty(&opts.settings));
+            let config = StateHandle::unsynced(Snapshot::empty(&opts.settings));
             background.extend(
-                config::kube::start(
+                crate::source::kube::start(
                     (**k).clone(),
                     opts.settings.clone(),
                     config.clone(),

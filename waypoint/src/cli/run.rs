@@ -11,11 +11,11 @@ use clap::Args;
 use gateway_api_bindings::ObjectKey;
 use policy_engine::path::PathNormalization;
 use waypoint::app::{ConfigSource, RunOptions};
-use waypoint::config::MeshSettings;
-use waypoint::config::kube::KubeOptions;
-use waypoint::config::kube::mesh_config::{MeshConfig, Overrides};
 use waypoint::identity::workload_api::socket_path;
 use waypoint::identity::{CaOptions, IdentitySource};
+use waypoint::source::kube::KubeOptions;
+use waypoint::source::kube::mesh_config::{MeshConfig, Overrides};
+use waypoint::state::MeshSettings;
 use waypoint::tls::dev_ca::DevCa;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -231,7 +231,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
                     None,
                     Default::default(),
                 );
-                let (snapshot, _) = waypoint::config::file::load(path, &settings, &jwks)
+                let (snapshot, _) = waypoint::source::file::load(path, &settings, &jwks)
                     .with_context(|| format!("loading {}", path.display()))?;
                 snapshot.waypoint.gateway
             }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gateway_api_bindings::mesh::{Endpoint, Protocol, ServiceDestination, Workload};
 
-use crate::config::Snapshot;
+use crate::state::Snapshot;
 
 /// Where a tunnel is going.
 #[derive(Debug, Clone)]

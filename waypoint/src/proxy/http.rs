@@ -24,15 +24,15 @@ use super::relay::{IDENTITY_HEADER, next_hop};
 use super::request_view::{Incoming, Refused, RequestView};
 use crate::authn::provider::Verified;
 use crate::authn::{self, Authenticator};
-use crate::config::ConfigHandle;
 use crate::metrics::Metrics;
+use crate::state::StateHandle;
 
 /// Endpoints tried per request when connecting fails (before any byte went upstream).
 const MAX_ATTEMPTS: usize = 3;
 
 #[derive(Debug)]
 pub struct HttpApp {
-    pub config: Arc<ConfigHandle>,
+    pub config: Arc<StateHandle>,
     pub relay: PathBuf,
     pub metrics: Arc<Metrics>,
 }

@@ -22,10 +22,10 @@ use super::http::HttpApp;
 use super::idle::{Activity, Tracked};
 use super::sniff::{Sniffed, sniff};
 use super::upstream::Upstream;
-use crate::config::ConfigHandle;
 use crate::hbone::server::{ConnInfo, Timeouts, Tunnel, TunnelHandler};
 use crate::hbone::stream::H2Stream;
 use crate::metrics::Metrics;
+use crate::state::StateHandle;
 
 /// How long an undeclared port may stay silent before its bytes are treated as opaque TCP
 /// (server-first protocols such as MySQL never speak first).
@@ -43,7 +43,7 @@ pub struct TunnelCtx {
 
 /// The [`TunnelHandler`] of the waypoint.
 pub struct Inbound {
-    pub config: Arc<ConfigHandle>,
+    pub config: Arc<StateHandle>,
     pub http: Arc<HttpProxy<HttpApp>>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<Metrics>,
@@ -217,7 +217,7 @@ impl Inbound {
     fn leads_to_us(
         &self,
         tunnel: &Tunnel,
-        snapshot: &crate::config::Snapshot,
+        snapshot: &crate::state::Snapshot,
     ) -> Option<super::own::Refusal> {
         let own = &self.upstream.own;
         if own.is_ours(tunnel.target) {

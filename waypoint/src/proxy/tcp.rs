@@ -8,9 +8,9 @@ use tokio::io::AsyncWriteExt;
 use super::destination::Destination;
 use super::inbound::TunnelCtx;
 use super::upstream::Upstream;
-use crate::config::Snapshot;
 use crate::hbone::stream::H2Stream;
 use crate::metrics::Metrics;
+use crate::state::Snapshot;
 
 /// Endpoints tried before giving up on a connection; nothing has been sent upstream before the
 /// connection is up, so trying another endpoint is safe.

@@ -186,7 +186,7 @@ pub(crate) fn run(
     // The waypoint refuses a config holding an object it cannot read or a policy Istio's webhook
     // would reject, and keeps serving its previous one: no decision exists for this config.
     let mut refused: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    refused.extend(waypoint::config::invalid_policies(&store, root_ns));
+    refused.extend(waypoint::state::invalid_policies(&store, root_ns));
     if !refused.is_empty() {
         let mut out = std::io::stdout().lock();
         for reason in refused {

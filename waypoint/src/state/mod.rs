@@ -1,13 +1,10 @@
-//! Config: Kubernetes objects compiled into an immutable [`Snapshot`] that the data path reads
-//! without locks; a new snapshot replaces the old one atomically.
+//! The compiled mesh state: Kubernetes objects compiled into an immutable [`Snapshot`] that the
+//! data path reads without locks; a new snapshot replaces the old one atomically.
 //!
-//! Two sources feed it: [`file`] (YAML files on disk, no API server needed) and [`kube`]
-//! (watchers on the API server). Both keep a [`Store`] of the objects they read and publish
-//! snapshots built from it; the policies and the destinations are compiled separately, so an
+//! Two sources feed it: [`crate::source::file`] (YAML files on disk, no API server needed) and
+//! [`crate::source::kube`] (watchers on the API server). Both keep a [`Store`] of the objects
+//! they read and publish snapshots built from it; the policies and the destinations are compiled separately, so an
 //! endpoint change reuses the compiled policies.
-
-pub mod file;
-pub mod kube;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -252,36 +249,39 @@ impl Snapshot {
 /// The current snapshot, shared by the data path and config sources, plus the objects behind
 /// it (for `/config_dump` and status, never read on the data path).
 #[derive(Debug)]
-pub struct ConfigHandle {
+pub struct StateHandle {
     current: ArcSwap<Snapshot>,
     store: Arc<Mutex<Store>>,
     synced: AtomicBool,
 }
 
-impl ConfigHandle {
+impl StateHandle {
     /// A handle serving `initial`, already synced (the file source loads before it starts).
-    pub fn new(initial: Snapshot, store: Store) -> Arc<ConfigHandle> {
-        Arc::new(ConfigHandle {
+    pub fn new(initial: Snapshot, store: Store) -> Arc<StateHandle> {
+        Arc::new(StateHandle {
             current: ArcSwap::from_pointee(initial),
             store: Arc::new(Mutex::new(store)),
             synced: AtomicBool::new(true),
         })
     }
 
-    /// A handle that is not ready until a source calls [`ConfigHandle::mark_synced`].
-    pub fn unsynced(initial: Snapshot) -> Arc<ConfigHandle> {
-        Arc::new(ConfigHandle {
+    /// A handle that is not ready until a source calls [`StateHandle::mark_synced`].
+    pub fn unsynced(initial: Snapshot) -> Arc<StateHandle> {
+        Arc::new(StateHandle {
             current: ArcSwap::from_pointee(initial),
             store: Arc::default(),
             synced: AtomicBool::new(false),
         })
     }
 
+    /// The data path's read: the snapshot in force now, lock-free. Hold it for one request or
+    /// stream; the next load sees whatever was published since.
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
 
-    pub fn store(&self, snapshot: Snapshot) {
+    /// A source's write: replaces the snapshot atomically.
+    pub fn publish(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
     }
 

@@ -3,7 +3,7 @@
 use policy_engine::path::PathNormalization;
 use serde::Deserialize;
 
-use crate::config::MeshSettings;
+use crate::state::MeshSettings;
 
 /// Flags given explicitly; each wins over the mesh config.
 #[derive(Debug, Clone, Default)]

@@ -20,8 +20,8 @@ use super::mesh_config::{MeshConfig, Overrides};
 use super::watch::{Invalid, Parsed, Update};
 use crate::authn::Authn;
 use crate::authn::jwks::JwksRegistry;
-use crate::config::{ConfigHandle, MeshSettings, Snapshot, next_version};
 use crate::metrics::Metrics;
+use crate::state::{MeshSettings, Snapshot, StateHandle, next_version};
 
 /// What the status writer needs besides the store, published after each snapshot.
 #[derive(Debug, Clone, Default)]
@@ -52,11 +52,11 @@ impl Dirty {
 }
 
 #[allow(missing_debug_implementations)] // holds channels and handles only
-pub struct Sync {
+pub struct StateUpdater {
     pub gateway: ObjectKey,
     pub overrides: Overrides,
     pub base: MeshSettings,
-    pub handle: Arc<ConfigHandle>,
+    pub handle: Arc<StateHandle>,
     pub metrics: Arc<Metrics>,
     pub jwks: Arc<JwksRegistry>,
     pub status: tokio::sync::watch::Sender<Arc<StatusInput>>,
@@ -66,7 +66,7 @@ pub struct Sync {
 }
 
 struct State {
-    cfg: Sync,
+    cfg: StateUpdater,
     store: Arc<Mutex<Store>>,
     mesh_config: Option<MeshConfig>,
     settings: MeshSettings,
@@ -81,7 +81,7 @@ struct State {
     epoch: u64,
 }
 
-impl Sync {
+impl StateUpdater {
     /// Runs until every watcher is gone.
     pub fn run(self, rx: Receiver<Update>) {
         let settings = MeshConfig::default().settings(&self.overrides, &self.base);
@@ -408,7 +408,7 @@ impl State {
             since_first_event_ms = burst.elapsed().as_millis() as u64,
             "config snapshot published"
         );
-        self.cfg.handle.store(snapshot);
+        self.cfg.handle.publish(snapshot);
         self.cfg.metrics.config_reloads.inc();
         self.cfg
             .metrics

@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime};
 use gateway_api_bindings::Store;
 use gateway_api_bindings::store::config_files;
 
-use super::{ConfigError, ConfigHandle, MeshSettings, Snapshot};
 use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
+use crate::state::{ConfigError, MeshSettings, Snapshot, StateHandle};
 
 /// Errors kept in one rejection (each file already caps its own).
 const MAX_ERRORS_LOGGED: usize = 50;
@@ -71,7 +71,7 @@ pub async fn watch(
     path: PathBuf,
     mut seen: Fingerprint,
     settings: MeshSettings,
-    handle: Arc<ConfigHandle>,
+    handle: Arc<StateHandle>,
     metrics: Arc<Metrics>,
     jwks: Arc<JwksRegistry>,
     interval: Duration,
@@ -90,7 +90,7 @@ pub async fn watch(
             Ok(Ok((snapshot, store))) => {
                 tracing::info!(version = snapshot.version, path = %path.display(), "config change applied");
                 *handle.objects() = store;
-                handle.store(snapshot);
+                handle.publish(snapshot);
                 metrics.config_reloads.inc();
             }
             Ok(Err(e)) => {

@@ -20,8 +20,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::sync::StatusInput;
-use crate::config::ConfigHandle;
 use crate::metrics::Metrics;
+use crate::state::StateHandle;
 
 /// How many status writes are in flight at once.
 const CONCURRENCY: usize = 8;
@@ -49,7 +49,7 @@ pub struct StatusWriter {
     pub client: Client,
     pub gateway: ObjectKey,
     pub field_manager: String,
-    pub handle: Arc<ConfigHandle>,
+    pub handle: Arc<StateHandle>,
     pub metrics: Arc<Metrics>,
 }
 

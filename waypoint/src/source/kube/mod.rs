@@ -3,7 +3,7 @@
 //!
 //! * [`watch`]: one kube-runtime watcher per kind (backoff on errors, relist after a 410).
 //! * [`sync`]: debounced, incremental snapshot builds; readiness after the first full sync.
-//! * [`status`] and [`lease`]: `WaypointAccepted` / `Programmed` written by the Lease holder.
+//! * [`status_writer`] and [`lease`]: `WaypointAccepted` / `Programmed` written by the Lease holder.
 //! * [`mesh_config`]: root namespace, trust domain and path normalization from Istio's mesh
 //!   ConfigMap, unless flags say otherwise.
 //!
@@ -15,7 +15,7 @@
 
 pub mod lease;
 pub mod mesh_config;
-pub mod status;
+pub mod status_writer;
 pub mod sync;
 pub mod watch;
 
@@ -30,8 +30,8 @@ use tokio::task::JoinHandle;
 use self::lease::LeaseOptions;
 use self::mesh_config::Overrides;
 use crate::authn::jwks::JwksRegistry;
-use crate::config::{ConfigHandle, MeshSettings};
 use crate::metrics::Metrics;
+use crate::state::{MeshSettings, StateHandle};
 
 /// Our own field manager for status writes.
 pub const FIELD_MANAGER: &str = "rust-waypoint";
@@ -116,14 +116,14 @@ async fn client(opts: &KubeOptions) -> Result<kube::Client, KubeError> {
 pub async fn start(
     opts: KubeOptions,
     base: MeshSettings,
-    handle: Arc<ConfigHandle>,
+    handle: Arc<StateHandle>,
     metrics: Arc<Metrics>,
     jwks: Arc<JwksRegistry>,
 ) -> Result<Vec<JoinHandle<()>>, KubeError> {
     let client = client(&opts).await?;
     let (tx, rx) = std::sync::mpsc::channel();
     let (status_tx, status_rx) = tokio_watch::channel(Arc::default());
-    let sync = sync::Sync {
+    let sync = sync::StateUpdater {
         gateway: opts.gateway.clone(),
         overrides: opts.overrides.clone(),
         base,
@@ -148,7 +148,7 @@ pub async fn start(
             leader_tx,
             metrics.clone(),
         )));
-        let writer = status::StatusWriter {
+        let writer = status_writer::StatusWriter {
             client,
             gateway: opts.gateway.clone(),
             field_manager: FIELD_MANAGER.to_owned(),

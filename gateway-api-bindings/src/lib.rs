@@ -7,15 +7,15 @@
 //! * [`yaml`]: bounded YAML reading (size, depth, no anchors/aliases, located errors).
 //! * [`limits`]: the name and size limits Kubernetes and the CRDs declare, and bounded display.
 //! * [`attachment`]: which policies bind to a waypoint, and to which of its destinations.
-//! * [`mesh`]: the destinations a waypoint serves (Services, EndpointSlices, Pods) and their identities.
+//! * [`destinations`]: the destinations a waypoint serves (Services, EndpointSlices, Pods) and their identities.
 //! * [`pod`]: the few fields of a Pod the waypoint keeps.
 //! * [`status`]: the status istiod would write, plus validation findings naming each field.
 //! * [`translate`]: AuthorizationPolicy -> [`policy_engine::PolicySpec`].
 
 pub mod attachment;
+pub mod destinations;
 pub mod istio;
 pub mod limits;
-pub mod mesh;
 pub mod pod;
 pub mod status;
 pub mod store;

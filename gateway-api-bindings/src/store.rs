@@ -14,9 +14,9 @@ use serde::de::DeserializeOwned;
 
 use crate::yaml;
 
+use crate::destinations::SERVICE_NAME_LABEL;
 use crate::istio::{AuthorizationPolicy, RequestAuthentication, ServiceEntry, WorkloadEntry};
 use crate::limits;
-use crate::mesh::SERVICE_NAME_LABEL;
 use crate::pod::PodInfo;
 
 /// Errors reported for one file; the rest are counted in one more error.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
-use gateway_api_bindings::mesh::Destinations;
+use gateway_api_bindings::destinations::Destinations;
 use gateway_api_bindings::{
     ObjectKey, Origin, Store, WaypointIdentity, authorizer_for, limits, status,
 };

@@ -10,7 +10,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway_api_bindings::mesh::{Changed, DestinationBuilder, SERVICE_NAME_LABEL, ServiceRef};
+use gateway_api_bindings::destinations::{
+    Changed, DestinationBuilder, SERVICE_NAME_LABEL, ServiceRef,
+};
 use gateway_api_bindings::{
     Kind, LoadError, Object, ObjectKey, Origin, Store, WaypointIdentity, authorizer_for, status,
 };

@@ -11,11 +11,7 @@ use policy_engine::{Authorizer, AuthorizerBuilder, Binding};
 use crate::istio::{AuthorizationPolicy, PolicyTargetReference, RequestAuthentication};
 use crate::store::{ObjectKey, Store};
 use crate::translate;
-
-pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
-pub const ISTIO_NETWORKING_GROUP: &str = "networking.istio.io";
-/// The class istiod gives waypoints.
-pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+use crate::well_known::{GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, WAYPOINT_CLASS, canonical_group};
 
 /// The waypoint a decision is made for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +35,6 @@ impl WaypointIdentity {
             root_namespace: root_namespace.to_owned(),
         }
     }
-}
-
-/// Kubernetes treats `""` and `core` as the same group.
-pub fn canonical_group(g: &str) -> &str {
-    if g.is_empty() { "core" } else { g }
 }
 
 /// `targetRefs`, or `[targetRef]` when `targetRefs` is empty.

@@ -10,6 +10,7 @@
 //! * [`destinations`]: the destinations a waypoint serves (Services, EndpointSlices, Pods) and their identities.
 //! * [`pod`]: the few fields of a Pod the waypoint keeps.
 //! * [`status`]: the status istiod would write, plus validation findings naming each field.
+//! * [`well_known`]: every API group, label, annotation, class and controller name matched on.
 //! * [`translate`]: AuthorizationPolicy -> [`policy_engine::PolicySpec`].
 
 pub mod attachment;
@@ -20,6 +21,7 @@ pub mod pod;
 pub mod status;
 pub mod store;
 pub mod translate;
+pub mod well_known;
 pub mod yaml;
 
 pub use attachment::{

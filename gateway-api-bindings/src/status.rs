@@ -6,16 +6,13 @@ use std::collections::BTreeMap;
 use kube::ResourceExt;
 use policy_engine::{FieldIssue, validate};
 
-use crate::attachment::{GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, WAYPOINT_CLASS, canonical_group};
 use crate::istio::{AuthorizationPolicy, PolicyTargetReference, RequestAuthentication};
 use crate::store::{ObjectKey, Store};
 use crate::translate;
-
-pub const CONDITION_TYPE: &str = "WaypointAccepted";
-/// The controller a GatewayClass must name to be a waypoint class.
-pub const MESH_CONTROLLER: &str = "istio.io/mesh-controller";
-pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
-pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+use crate::well_known::{
+    GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, MESH_CONTROLLER, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE,
+    WAYPOINT_CLASS, canonical_group,
+};
 
 /// Reasons, spelled as istiod spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,10 +14,13 @@ use serde::de::DeserializeOwned;
 
 use crate::yaml;
 
-use crate::destinations::SERVICE_NAME_LABEL;
 use crate::istio::{AuthorizationPolicy, RequestAuthentication, ServiceEntry, WorkloadEntry};
 use crate::limits;
 use crate::pod::PodInfo;
+use crate::well_known::{
+    DISCOVERY_GROUP, GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, ISTIO_SECURITY_GROUP,
+    SERVICE_NAME_LABEL,
+};
 
 /// Errors reported for one file; the rest are counted in one more error.
 pub const MAX_ERRORS_PER_FILE: usize = 20;
@@ -131,15 +134,15 @@ impl Kind {
     /// `(group, kind)` as in `apiVersion`/`kind`.
     pub fn group_kind(self) -> (&'static str, &'static str) {
         match self {
-            Kind::Gateway => ("gateway.networking.k8s.io", "Gateway"),
-            Kind::GatewayClass => ("gateway.networking.k8s.io", "GatewayClass"),
+            Kind::Gateway => (GATEWAY_GROUP, "Gateway"),
+            Kind::GatewayClass => (GATEWAY_GROUP, "GatewayClass"),
             Kind::Service => ("", "Service"),
             Kind::Namespace => ("", "Namespace"),
-            Kind::ServiceEntry => ("networking.istio.io", "ServiceEntry"),
-            Kind::WorkloadEntry => ("networking.istio.io", "WorkloadEntry"),
-            Kind::AuthorizationPolicy => ("security.istio.io", "AuthorizationPolicy"),
-            Kind::RequestAuthentication => ("security.istio.io", "RequestAuthentication"),
-            Kind::EndpointSlice => ("discovery.k8s.io", "EndpointSlice"),
+            Kind::ServiceEntry => (ISTIO_NETWORKING_GROUP, "ServiceEntry"),
+            Kind::WorkloadEntry => (ISTIO_NETWORKING_GROUP, "WorkloadEntry"),
+            Kind::AuthorizationPolicy => (ISTIO_SECURITY_GROUP, "AuthorizationPolicy"),
+            Kind::RequestAuthentication => (ISTIO_SECURITY_GROUP, "RequestAuthentication"),
+            Kind::EndpointSlice => (DISCOVERY_GROUP, "EndpointSlice"),
             Kind::Pod => ("", "Pod"),
         }
     }

@@ -4,9 +4,7 @@ use kube::ResourceExt;
 use policy_engine::{Action, ConditionSpec, OperationSpec, PolicySpec, RuleSpec, SourceSpec};
 
 use crate::istio::{AuthorizationPolicy, Operation, Source};
-
-/// The annotation that turns a policy into a shadow policy.
-pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+use crate::well_known::DRY_RUN_ANNOTATION;
 
 /// Why a policy cannot be translated at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

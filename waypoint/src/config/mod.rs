@@ -134,7 +134,7 @@ impl Snapshot {
             version: next_version(),
             waypoint: WaypointIdentity {
                 gateway,
-                class: gateway_api_bindings::attachment::WAYPOINT_CLASS.to_owned(),
+                class: gateway_api_bindings::well_known::WAYPOINT_CLASS.to_owned(),
                 root_namespace: settings.root_namespace.clone(),
             },
             authorizer: Arc::new(policy_engine::AuthorizerBuilder::new().build()),

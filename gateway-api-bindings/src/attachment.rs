@@ -9,7 +9,8 @@
 use policy_engine::{Authorizer, AuthorizerBuilder, Binding};
 
 use crate::istio::{AuthorizationPolicy, PolicyTargetReference, RequestAuthentication};
-use crate::store::{ObjectKey, Store};
+use crate::key::ObjectKey;
+use crate::store::Store;
 use crate::translate;
 use crate::well_known::{GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, WAYPOINT_CLASS, canonical_group};
 

@@ -3,6 +3,7 @@
 //! `WaypointAccepted` status, and translation of AuthorizationPolicy into the engine's model.
 //!
 //! * [`istio`]: the Istio CRDs the waypoint reads (written here; no crate fits kube 4.2).
+//! * `key`: how an object is named ([`Kind`], [`ObjectKey`]).
 //! * [`store`]: a pure index with `apply`, loaded from YAML files or fed by watchers.
 //! * [`yaml`]: bounded YAML reading (size, depth, no anchors/aliases, located errors).
 //! * [`limits`]: the name and size limits Kubernetes and the CRDs declare, and bounded display.
@@ -16,6 +17,7 @@
 pub mod attachment;
 pub mod destinations;
 pub mod istio;
+mod key;
 pub mod limits;
 pub mod pod;
 pub mod status;
@@ -27,4 +29,5 @@ pub mod yaml;
 pub use attachment::{
     WaypointIdentity, authorizer_for, binding, service_entry_target, service_target,
 };
-pub use store::{Ignored, Kind, LoadError, Object, ObjectKey, Origin, Sourced, Store};
+pub use key::{Kind, ObjectKey};
+pub use store::{Ignored, LoadError, Object, Origin, Sourced, Store};

@@ -7,7 +7,8 @@ use kube::ResourceExt;
 use policy_engine::{FieldIssue, validate};
 
 use crate::istio::{AuthorizationPolicy, PolicyTargetReference, RequestAuthentication};
-use crate::store::{ObjectKey, Store};
+use crate::key::ObjectKey;
+use crate::store::Store;
 use crate::translate;
 use crate::well_known::{
     GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, MESH_CONTROLLER, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE,

@@ -12,31 +12,8 @@ use crate::istio::{AuthorizationPolicy, PolicyTargetReference, RequestAuthentica
 use crate::key::ObjectKey;
 use crate::store::Store;
 use crate::translate;
-use crate::well_known::{GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, WAYPOINT_CLASS, canonical_group};
-
-/// The waypoint a decision is made for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WaypointIdentity {
-    pub gateway: ObjectKey,
-    pub class: String,
-    pub root_namespace: String,
-}
-
-impl WaypointIdentity {
-    /// Takes the class from the Gateway object when the store has it.
-    pub fn from_store(store: &Store, gateway: ObjectKey, root_namespace: &str) -> WaypointIdentity {
-        let class = store
-            .gateways
-            .get(&gateway)
-            .map(|g| g.object.spec.gateway_class_name.clone())
-            .unwrap_or_else(|| WAYPOINT_CLASS.to_owned());
-        WaypointIdentity {
-            gateway,
-            class,
-            root_namespace: root_namespace.to_owned(),
-        }
-    }
-}
+use crate::waypoint::WaypointIdentity;
+use crate::well_known::{GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, canonical_group};
 
 /// `targetRefs`, or `[targetRef]` when `targetRefs` is empty.
 pub fn target_refs(ap: &AuthorizationPolicy) -> Vec<&PolicyTargetReference> {
@@ -135,6 +112,7 @@ pub fn authorizer_for(store: &Store, waypoint: &WaypointIdentity) -> Authorizer 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::well_known::WAYPOINT_CLASS;
 
     fn ap(ns: &str, refs: &str) -> AuthorizationPolicy {
         let mut s = Store::default();

@@ -18,8 +18,8 @@ use crate::attachment::{service_entry_target, service_target};
 use crate::istio::{ServiceEntry, WorkloadEntrySpec};
 use crate::key::ObjectKey;
 use crate::pod::PodInfo;
-use crate::status::{waypoint_of, waypoint_of_labels};
 use crate::store::Store;
+use crate::waypoint::{waypoint_of, waypoint_of_labels};
 use crate::well_known::{DATAPLANE_MODE, GATEWAY_MANAGED, GATEWAY_NAME, WAYPOINT_FOR};
 
 /// The inner protocol of a port, as Istio decides it from `appProtocol` and the port name.

@@ -23,11 +23,11 @@ pub mod pod;
 pub mod status;
 pub mod store;
 pub mod translate;
+pub mod waypoint;
 pub mod well_known;
 pub mod yaml;
 
-pub use attachment::{
-    WaypointIdentity, authorizer_for, binding, service_entry_target, service_target,
-};
+pub use attachment::{authorizer_for, binding, service_entry_target, service_target};
 pub use key::{Kind, ObjectKey};
 pub use store::{Ignored, LoadError, Object, Origin, Sourced, Store};
+pub use waypoint::WaypointIdentity;

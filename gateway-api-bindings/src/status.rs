@@ -1,8 +1,6 @@
 //! The `WaypointAccepted` condition istiod sets on a policy
 //! (`pilot/pkg/serviceregistry/ambient/policies.go`), plus the validation findings behind it.
 
-use std::collections::BTreeMap;
-
 use kube::ResourceExt;
 use policy_engine::{FieldIssue, validate};
 
@@ -10,9 +8,9 @@ use crate::istio::{AuthorizationPolicy, PolicyTargetReference, RequestAuthentica
 use crate::key::ObjectKey;
 use crate::store::Store;
 use crate::translate;
+use crate::waypoint::{is_waypoint, waypoint_of};
 use crate::well_known::{
-    GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, MESH_CONTROLLER, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE,
-    WAYPOINT_CLASS, canonical_group,
+    GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, MESH_CONTROLLER, WAYPOINT_CLASS, canonical_group,
 };
 
 /// Reasons, spelled as istiod spells them.
@@ -421,51 +419,6 @@ fn gateway_class(store: &Store, ns: &str, name: &str, root: &str) -> (bool, Reas
         return (false, Reason::Invalid, msg);
     }
     (true, Reason::Accepted, format!("bound to {name}"))
-}
-
-/// A Gateway is a waypoint when it uses the waypoint class or listens for HBONE.
-pub fn is_waypoint(g: &gateway_api::apis::standard::gateways::Gateway) -> bool {
-    g.spec.gateway_class_name == WAYPOINT_CLASS
-        || g.spec.listeners.iter().any(|l| l.protocol == "HBONE")
-}
-
-/// The waypoint an object uses: its own `istio.io/use-waypoint` label, else its namespace's.
-pub fn waypoint_of(
-    store: &Store,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<ObjectKey> {
-    let ns = meta.namespace.as_deref().unwrap_or("default");
-    waypoint_of_labels(store, ns, meta.labels.as_ref())
-}
-
-/// [`waypoint_of`] for an object in namespace `ns` with `labels`.
-pub fn waypoint_of_labels(
-    store: &Store,
-    ns: &str,
-    labels: Option<&BTreeMap<String, String>>,
-) -> Option<ObjectKey> {
-    let from = |labels: &BTreeMap<String, String>| {
-        let name = labels.get(USE_WAYPOINT)?;
-        let wns = labels
-            .get(USE_WAYPOINT_NAMESPACE)
-            .cloned()
-            .unwrap_or_else(|| ns.to_owned());
-        Some((name.clone(), wns))
-    };
-    let empty = BTreeMap::new();
-    let (name, wns) = from(labels.unwrap_or(&empty)).or_else(|| {
-        let nsobj = store.namespaces.get(ns)?;
-        from(nsobj.object.metadata.labels.as_ref().unwrap_or(&empty))
-    })?;
-    if name == "none" || name == "#none" {
-        return None;
-    }
-    let key = ObjectKey::new(wns, name);
-    store
-        .gateways
-        .get(&key)
-        .filter(|g| is_waypoint(&g.object))
-        .map(|_| key)
 }
 
 fn service_waypoint(

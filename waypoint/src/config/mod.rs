@@ -162,7 +162,7 @@ impl Snapshot {
                 let mut wps = store
                     .gateways
                     .iter()
-                    .filter(|(_, g)| status::is_waypoint(&g.object))
+                    .filter(|(_, g)| gateway_api_bindings::waypoint::is_waypoint(&g.object))
                     .map(|(k, _)| k.clone());
                 match (wps.next(), wps.next()) {
                     (Some(g), None) => g,

@@ -6,6 +6,7 @@
 //! namespace; a `Service` or `ServiceEntry` in the policy's namespace, for traffic to it. A ref
 //! naming another namespace never matches.
 
+use kube::ResourceExt;
 use policy_engine::{Authorizer, AuthorizerBuilder, Binding};
 
 use crate::istio::{AuthorizationPolicy, PolicyTargetReference, RequestAuthentication};
@@ -14,6 +15,43 @@ use crate::store::Store;
 use crate::translate;
 use crate::waypoint::WaypointIdentity;
 use crate::well_known::{GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, canonical_group};
+
+/// What binds a policy: the part AuthorizationPolicy and RequestAuthentication share.
+#[derive(Debug)]
+pub struct Targeting<'a> {
+    pub namespace: String,
+    pub generation: Option<i64>,
+    pub selector: bool,
+    pub target_ref: Option<&'a PolicyTargetReference>,
+    pub target_refs: &'a [PolicyTargetReference],
+}
+
+impl<'a> Targeting<'a> {
+    pub fn of_authorization_policy(ap: &'a AuthorizationPolicy) -> Targeting<'a> {
+        Targeting {
+            namespace: ap.namespace().unwrap_or_else(|| "default".into()),
+            generation: ap.metadata.generation,
+            selector: ap.spec.selector.is_some(),
+            target_ref: ap.spec.target_ref.as_ref(),
+            target_refs: &ap.spec.target_refs,
+        }
+    }
+
+    pub fn of_request_authentication(ra: &'a RequestAuthentication) -> Targeting<'a> {
+        Targeting {
+            namespace: ra.namespace().unwrap_or_else(|| "default".into()),
+            generation: ra.metadata.generation,
+            selector: ra.spec.selector.is_some(),
+            target_ref: ra.spec.target_ref.as_ref(),
+            target_refs: &ra.spec.target_refs,
+        }
+    }
+
+    /// `targetRefs`, or `[targetRef]` when `targetRefs` is empty.
+    pub fn refs(&self) -> Vec<&'a PolicyTargetReference> {
+        refs_or_ref(self.target_refs, self.target_ref)
+    }
+}
 
 /// `targetRefs`, or `[targetRef]` when `targetRefs` is empty.
 pub fn target_refs(ap: &AuthorizationPolicy) -> Vec<&PolicyTargetReference> {

@@ -23,6 +23,7 @@ pub mod pod;
 pub mod status;
 pub mod store;
 pub mod translate;
+mod validation;
 pub mod waypoint;
 pub mod well_known;
 pub mod yaml;

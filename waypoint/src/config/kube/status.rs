@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use gateway_api_bindings::attachment::Targeting;
 use gateway_api_bindings::istio::IstioCondition;
-use gateway_api_bindings::status::{self, Condition, Targeting};
+use gateway_api_bindings::status::{self, Condition};
 use gateway_api_bindings::{Kind, Object, ObjectKey, Store, well_known};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};

@@ -130,7 +130,7 @@ fn binding_of_refs(
 }
 
 /// Compiles every policy of `store` that binds to `waypoint`. Policies whose action is not one
-/// Istio knows are left out (they are reported by [`crate::status`]).
+/// Istio knows are left out (their status says why).
 pub fn authorizer_for(store: &Store, waypoint: &WaypointIdentity) -> Authorizer {
     let mut b = AuthorizerBuilder::new();
     for (key, ap) in &store.authorization_policies {

@@ -6,44 +6,51 @@
 //! namespace; a `Service` or `ServiceEntry` in the policy's namespace, for traffic to it. A ref
 //! naming another namespace never matches.
 
+use kube::ResourceExt;
 use policy_engine::{Authorizer, AuthorizerBuilder, Binding};
 
 use crate::istio::{AuthorizationPolicy, PolicyTargetReference, RequestAuthentication};
-use crate::store::{ObjectKey, Store};
+use crate::key::ObjectKey;
+use crate::store::Store;
 use crate::translate;
+use crate::waypoint::WaypointIdentity;
+use crate::well_known::{GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, canonical_group};
 
-pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
-pub const ISTIO_NETWORKING_GROUP: &str = "networking.istio.io";
-/// The class istiod gives waypoints.
-pub const WAYPOINT_CLASS: &str = "istio-waypoint";
-
-/// The waypoint a decision is made for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WaypointIdentity {
-    pub gateway: ObjectKey,
-    pub class: String,
-    pub root_namespace: String,
+/// What binds a policy: the part AuthorizationPolicy and RequestAuthentication share.
+#[derive(Debug)]
+pub struct Targeting<'a> {
+    pub namespace: String,
+    pub generation: Option<i64>,
+    pub selector: bool,
+    pub target_ref: Option<&'a PolicyTargetReference>,
+    pub target_refs: &'a [PolicyTargetReference],
 }
 
-impl WaypointIdentity {
-    /// Takes the class from the Gateway object when the store has it.
-    pub fn from_store(store: &Store, gateway: ObjectKey, root_namespace: &str) -> WaypointIdentity {
-        let class = store
-            .gateways
-            .get(&gateway)
-            .map(|g| g.object.spec.gateway_class_name.clone())
-            .unwrap_or_else(|| WAYPOINT_CLASS.to_owned());
-        WaypointIdentity {
-            gateway,
-            class,
-            root_namespace: root_namespace.to_owned(),
+impl<'a> Targeting<'a> {
+    pub fn of_authorization_policy(ap: &'a AuthorizationPolicy) -> Targeting<'a> {
+        Targeting {
+            namespace: ap.namespace().unwrap_or_else(|| "default".into()),
+            generation: ap.metadata.generation,
+            selector: ap.spec.selector.is_some(),
+            target_ref: ap.spec.target_ref.as_ref(),
+            target_refs: &ap.spec.target_refs,
         }
     }
-}
 
-/// Kubernetes treats `""` and `core` as the same group.
-pub fn canonical_group(g: &str) -> &str {
-    if g.is_empty() { "core" } else { g }
+    pub fn of_request_authentication(ra: &'a RequestAuthentication) -> Targeting<'a> {
+        Targeting {
+            namespace: ra.namespace().unwrap_or_else(|| "default".into()),
+            generation: ra.metadata.generation,
+            selector: ra.spec.selector.is_some(),
+            target_ref: ra.spec.target_ref.as_ref(),
+            target_refs: &ra.spec.target_refs,
+        }
+    }
+
+    /// `targetRefs`, or `[targetRef]` when `targetRefs` is empty.
+    pub fn refs(&self) -> Vec<&'a PolicyTargetReference> {
+        refs_or_ref(self.target_refs, self.target_ref)
+    }
 }
 
 /// `targetRefs`, or `[targetRef]` when `targetRefs` is empty.
@@ -123,7 +130,7 @@ fn binding_of_refs(
 }
 
 /// Compiles every policy of `store` that binds to `waypoint`. Policies whose action is not one
-/// Istio knows are left out (they are reported by [`crate::status`]).
+/// Istio knows are left out (their status says why).
 pub fn authorizer_for(store: &Store, waypoint: &WaypointIdentity) -> Authorizer {
     let mut b = AuthorizerBuilder::new();
     for (key, ap) in &store.authorization_policies {
@@ -143,6 +150,7 @@ pub fn authorizer_for(store: &Store, waypoint: &WaypointIdentity) -> Authorizer 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::well_known::WAYPOINT_CLASS;
 
     fn ap(ns: &str, refs: &str) -> AuthorizationPolicy {
         let mut s = Store::default();

@@ -1,28 +1,43 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
-//! Kubernetes, Gateway API and Istio types, the object index, `targetRefs` attachment, Istio's
-//! `WaypointAccepted` status, and translation of AuthorizationPolicy into the engine's model.
+//! Kubernetes, Gateway API and Istio types, the object index, waypoint membership, `targetRefs`
+//! attachment, the destinations a waypoint serves, Istio's `WaypointAccepted` status, and
+//! translation of AuthorizationPolicy into the engine's model.
 //!
+//! Modules, each importing only modules listed before it (imports run one way):
+//!
+//! * [`well_known`]: every API group, label, annotation, class, controller name and condition
+//!   type matched on. Imports nothing from the crate.
 //! * [`istio`]: the Istio CRDs the waypoint reads (written here; no crate fits kube 4.2).
-//! * [`store`]: a pure index with `apply`, loaded from YAML files or fed by watchers.
-//! * [`yaml`]: bounded YAML reading (size, depth, no anchors/aliases, located errors).
+//! * `key`: how an object is named ([`Kind`], [`ObjectKey`]).
 //! * [`limits`]: the name and size limits Kubernetes and the CRDs declare, and bounded display.
-//! * [`attachment`]: which policies bind to a waypoint, and to which of its destinations.
-//! * [`mesh`]: the destinations a waypoint serves (Services, EndpointSlices, Pods) and their identities.
+//! * [`yaml`]: bounded YAML reading (size, depth, no anchors/aliases, located errors).
 //! * [`pod`]: the few fields of a Pod the waypoint keeps.
-//! * [`status`]: the status istiod would write, plus validation findings naming each field.
-//! * [`translate`]: AuthorizationPolicy -> [`policy_engine::PolicySpec`].
+//! * [`store`]: the object index, with `apply`/`remove`, loaded from YAML files or fed by
+//!   watchers.
+//! * `translate`: AuthorizationPolicy -> [`policy_engine::PolicySpec`].
+//! * [`waypoint`]: membership: which Gateway is a waypoint, which waypoint an object uses.
+//! * [`attachment`]: `targetRefs` binding: which policies bind to a waypoint, and to which of
+//!   its destinations.
+//! * [`destinations`]: the destinations a waypoint serves (Services, ServiceEntries,
+//!   EndpointSlices, Pods) and the identities of their endpoints.
+//! * `validation`: the checks istiod's webhook makes, as findings naming each field.
+//! * [`status`]: the `WaypointAccepted` condition istiod would write on a policy.
 
 pub mod attachment;
+pub mod destinations;
 pub mod istio;
+mod key;
 pub mod limits;
-pub mod mesh;
 pub mod pod;
 pub mod status;
 pub mod store;
-pub mod translate;
+mod translate;
+mod validation;
+pub mod waypoint;
+pub mod well_known;
 pub mod yaml;
 
-pub use attachment::{
-    WaypointIdentity, authorizer_for, binding, service_entry_target, service_target,
-};
-pub use store::{Ignored, Kind, LoadError, Object, ObjectKey, Origin, Sourced, Store};
+pub use attachment::{authorizer_for, binding, service_entry_target, service_target};
+pub use key::{Kind, ObjectKey};
+pub use store::{Ignored, LoadError, Object, Origin, Sourced, Store};
+pub use waypoint::WaypointIdentity;

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use crate::store::Kind;
+use crate::key::Kind;
 
 /// Longest piece of untrusted text (a name, a value) echoed in an error.
 pub const MAX_SHOWN: usize = 128;

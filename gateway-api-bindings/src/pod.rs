@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::store::ObjectKey;
+use crate::key::ObjectKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {

@@ -1,21 +1,17 @@
 //! The `WaypointAccepted` condition istiod sets on a policy
-//! (`pilot/pkg/serviceregistry/ambient/policies.go`), plus the validation findings behind it.
+//! (`pilot/pkg/serviceregistry/ambient/policies.go`). The webhook findings that turn it Invalid
+//! come from [`crate::validation`]; the binding rules from [`crate::attachment`] and
+//! [`crate::waypoint`].
 
-use std::collections::BTreeMap;
+use policy_engine::FieldIssue;
 
-use kube::ResourceExt;
-use policy_engine::{FieldIssue, validate};
-
-use crate::attachment::{GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, WAYPOINT_CLASS, canonical_group};
+use crate::attachment::Targeting;
 use crate::istio::{AuthorizationPolicy, PolicyTargetReference, RequestAuthentication};
-use crate::store::{ObjectKey, Store};
-use crate::translate;
-
-pub const CONDITION_TYPE: &str = "WaypointAccepted";
-/// The controller a GatewayClass must name to be a waypoint class.
-pub const MESH_CONTROLLER: &str = "istio.io/mesh-controller";
-pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
-pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+use crate::key::ObjectKey;
+use crate::store::Store;
+use crate::validation;
+use crate::waypoint::{is_waypoint, waypoint_of};
+use crate::well_known::{MESH_CONTROLLER, WAYPOINT_CLASS, canonical_group};
 
 /// Reasons, spelled as istiod spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,21 +76,9 @@ pub fn authorization_policy(
     ap: &AuthorizationPolicy,
     root_namespace: &str,
 ) -> PolicyStatus {
-    let mut errors = target_ref_errors(&Targeting::of_authorization_policy(ap));
-    let mut warnings = Vec::new();
-    match translate::policy_spec(ap) {
-        Ok(spec) => {
-            let f = validate(&spec);
-            errors.extend(f.errors);
-            warnings.extend(f.warnings);
-        }
-        Err(e) => errors.push(FieldIssue {
-            field: "spec.action".into(),
-            message: e.to_string(),
-        }),
-    }
+    let f = validation::authorization_policy(ap);
     let t = Targeting::of_authorization_policy(ap);
-    conclude(store, &t, errors, warnings, root_namespace)
+    conclude(store, &t, f.errors, f.warnings, root_namespace)
 }
 
 /// The same for a RequestAuthentication: targetRefs bind it exactly like an AuthorizationPolicy.
@@ -103,51 +87,9 @@ pub fn request_authentication(
     ra: &RequestAuthentication,
     root_namespace: &str,
 ) -> PolicyStatus {
+    let f = validation::request_authentication(ra);
     let t = Targeting::of_request_authentication(ra);
-    let mut errors = target_ref_errors(&t);
-    errors.extend(jwt_rule_errors(ra));
-    conclude(store, &t, errors, Vec::new(), root_namespace)
-}
-
-/// What binds a policy: the part AuthorizationPolicy and RequestAuthentication share.
-#[derive(Debug)]
-pub struct Targeting<'a> {
-    pub namespace: String,
-    pub generation: Option<i64>,
-    pub selector: bool,
-    pub target_ref: Option<&'a PolicyTargetReference>,
-    pub target_refs: &'a [PolicyTargetReference],
-}
-
-impl<'a> Targeting<'a> {
-    pub fn of_authorization_policy(ap: &'a AuthorizationPolicy) -> Targeting<'a> {
-        Targeting {
-            namespace: ap.namespace().unwrap_or_else(|| "default".into()),
-            generation: ap.metadata.generation,
-            selector: ap.spec.selector.is_some(),
-            target_ref: ap.spec.target_ref.as_ref(),
-            target_refs: &ap.spec.target_refs,
-        }
-    }
-
-    pub fn of_request_authentication(ra: &'a RequestAuthentication) -> Targeting<'a> {
-        Targeting {
-            namespace: ra.namespace().unwrap_or_else(|| "default".into()),
-            generation: ra.metadata.generation,
-            selector: ra.spec.selector.is_some(),
-            target_ref: ra.spec.target_ref.as_ref(),
-            target_refs: &ra.spec.target_refs,
-        }
-    }
-
-    /// `targetRefs`, or `[targetRef]` when `targetRefs` is empty.
-    pub fn refs(&self) -> Vec<&'a PolicyTargetReference> {
-        if self.target_refs.is_empty() {
-            self.target_ref.into_iter().collect()
-        } else {
-            self.target_refs.iter().collect()
-        }
-    }
+    conclude(store, &t, f.errors, f.warnings, root_namespace)
 }
 
 fn conclude(
@@ -227,87 +169,6 @@ pub fn concerns(
             _ => false,
         }
     })
-}
-
-/// The checks istiod's webhook makes on `jwtRules` that matter before tokens are validated.
-fn jwt_rule_errors(ra: &RequestAuthentication) -> Vec<FieldIssue> {
-    let mut out = Vec::new();
-    let mut issue = |field: String, message: &str| {
-        out.push(FieldIssue {
-            field,
-            message: message.into(),
-        })
-    };
-    for (i, r) in ra.spec.jwt_rules.iter().enumerate() {
-        let f = format!("spec.jwtRules[{i}]");
-        if r.issuer.is_empty() {
-            issue(format!("{f}.issuer"), "issuer must be set");
-        }
-        if r.audiences.iter().any(String::is_empty) {
-            issue(format!("{f}.audiences"), "audience must be non-empty");
-        }
-        if let Some(uri) = &r.jwks_uri {
-            let ok = ["https://", "http://"].iter().any(|s| {
-                uri.strip_prefix(s)
-                    .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
-            });
-            if !ok {
-                issue(
-                    format!("{f}.jwksUri"),
-                    "jwksUri must be an http or https URL with a host",
-                );
-            }
-        }
-        if let Some(jwks) = &r.jwks
-            && serde_json::from_str::<serde_json::Value>(jwks)
-                .ok()
-                .and_then(|v| v.get("keys").cloned())
-                .is_none_or(|k| !k.is_array())
-        {
-            issue(
-                format!("{f}.jwks"),
-                "jwks must be a JSON Web Key Set with a keys array",
-            );
-        }
-        for (j, h) in r.from_headers.iter().enumerate() {
-            if h.name.is_empty() {
-                issue(
-                    format!("{f}.fromHeaders[{j}].name"),
-                    "header name must be set",
-                );
-            }
-        }
-        if let Some(t) = &r.timeout
-            && crate::istio::parse_duration(t).is_none()
-        {
-            issue(
-                format!("{f}.timeout"),
-                "timeout must be a positive duration such as 5s",
-            );
-        }
-        let header_ok = |h: &str| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        };
-        if let Some(h) = &r.output_payload_to_header
-            && !header_ok(h)
-        {
-            issue(
-                format!("{f}.outputPayloadToHeader"),
-                "must be a valid header name",
-            );
-        }
-        for (j, c) in r.output_claim_to_headers.iter().enumerate() {
-            if !header_ok(&c.header) || c.claim.is_empty() {
-                issue(
-                    format!("{f}.outputClaimToHeaders[{j}]"),
-                    "header must be a valid header name and claim must be set",
-                );
-            }
-        }
-    }
-    out
 }
 
 fn flatten(results: &[RefResult], generation: Option<i64>) -> Condition {
@@ -425,51 +286,6 @@ fn gateway_class(store: &Store, ns: &str, name: &str, root: &str) -> (bool, Reas
     (true, Reason::Accepted, format!("bound to {name}"))
 }
 
-/// A Gateway is a waypoint when it uses the waypoint class or listens for HBONE.
-pub fn is_waypoint(g: &gateway_api::apis::standard::gateways::Gateway) -> bool {
-    g.spec.gateway_class_name == WAYPOINT_CLASS
-        || g.spec.listeners.iter().any(|l| l.protocol == "HBONE")
-}
-
-/// The waypoint an object uses: its own `istio.io/use-waypoint` label, else its namespace's.
-pub fn waypoint_of(
-    store: &Store,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<ObjectKey> {
-    let ns = meta.namespace.as_deref().unwrap_or("default");
-    waypoint_of_labels(store, ns, meta.labels.as_ref())
-}
-
-/// [`waypoint_of`] for an object in namespace `ns` with `labels`.
-pub fn waypoint_of_labels(
-    store: &Store,
-    ns: &str,
-    labels: Option<&BTreeMap<String, String>>,
-) -> Option<ObjectKey> {
-    let from = |labels: &BTreeMap<String, String>| {
-        let name = labels.get(USE_WAYPOINT)?;
-        let wns = labels
-            .get(USE_WAYPOINT_NAMESPACE)
-            .cloned()
-            .unwrap_or_else(|| ns.to_owned());
-        Some((name.clone(), wns))
-    };
-    let empty = BTreeMap::new();
-    let (name, wns) = from(labels.unwrap_or(&empty)).or_else(|| {
-        let nsobj = store.namespaces.get(ns)?;
-        from(nsobj.object.metadata.labels.as_ref().unwrap_or(&empty))
-    })?;
-    if name == "none" || name == "#none" {
-        return None;
-    }
-    let key = ObjectKey::new(wns, name);
-    store
-        .gateways
-        .get(&key)
-        .filter(|g| is_waypoint(&g.object))
-        .map(|_| key)
-}
-
 fn service_waypoint(
     store: &Store,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -484,70 +300,6 @@ fn service_waypoint(
             format!("{kind} {key} is not bound to a waypoint"),
         ),
     }
-}
-
-fn target_ref_errors(s: &Targeting<'_>) -> Vec<FieldIssue> {
-    let mut out = Vec::new();
-    let set = usize::from(s.selector)
-        + usize::from(s.target_ref.is_some())
-        + usize::from(!s.target_refs.is_empty());
-    if set > 1 {
-        out.push(FieldIssue {
-            field: if s.selector {
-                "spec.selector".into()
-            } else {
-                "spec.targetRef".into()
-            },
-            message: "only one of targetRefs or workloadSelector can be set".into(),
-        });
-    }
-    if s.target_refs.len() > 16 {
-        out.push(FieldIssue {
-            field: "spec.targetRefs".into(),
-            message: "must have at most 16 items".into(),
-        });
-    }
-    let refs = s
-        .target_ref
-        .into_iter()
-        .map(|r| ("spec.targetRef".to_owned(), r));
-    let refs = refs.chain(
-        s.target_refs
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)),
-    );
-    for (field, r) in refs {
-        if r.name.is_empty() {
-            out.push(FieldIssue {
-                field: format!("{field}.name"),
-                message: "targetRef name must be set".into(),
-            });
-        }
-        if r.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
-            out.push(FieldIssue {
-                field: format!("{field}.namespace"),
-                message: "targetRef namespace must not be set; cross namespace referencing is not supported".into(),
-            });
-        }
-        let allowed = matches!(
-            (canonical_group(&r.group), r.kind.as_str()),
-            ("core", "Service")
-                | (ISTIO_NETWORKING_GROUP, "ServiceEntry")
-                | (GATEWAY_GROUP, "Gateway" | "GatewayClass")
-        );
-        if !allowed {
-            out.push(FieldIssue {
-                field: format!("{field}.kind"),
-                message: format!(
-                    "targetRef must be to one of Service (core), ServiceEntry (networking.istio.io), Gateway or \
-                     GatewayClass (gateway.networking.k8s.io) but was {}/{}",
-                    r.group, r.kind
-                ),
-            });
-        }
-    }
-    out
 }
 
 #[cfg(test)]

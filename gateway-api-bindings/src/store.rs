@@ -12,12 +12,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 
-use crate::yaml;
-
 use crate::istio::{AuthorizationPolicy, RequestAuthentication, ServiceEntry, WorkloadEntry};
+use crate::key::{Kind, ObjectKey};
 use crate::limits;
-use crate::mesh::SERVICE_NAME_LABEL;
 use crate::pod::PodInfo;
+use crate::well_known::SERVICE_NAME_LABEL;
+use crate::yaml;
 
 /// Errors reported for one file; the rest are counted in one more error.
 pub const MAX_ERRORS_PER_FILE: usize = 20;
@@ -30,28 +30,6 @@ const MAX_SHOWN_PATH: usize = 256;
 
 /// Longest error message kept (decoding errors can quote values).
 const MAX_MESSAGE: usize = 512;
-
-/// `namespace/name`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> ObjectKey {
-        ObjectKey {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// Where an object came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -97,69 +75,6 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     /// Reduced on arrival: see [`crate::pod`].
     Pod(PodInfo),
-}
-
-/// The kinds the waypoint reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    Gateway,
-    GatewayClass,
-    Service,
-    Namespace,
-    ServiceEntry,
-    WorkloadEntry,
-    AuthorizationPolicy,
-    RequestAuthentication,
-    EndpointSlice,
-    Pod,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 10] = [
-        Kind::Gateway,
-        Kind::GatewayClass,
-        Kind::Service,
-        Kind::Namespace,
-        Kind::ServiceEntry,
-        Kind::WorkloadEntry,
-        Kind::AuthorizationPolicy,
-        Kind::RequestAuthentication,
-        Kind::EndpointSlice,
-        Kind::Pod,
-    ];
-
-    /// `(group, kind)` as in `apiVersion`/`kind`.
-    pub fn group_kind(self) -> (&'static str, &'static str) {
-        match self {
-            Kind::Gateway => ("gateway.networking.k8s.io", "Gateway"),
-            Kind::GatewayClass => ("gateway.networking.k8s.io", "GatewayClass"),
-            Kind::Service => ("", "Service"),
-            Kind::Namespace => ("", "Namespace"),
-            Kind::ServiceEntry => ("networking.istio.io", "ServiceEntry"),
-            Kind::WorkloadEntry => ("networking.istio.io", "WorkloadEntry"),
-            Kind::AuthorizationPolicy => ("security.istio.io", "AuthorizationPolicy"),
-            Kind::RequestAuthentication => ("security.istio.io", "RequestAuthentication"),
-            Kind::EndpointSlice => ("discovery.k8s.io", "EndpointSlice"),
-            Kind::Pod => ("", "Pod"),
-        }
-    }
-
-    fn of(group: &str, kind: &str) -> Option<Kind> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.group_kind() == (group, kind))
-    }
-
-    /// Cluster-scoped kinds are keyed by name alone (namespace `""`).
-    pub fn cluster_scoped(self) -> bool {
-        matches!(self, Kind::GatewayClass | Kind::Namespace)
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.group_kind().1)
-    }
 }
 
 impl Object {

@@ -4,16 +4,14 @@ use kube::ResourceExt;
 use policy_engine::{Action, ConditionSpec, OperationSpec, PolicySpec, RuleSpec, SourceSpec};
 
 use crate::istio::{AuthorizationPolicy, Operation, Source};
-
-/// The annotation that turns a policy into a shadow policy.
-pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+use crate::well_known::DRY_RUN_ANNOTATION;
 
 /// Why a policy cannot be translated at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("spec.action: unknown action {0:?} (expected ALLOW, DENY, AUDIT or CUSTOM)")]
-pub struct UnknownAction(pub String);
+pub(crate) struct UnknownAction(pub(crate) String);
 
-pub fn policy_spec(ap: &AuthorizationPolicy) -> Result<PolicySpec, UnknownAction> {
+pub(crate) fn policy_spec(ap: &AuthorizationPolicy) -> Result<PolicySpec, UnknownAction> {
     let spec = &ap.spec;
     let action = match spec.action.as_deref() {
         None => None,

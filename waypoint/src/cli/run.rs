@@ -251,7 +251,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             let gw = our_gateway()?;
             IdentitySource::DevCa {
                 ca: Arc::new(DevCa::new("waypoint dev CA")?),
-                spiffe_id: gateway_api_bindings::mesh::spiffe_id(
+                spiffe_id: gateway_api_bindings::destinations::spiffe_id(
                     &settings.trust_domain,
                     &gw.namespace,
                     &gw.name,
@@ -261,7 +261,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         IdentityKind::IstioCa => {
             let gw = our_gateway()?;
             let sa = args.service_account.clone().unwrap_or(gw.name);
-            let mut ca = CaOptions::new(gateway_api_bindings::mesh::spiffe_id(
+            let mut ca = CaOptions::new(gateway_api_bindings::destinations::spiffe_id(
                 &settings.trust_domain,
                 &gw.namespace,
                 &sa,

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use gateway_api_bindings::mesh::{Endpoint, Protocol, ServiceDestination, Workload};
+use gateway_api_bindings::destinations::{Endpoint, Protocol, ServiceDestination, Workload};
 
 use crate::state::Snapshot;
 

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_api_bindings::mesh::Protocol;
+use gateway_api_bindings::destinations::Protocol;
 use http::StatusCode;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::http::ResponseHeader;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_api_bindings::mesh::Endpoint;
+use gateway_api_bindings::destinations::Endpoint;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 

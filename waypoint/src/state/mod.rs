@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
-use gateway_api_bindings::mesh::Destinations;
+use gateway_api_bindings::destinations::Destinations;
 use gateway_api_bindings::{
     ObjectKey, Origin, Store, WaypointIdentity, authorizer_for, limits, status,
 };
@@ -131,7 +131,7 @@ impl Snapshot {
             version: next_version(),
             waypoint: WaypointIdentity {
                 gateway,
-                class: gateway_api_bindings::attachment::WAYPOINT_CLASS.to_owned(),
+                class: gateway_api_bindings::well_known::WAYPOINT_CLASS.to_owned(),
                 root_namespace: settings.root_namespace.clone(),
             },
             authorizer: Arc::new(policy_engine::AuthorizerBuilder::new().build()),
@@ -159,7 +159,7 @@ impl Snapshot {
                 let mut wps = store
                     .gateways
                     .iter()
-                    .filter(|(_, g)| status::is_waypoint(&g.object))
+                    .filter(|(_, g)| gateway_api_bindings::waypoint::is_waypoint(&g.object))
                     .map(|(k, _)| k.clone());
                 match (wps.next(), wps.next()) {
                     (Some(g), None) => g,

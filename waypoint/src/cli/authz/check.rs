@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use gateway_api_bindings::{Ignored, ObjectKey, Origin, limits, status};
+use gateway_api_bindings::{Ignored, ObjectKey, Origin, limits, status, well_known};
 
 pub(crate) fn run(config: &Path, root_ns: &str) -> anyhow::Result<ExitCode> {
     let (store, errors) = super::load(config)?;
@@ -82,7 +82,7 @@ fn report(
             writeln!(
                 out,
                 "{origin}: {kind} {key}: {}={} reason={}{msg}",
-                status::CONDITION_TYPE,
+                well_known::WAYPOINT_ACCEPTED,
                 if c.status { "True" } else { "False" },
                 c.reason.as_str()
             )?;

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use gateway_api_bindings::attachment::Targeting;
 use gateway_api_bindings::istio::IstioCondition;
-use gateway_api_bindings::status::{self, Condition, Targeting};
-use gateway_api_bindings::{Kind, Object, ObjectKey, Store};
+use gateway_api_bindings::status::{self, Condition};
+use gateway_api_bindings::{Kind, Object, ObjectKey, Store, well_known};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -343,14 +344,16 @@ fn policy_write(
     observed: &[IstioCondition],
 ) -> Option<Write> {
     let ours = IstioCondition {
-        type_: status::CONDITION_TYPE.to_owned(),
+        type_: well_known::WAYPOINT_ACCEPTED.to_owned(),
         status: if c.status { "True" } else { "False" }.to_owned(),
         reason: Some(c.reason.as_str().to_owned()),
         message: Some(c.message.clone()),
         observed_generation: c.observed_generation,
         last_transition_time: None,
     };
-    let existing = observed.iter().find(|o| o.type_ == status::CONDITION_TYPE);
+    let existing = observed
+        .iter()
+        .find(|o| o.type_ == well_known::WAYPOINT_ACCEPTED);
     if let Some(e) = existing {
         let mut e = e.clone();
         let time = e.last_transition_time.take();
@@ -370,7 +373,7 @@ fn policy_write(
 fn body(kind: Kind, key: &ObjectKey, observed: &[IstioCondition], ours: IstioCondition) -> Write {
     let mut conditions: Vec<IstioCondition> = observed
         .iter()
-        .filter(|o| o.type_ != status::CONDITION_TYPE)
+        .filter(|o| o.type_ != well_known::WAYPOINT_ACCEPTED)
         .cloned()
         .collect();
     conditions.push(ours);

@@ -10,7 +10,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway_api_bindings::mesh::{Changed, DestinationBuilder, SERVICE_NAME_LABEL, ServiceRef};
+use gateway_api_bindings::destinations::{Changed, DestinationBuilder, ServiceRef};
+use gateway_api_bindings::well_known::SERVICE_NAME_LABEL;
 use gateway_api_bindings::{
     Kind, LoadError, Object, ObjectKey, Origin, Store, WaypointIdentity, authorizer_for, status,
 };

@@ -16,16 +16,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::attachment::{service_entry_target, service_target};
 use crate::istio::{ServiceEntry, WorkloadEntrySpec};
+use crate::key::ObjectKey;
 use crate::pod::PodInfo;
-use crate::status::{waypoint_of, waypoint_of_labels};
-use crate::store::{ObjectKey, Store};
-
-/// Gateway label choosing which traffic a waypoint takes.
-pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
-/// Namespace or pod label enrolling workloads in ambient.
-pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
-/// Label EndpointSlices carry to name their Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+use crate::store::Store;
+use crate::waypoint::{waypoint_of, waypoint_of_labels};
+use crate::well_known::{DATAPLANE_MODE, GATEWAY_MANAGED, GATEWAY_NAME, WAYPOINT_FOR};
 
 /// The inner protocol of a port, as Istio decides it from `appProtocol` and the port name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,11 +137,6 @@ impl TrafficFor {
         }
     }
 }
-
-/// Istio's label on the Deployment, pods and Service it makes for a Gateway (waypoints included).
-pub const GATEWAY_MANAGED: &str = "gateway.istio.io/managed";
-/// Gateway API's label naming the Gateway a pod or Service belongs to.
-pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// Whether these labels mark a gateway's own pod or Service. Istio never sends a waypoint's
 /// traffic to a waypoint, and a waypoint that took itself as a destination would tunnel into

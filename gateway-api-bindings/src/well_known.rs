@@ -1,0 +1,45 @@
+//! Names fixed by Kubernetes, Gateway API and Istio: API groups, labels, annotations, classes,
+//! controller names and condition types. One place, so a reader can see every name the waypoint
+//! matches on, and no module has to import another just for a string.
+
+/// Gateway API's group (Gateway, GatewayClass, HTTPRoute).
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+/// Istio's networking group (ServiceEntry, WorkloadEntry).
+pub const ISTIO_NETWORKING_GROUP: &str = "networking.istio.io";
+/// Istio's security group (AuthorizationPolicy, RequestAuthentication).
+pub const ISTIO_SECURITY_GROUP: &str = "security.istio.io";
+/// Kubernetes' discovery group (EndpointSlice).
+pub const DISCOVERY_GROUP: &str = "discovery.k8s.io";
+
+/// Kubernetes treats `""` and `core` as the same group.
+pub fn canonical_group(g: &str) -> &str {
+    if g.is_empty() { "core" } else { g }
+}
+
+/// The class istiod gives waypoints.
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+/// The controller a GatewayClass must name to be a waypoint class.
+pub const MESH_CONTROLLER: &str = "istio.io/mesh-controller";
+
+/// Label (on a Service, ServiceEntry, Pod or Namespace) naming the waypoint its traffic uses;
+/// `none` opts out.
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+/// Label naming the namespace of the [`USE_WAYPOINT`] Gateway when it is not the object's own.
+pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+/// Gateway label choosing which traffic a waypoint takes.
+pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+/// Namespace or pod label enrolling workloads in ambient.
+pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+/// Label EndpointSlices carry to name their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Istio's label on the Deployment, pods and Service it makes for a Gateway (waypoints included).
+pub const GATEWAY_MANAGED: &str = "gateway.istio.io/managed";
+/// Gateway API's label naming the Gateway a pod or Service belongs to.
+pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// The annotation that turns a policy into a shadow policy.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// The condition istiod sets on a policy for its binding to a waypoint
+/// (`pilot/pkg/serviceregistry/ambient/policies.go`).
+pub const WAYPOINT_ACCEPTED: &str = "WaypointAccepted";

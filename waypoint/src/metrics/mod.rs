@@ -1,103 +1,78 @@
-//! Counters and gauges, lock-free on the data path, rendered in Prometheus text format.
+//! Every figure the waypoint exports, in one [`prometheus_client`] registry, served in the
+//! Prometheus text format (version 0.0.4) by the admin server's `/metrics`.
+//!
+//! Counters and gauges are atomics shared between the field the code updates and the registry
+//! that encodes them, so counting never takes a lock; a labelled family takes a read lock to find
+//! its member (a write lock only the first time a label set is seen).
+//!
+//! # Adding a metric
+//! 1. Unlabelled: add a `pub` [`Counter`] or [`Gauge`] field to [`Metrics`] and register it in
+//!    [`Metrics::default`] with [`counter`] or [`gauge`], at the place in the list where it should
+//!    appear in the output.
+//! 2. Labelled: declare its label set in the file of the room that counts it (`proxy.rs` for the
+//!    request counter, `hbone.rs` for timeouts; e.g. a new `authz.rs` for policy decisions): a
+//!    struct deriving `Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet`, one field per label in
+//!    output order, each a `String`, an integer, or a small enum implementing `EncodeLabelValue`
+//!    (see [`Decision`]). Keep cardinality bounded: names of objects, never paths or peer
+//!    addresses. Re-export it here, add a `pub` `Family<YourLabels, Counter>` field and register it
+//!    with [`family`]. Count with `metrics.field.get_or_create(&labels).inc()`.
+//! 3. Names: register a counter WITHOUT its `_total` suffix (the encoder appends it; debug builds
+//!    panic on a registered name ending in `_total`), and write help text without a final period
+//!    (the registry appends one).
+//! 4. Add the family to the exposition test in `tests.rs`, and to `docs/running.md` if operators
+//!    should know it.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+mod hbone;
+mod proxy;
+#[cfg(test)]
+mod tests;
 
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+use std::sync::Arc;
 
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::{Metric, Registry};
+
+pub use hbone::{Timeout, TimeoutCounters, TimeoutLabels};
+pub use prometheus_client::metrics::counter::Counter;
+pub use proxy::{Decision, RequestLabels};
+
+/// The `Content-Type` of [`Metrics::render`]'s output, as served since the first release.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// A current count, held up by [`GaugeGuard`]s or set outright.
+#[derive(Debug, Clone, Default)]
+pub struct Gauge(prometheus_client::metrics::gauge::Gauge);
+
+impl Gauge {
+    /// Holds the gauge up by one for as long as the guard lives, from any task.
+    pub fn track(&self) -> GaugeGuard {
+        self.0.inc();
+        GaugeGuard(self.0.clone())
     }
-    pub fn inc_by(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+    pub fn get(&self) -> i64 {
+        self.0.get()
     }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+    pub fn set(&self, v: i64) {
+        self.0.set(v);
     }
 }
-
-/// A current count, held up by [`GaugeGuard`]s.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
 
 /// Decrements its gauge on drop.
 #[derive(Debug)]
-pub struct GaugeGuard<'a>(&'a Gauge);
+pub struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
 
-impl Drop for GaugeGuard<'_> {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        self.0.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
-/// Like [`GaugeGuard`], for tasks that outlive a borrow.
-#[derive(Debug)]
-pub struct OwnedGaugeGuard(std::sync::Arc<Metrics>, fn(&Metrics) -> &Gauge);
-
-impl Drop for OwnedGaugeGuard {
-    fn drop(&mut self) {
-        (self.1)(&self.0).0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Metrics {
-    /// Holds `gauge` up for as long as the guard lives, from any task.
-    pub fn track_owned(
-        self: &std::sync::Arc<Self>,
-        gauge: fn(&Metrics) -> &Gauge,
-    ) -> OwnedGaugeGuard {
-        gauge(self).0.fetch_add(1, Ordering::Relaxed);
-        OwnedGaugeGuard(self.clone(), gauge)
-    }
-}
-
-impl Gauge {
-    pub fn track(&self) -> GaugeGuard<'_> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        GaugeGuard(self)
-    }
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-    pub fn set(&self, v: i64) {
-        self.0.store(v, Ordering::Relaxed);
-    }
-}
-
-const CODES: usize = 600;
-
-/// One counter per timeout of [`crate::hbone::server::Timeouts`].
-#[derive(Debug, Default)]
-pub struct TimeoutCounters {
-    pub tls_handshake: Counter,
-    pub h2_preface: Counter,
-    pub connection_idle: Counter,
-    pub first_byte: Counter,
-    pub stream_idle: Counter,
-    pub request_headers: Counter,
-}
-
-impl TimeoutCounters {
-    fn each(&self) -> [(&'static str, &Counter); 6] {
-        [
-            ("tls_handshake", &self.tls_handshake),
-            ("h2_preface", &self.h2_preface),
-            ("connection_idle", &self.connection_idle),
-            ("first_byte", &self.first_byte),
-            ("stream_idle", &self.stream_idle),
-            ("request_headers", &self.request_headers),
-        ]
-    }
-}
-
-/// Every figure the waypoint exports.
+/// Every figure the waypoint exports, and the registry that encodes them.
 #[derive(Debug)]
 pub struct Metrics {
-    /// HTTP requests by decision (0 allowed, 1 denied) and response code.
-    requests: Box<[[AtomicU64; CODES]; 2]>,
+    /// HTTP requests by decision and response code.
+    requests: Family<RequestLabels, Counter>,
     pub tcp_allowed: Counter,
     pub tcp_denied: Counter,
     pub hbone_connections: Gauge,
@@ -147,280 +122,241 @@ pub struct Metrics {
     pub identity_renewal_failures: Counter,
     /// When the certificate in use expires, in Unix seconds; 0 before the first one.
     pub identity_expiry: Gauge,
+    /// Written only here, at construction: encoding needs no lock.
+    registry: Registry,
+}
+
+/// Registers a new counter under `name` (without `_total`) and returns it.
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let c = Counter::default();
+    registry.register(name, help, c.clone());
+    c
+}
+
+/// Registers a new gauge under `name` and returns it.
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::default();
+    registry.register(name, help, g.0.clone());
+    g
+}
+
+/// Registers a new labelled family under `name` and returns it.
+fn family<S, M>(registry: &mut Registry, name: &str, help: &str) -> Family<S, M>
+where
+    Family<S, M>: Metric + Clone + Default,
+{
+    let f = Family::default();
+    registry.register(name, help, Family::clone(&f));
+    f
 }
 
 impl Default for Metrics {
+    /// Registers every metric. The order here is the order of the output: it is the order the
+    /// hand-written exposition used, so scrapes diff cleanly across the change.
     fn default() -> Self {
+        let mut registry = Registry::default();
+        let r = &mut registry;
         Metrics {
-            requests: Box::new(std::array::from_fn(|_| {
-                std::array::from_fn(|_| AtomicU64::new(0))
-            })),
-            tcp_allowed: Counter::default(),
-            tcp_denied: Counter::default(),
-            hbone_connections: Gauge::default(),
-            hbone_handshake_failures: Counter::default(),
-            hbone_peer_identity_rejected: Counter::default(),
-            self_destination_refused: Counter::default(),
-            timeouts: TimeoutCounters::default(),
-            tunnels: Counter::default(),
-            tunnels_rejected: Counter::default(),
-            upstream_hbone_connections: Gauge::default(),
-            upstream_hbone_connects: Counter::default(),
-            upstream_hbone_streams: Counter::default(),
-            upstream_hbone_streams_reused: Counter::default(),
-            upstream_identity_mismatch: Counter::default(),
-            upstream_connect_failures: Counter::default(),
-            upstream_http_new: Counter::default(),
-            upstream_http_reused: Counter::default(),
-            config_reloads: Counter::default(),
-            config_reload_failures: Counter::default(),
-            config_version: Gauge::default(),
-            kube_events: Counter::default(),
-            kube_watch_errors: Counter::default(),
-            kube_invalid_objects: Counter::default(),
-            status_writes: Counter::default(),
-            status_write_failures: Counter::default(),
-            status_leader: Gauge::default(),
-            jwt_valid: Counter::default(),
-            jwt_rejected: Counter::default(),
-            jwt_cache_hits: Counter::default(),
-            jwks_fetches: Counter::default(),
-            jwks_fetch_failures: Counter::default(),
-            jwt_refused_cache_hits: Counter::default(),
-            jwks_keys_unusable: Counter::default(),
-            identity_renewals: Counter::default(),
-            identity_renewal_failures: Counter::default(),
-            identity_expiry: Gauge::default(),
+            requests: family(
+                r,
+                "waypoint_requests",
+                "HTTP requests by policy decision and response code",
+            ),
+            timeouts: TimeoutCounters::register(r),
+            tcp_allowed: counter(
+                r,
+                "waypoint_tcp_connections_allowed",
+                "Opaque TCP tunnels allowed",
+            ),
+            tcp_denied: counter(
+                r,
+                "waypoint_tcp_connections_denied",
+                "Opaque TCP tunnels denied and closed",
+            ),
+            hbone_handshake_failures: counter(
+                r,
+                "waypoint_hbone_handshake_failures",
+                "Inbound TLS handshakes that failed",
+            ),
+            hbone_peer_identity_rejected: counter(
+                r,
+                "waypoint_hbone_peer_identity_rejected",
+                "Inbound peers refused for their certificate's SPIFFE ID (none, several, foreign trust domain)",
+            ),
+            self_destination_refused: counter(
+                r,
+                "waypoint_self_destination_refused",
+                "Tunnels and upstream connections refused because they would reach this waypoint or a reserved port",
+            ),
+            tunnels: counter(
+                r,
+                "waypoint_tunnels",
+                "Inbound CONNECT streams accepted for processing",
+            ),
+            tunnels_rejected: counter(
+                r,
+                "waypoint_tunnels_rejected",
+                "Inbound CONNECT streams refused",
+            ),
+            upstream_hbone_connects: counter(
+                r,
+                "waypoint_upstream_hbone_connects",
+                "Upstream HBONE connections opened",
+            ),
+            upstream_hbone_streams: counter(
+                r,
+                "waypoint_upstream_hbone_streams",
+                "Upstream CONNECT streams opened",
+            ),
+            upstream_hbone_streams_reused: counter(
+                r,
+                "waypoint_upstream_hbone_streams_reused",
+                "Upstream CONNECT streams opened on an existing connection",
+            ),
+            upstream_identity_mismatch: counter(
+                r,
+                "waypoint_upstream_identity_mismatch",
+                "Upstream peers whose SPIFFE ID was not the destination's",
+            ),
+            upstream_connect_failures: counter(
+                r,
+                "waypoint_upstream_connect_failures",
+                "Upstream connection attempts that failed",
+            ),
+            upstream_http_new: counter(
+                r,
+                "waypoint_upstream_http_connections_new",
+                "Requests that needed a new upstream HTTP connection",
+            ),
+            upstream_http_reused: counter(
+                r,
+                "waypoint_upstream_http_connections_reused",
+                "Requests sent on a pooled upstream HTTP connection",
+            ),
+            config_reloads: counter(r, "waypoint_config_reloads", "Config snapshots applied"),
+            config_reload_failures: counter(
+                r,
+                "waypoint_config_reload_failures",
+                "Config changes rejected",
+            ),
+            kube_events: counter(
+                r,
+                "waypoint_kube_events",
+                "Kubernetes watch events received",
+            ),
+            kube_watch_errors: counter(
+                r,
+                "waypoint_kube_watch_errors",
+                "Kubernetes watch or list failures (each retried with backoff)",
+            ),
+            kube_invalid_objects: counter(
+                r,
+                "waypoint_kube_invalid_objects",
+                "Kubernetes objects rejected as invalid",
+            ),
+            status_writes: counter(
+                r,
+                "waypoint_status_writes",
+                "Status subresource writes (server-side apply)",
+            ),
+            status_write_failures: counter(
+                r,
+                "waypoint_status_write_failures",
+                "Status subresource writes that failed",
+            ),
+            jwt_valid: counter(r, "waypoint_jwt_valid", "Requests that carried a valid JWT"),
+            jwt_rejected: counter(
+                r,
+                "waypoint_jwt_rejected",
+                "Requests refused for their JWT (401, or 403 for audiences)",
+            ),
+            jwt_cache_hits: counter(
+                r,
+                "waypoint_jwt_cache_hits",
+                "Valid JWTs served from the verification cache",
+            ),
+            jwks_fetches: counter(r, "waypoint_jwks_fetches", "Successful JWKS fetches"),
+            jwks_fetch_failures: counter(
+                r,
+                "waypoint_jwks_fetch_failures",
+                "Failed JWKS fetches (the previous keys, if any, stay in use)",
+            ),
+            jwt_refused_cache_hits: counter(
+                r,
+                "waypoint_jwt_refused_cache_hits",
+                "Refused JWTs answered from the short-lived refusal cache",
+            ),
+            jwks_keys_unusable: counter(
+                r,
+                "waypoint_jwks_keys_unusable",
+                "JWKS keys left out at load because they cannot verify (logged with the reason)",
+            ),
+            identity_renewals: counter(
+                r,
+                "waypoint_identity_renewals",
+                "Workload certificates installed, the first one included",
+            ),
+            identity_renewal_failures: counter(
+                r,
+                "waypoint_identity_renewal_failures",
+                "Failed attempts to obtain a workload certificate or trust bundle",
+            ),
+            hbone_connections: gauge(
+                r,
+                "waypoint_hbone_connections",
+                "Open inbound HBONE connections",
+            ),
+            upstream_hbone_connections: gauge(
+                r,
+                "waypoint_upstream_hbone_connections",
+                "Open upstream HBONE connections",
+            ),
+            config_version: gauge(
+                r,
+                "waypoint_config_version",
+                "Version of the config snapshot in use",
+            ),
+            status_leader: gauge(
+                r,
+                "waypoint_status_leader",
+                "1 while this replica holds the status lease",
+            ),
+            identity_expiry: gauge(
+                r,
+                "waypoint_identity_expiry_timestamp_seconds",
+                "When the workload certificate in use expires (Unix seconds); 0 before the first",
+            ),
+            registry,
         }
     }
 }
 
 impl Metrics {
+    /// Holds `gauge` up for as long as the guard lives, from any task.
+    pub fn track_owned(self: &Arc<Self>, gauge: fn(&Metrics) -> &Gauge) -> GaugeGuard {
+        gauge(self).track()
+    }
+
+    /// Counts one HTTP request with its decision and response code.
     pub fn request(&self, allowed: bool, code: u16) {
-        let code = usize::from(code).min(CODES - 1);
-        self.requests[usize::from(!allowed)][code].fetch_add(1, Ordering::Relaxed);
+        self.requests
+            .get_or_create(&RequestLabels::new(allowed, code))
+            .inc();
     }
 
     /// Requests counted for `allowed` and `code`.
     pub fn requests(&self, allowed: bool, code: u16) -> u64 {
-        self.requests[usize::from(!allowed)][usize::from(code).min(CODES - 1)]
-            .load(Ordering::Relaxed)
+        self.requests
+            .get(&RequestLabels::new(allowed, code))
+            .map_or(0, |c| c.get())
     }
 
-    /// Prometheus text exposition format.
+    /// Every metric in the Prometheus text exposition format, version 0.0.4 ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let _ = writeln!(
-            out,
-            "# HELP waypoint_requests_total HTTP requests by policy decision and response code."
-        );
-        let _ = writeln!(out, "# TYPE waypoint_requests_total counter");
-        for (i, decision) in ["allow", "deny"].iter().enumerate() {
-            for (code, n) in self.requests[i].iter().enumerate() {
-                let n = n.load(Ordering::Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "waypoint_requests_total{{decision=\"{decision}\",code=\"{code}\"}} {n}"
-                    );
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP waypoint_timeouts_total Connections and streams closed by a timeout, by timeout.\n# TYPE waypoint_timeouts_total counter"
-        );
-        for (name, c) in self.timeouts.each() {
-            let _ = writeln!(
-                out,
-                "waypoint_timeouts_total{{timeout=\"{name}\"}} {}",
-                c.get()
-            );
-        }
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        counter(
-            "waypoint_tcp_connections_allowed_total",
-            "Opaque TCP tunnels allowed.",
-            self.tcp_allowed.get(),
-        );
-        counter(
-            "waypoint_tcp_connections_denied_total",
-            "Opaque TCP tunnels denied and closed.",
-            self.tcp_denied.get(),
-        );
-        counter(
-            "waypoint_hbone_handshake_failures_total",
-            "Inbound TLS handshakes that failed.",
-            self.hbone_handshake_failures.get(),
-        );
-        counter(
-            "waypoint_hbone_peer_identity_rejected_total",
-            "Inbound peers refused for their certificate's SPIFFE ID (none, several, foreign trust domain).",
-            self.hbone_peer_identity_rejected.get(),
-        );
-        counter(
-            "waypoint_self_destination_refused_total",
-            "Tunnels and upstream connections refused because they would reach this waypoint or a reserved port.",
-            self.self_destination_refused.get(),
-        );
-        counter(
-            "waypoint_tunnels_total",
-            "Inbound CONNECT streams accepted for processing.",
-            self.tunnels.get(),
-        );
-        counter(
-            "waypoint_tunnels_rejected_total",
-            "Inbound CONNECT streams refused.",
-            self.tunnels_rejected.get(),
-        );
-        counter(
-            "waypoint_upstream_hbone_connects_total",
-            "Upstream HBONE connections opened.",
-            self.upstream_hbone_connects.get(),
-        );
-        counter(
-            "waypoint_upstream_hbone_streams_total",
-            "Upstream CONNECT streams opened.",
-            self.upstream_hbone_streams.get(),
-        );
-        counter(
-            "waypoint_upstream_hbone_streams_reused_total",
-            "Upstream CONNECT streams opened on an existing connection.",
-            self.upstream_hbone_streams_reused.get(),
-        );
-        counter(
-            "waypoint_upstream_identity_mismatch_total",
-            "Upstream peers whose SPIFFE ID was not the destination's.",
-            self.upstream_identity_mismatch.get(),
-        );
-        counter(
-            "waypoint_upstream_connect_failures_total",
-            "Upstream connection attempts that failed.",
-            self.upstream_connect_failures.get(),
-        );
-        counter(
-            "waypoint_upstream_http_connections_new_total",
-            "Requests that needed a new upstream HTTP connection.",
-            self.upstream_http_new.get(),
-        );
-        counter(
-            "waypoint_upstream_http_connections_reused_total",
-            "Requests sent on a pooled upstream HTTP connection.",
-            self.upstream_http_reused.get(),
-        );
-        counter(
-            "waypoint_config_reloads_total",
-            "Config snapshots applied.",
-            self.config_reloads.get(),
-        );
-        counter(
-            "waypoint_config_reload_failures_total",
-            "Config changes rejected.",
-            self.config_reload_failures.get(),
-        );
-        counter(
-            "waypoint_kube_events_total",
-            "Kubernetes watch events received.",
-            self.kube_events.get(),
-        );
-        counter(
-            "waypoint_kube_watch_errors_total",
-            "Kubernetes watch or list failures (each retried with backoff).",
-            self.kube_watch_errors.get(),
-        );
-        counter(
-            "waypoint_kube_invalid_objects_total",
-            "Kubernetes objects rejected as invalid.",
-            self.kube_invalid_objects.get(),
-        );
-        counter(
-            "waypoint_status_writes_total",
-            "Status subresource writes (server-side apply).",
-            self.status_writes.get(),
-        );
-        counter(
-            "waypoint_status_write_failures_total",
-            "Status subresource writes that failed.",
-            self.status_write_failures.get(),
-        );
-        counter(
-            "waypoint_jwt_valid_total",
-            "Requests that carried a valid JWT.",
-            self.jwt_valid.get(),
-        );
-        counter(
-            "waypoint_jwt_rejected_total",
-            "Requests refused for their JWT (401, or 403 for audiences).",
-            self.jwt_rejected.get(),
-        );
-        counter(
-            "waypoint_jwt_cache_hits_total",
-            "Valid JWTs served from the verification cache.",
-            self.jwt_cache_hits.get(),
-        );
-        counter(
-            "waypoint_jwks_fetches_total",
-            "Successful JWKS fetches.",
-            self.jwks_fetches.get(),
-        );
-        counter(
-            "waypoint_jwks_fetch_failures_total",
-            "Failed JWKS fetches (the previous keys, if any, stay in use).",
-            self.jwks_fetch_failures.get(),
-        );
-        counter(
-            "waypoint_jwt_refused_cache_hits_total",
-            "Refused JWTs answered from the short-lived refusal cache.",
-            self.jwt_refused_cache_hits.get(),
-        );
-        counter(
-            "waypoint_jwks_keys_unusable_total",
-            "JWKS keys left out at load because they cannot verify (logged with the reason).",
-            self.jwks_keys_unusable.get(),
-        );
-        counter(
-            "waypoint_identity_renewals_total",
-            "Workload certificates installed, the first one included.",
-            self.identity_renewals.get(),
-        );
-        counter(
-            "waypoint_identity_renewal_failures_total",
-            "Failed attempts to obtain a workload certificate or trust bundle.",
-            self.identity_renewal_failures.get(),
-        );
-        let mut gauge = |name: &str, help: &str, v: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            "waypoint_hbone_connections",
-            "Open inbound HBONE connections.",
-            self.hbone_connections.get(),
-        );
-        gauge(
-            "waypoint_upstream_hbone_connections",
-            "Open upstream HBONE connections.",
-            self.upstream_hbone_connections.get(),
-        );
-        gauge(
-            "waypoint_config_version",
-            "Version of the config snapshot in use.",
-            self.config_version.get(),
-        );
-        gauge(
-            "waypoint_status_leader",
-            "1 while this replica holds the status lease.",
-            self.status_leader.get(),
-        );
-        gauge(
-            "waypoint_identity_expiry_timestamp_seconds",
-            "When the workload certificate in use expires (Unix seconds); 0 before the first.",
-            self.identity_expiry.get(),
-        );
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail; the encoder's error type is fmt::Error for writers
+        // that can.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
 }

@@ -22,9 +22,12 @@
 //!   EndpointSlices, Pods) and the identities of their endpoints.
 //! * `validation`: the checks istiod's webhook makes, as findings naming each field.
 //! * [`status`]: the `WaypointAccepted` condition istiod would write on a policy.
+//! * [`gateway_status`]: the status this waypoint writes as the controller of its own Gateway
+//!   and GatewayClass (`Accepted`, `Programmed`, `addresses`).
 
 pub mod attachment;
 pub mod destinations;
+pub mod gateway_status;
 pub mod istio;
 mod key;
 pub mod limits;

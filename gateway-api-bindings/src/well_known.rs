@@ -54,5 +54,5 @@ pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 pub const WAYPOINT_ACCEPTED: &str = "WaypointAccepted";
 /// Our own condition on a policy: "enforced by this waypoint". Written beside istiod's
 /// [`WAYPOINT_ACCEPTED`], never instead of it, so two writers never own the same condition type
-/// (Istio's `conditions` list is replaced whole by each apply).
+/// (Istio's `conditions` list is replaced whole by each apply; see [`crate::status`]).
 pub const WAYPOINT_ENFORCED: &str = "rust-waypoint.io/WaypointEnforced";

@@ -150,7 +150,7 @@ pub fn authorizer_for(store: &Store, waypoint: &WaypointIdentity) -> Authorizer 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::well_known::WAYPOINT_CLASS;
+    use crate::well_known::{RUST_WAYPOINT_CLASS, WAYPOINT_CLASS};
 
     fn ap(ns: &str, refs: &str) -> AuthorizationPolicy {
         let mut s = Store::default();
@@ -235,5 +235,50 @@ mod tests {
         );
         let wrong_group = "{targetRefs: [{kind: Gateway, group: '', name: waypoint}]}";
         assert_eq!(binding(&ap("foo", wrong_group), "foo", &wp()), None);
+    }
+
+    #[test]
+    fn our_class_binds_from_the_root_namespace_only() {
+        let ours = WaypointIdentity {
+            class: RUST_WAYPOINT_CLASS.into(),
+            ..wp()
+        };
+        let class = "{targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: rust-waypoint}]}";
+        for kind in ["AuthorizationPolicy", "RequestAuthentication"] {
+            let bound = |ns: &str| {
+                let mut s = Store::default();
+                let errs = s.load_str(
+                    &format!(
+                        "apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: p, namespace: {ns}}}\nspec: {class}\n"
+                    ),
+                    None,
+                );
+                assert!(errs.is_empty(), "{errs:?}");
+                match kind {
+                    "AuthorizationPolicy" => binding(
+                        &s.authorization_policies[&ObjectKey::new(ns, "p")].object,
+                        ns,
+                        &ours,
+                    ),
+                    _ => request_authentication_binding(
+                        &s.request_authentications[&ObjectKey::new(ns, "p")].object,
+                        ns,
+                        &ours,
+                    ),
+                }
+            };
+            assert_eq!(bound("istio-system"), Some(Binding::Waypoint), "{kind}");
+            assert_eq!(
+                bound("foo"),
+                None,
+                "{kind}: GatewayClass only from the root namespace"
+            );
+        }
+        let istio_class = "{targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]}";
+        assert_eq!(
+            binding(&ap("istio-system", istio_class), "istio-system", &ours),
+            None,
+            "another class's policy does not bind to our waypoints"
+        );
     }
 }

@@ -21,10 +21,14 @@
 //! * [`destinations`]: the destinations a waypoint serves (Services, ServiceEntries,
 //!   EndpointSlices, Pods) and the identities of their endpoints.
 //! * `validation`: the checks istiod's webhook makes, as findings naming each field.
-//! * [`status`]: the `WaypointAccepted` condition istiod would write on a policy.
+//! * [`status`]: the `WaypointAccepted` condition istiod would write on a policy, our own
+//!   `WaypointEnforced` beside it, and how the two writers share the `conditions` list.
+//! * [`gateway_status`]: the status this waypoint writes as the controller of its own Gateway
+//!   and GatewayClass (`Accepted`, `Programmed`, `addresses`).
 
 pub mod attachment;
 pub mod destinations;
+pub mod gateway_status;
 pub mod istio;
 mod key;
 pub mod limits;

@@ -20,6 +20,9 @@ pub struct PodInfo {
     pub ips: Vec<IpAddr>,
     /// Named container ports, for Services whose `targetPort` is a name.
     pub named_ports: Vec<(String, u16)>,
+    /// The `Ready` condition is `True`: a waypoint publishes its Gateway's address only once one
+    /// of its own pods is ready to take traffic.
+    pub ready: bool,
 }
 
 impl PodInfo {
@@ -56,6 +59,12 @@ impl From<Pod> for PodInfo {
                 .collect();
             (s.service_account_name.unwrap_or_default(), ports)
         });
+        let ready = pod.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
         let ips = pod
             .status
             .filter(|s| !matches!(s.phase.as_deref(), Some("Succeeded" | "Failed")))
@@ -80,6 +89,7 @@ impl From<Pod> for PodInfo {
             service_account,
             ips,
             named_ports,
+            ready,
         }
     }
 }
@@ -100,7 +110,11 @@ spec:
   serviceAccountName: web
   containers:
   - {name: a, image: x, ports: [{name: http, containerPort: 8080}, {containerPort: 9090}]}
-status: {phase: Running, podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}, {ip: "fd00::1"}]}
+status:
+  phase: Running
+  podIP: 10.0.0.1
+  podIPs: [{ip: 10.0.0.1}, {ip: "fd00::1"}]
+  conditions: [{type: Initialized, status: "True"}, {type: Ready, status: "True"}]
 "#);
         assert_eq!(p.key, ObjectKey::new("shop", "web-1"));
         assert_eq!(p.labels.get("app").map(String::as_str), Some("web"));
@@ -108,6 +122,7 @@ status: {phase: Running, podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}, {ip: "fd00::1
         assert_eq!(p.ips.len(), 2);
         assert_eq!(p.named_port("http"), Some(8080));
         assert_eq!(p.named_port("metrics"), None);
+        assert!(p.ready);
     }
 
     #[test]
@@ -119,6 +134,7 @@ status: {phase: Running, podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}, {ip: "fd00::1
             p.ips.is_empty(),
             "a finished pod's IP may belong to another pod"
         );
+        assert!(!p.ready, "no Ready condition");
         let p = pod("metadata: {name: old, namespace: a}\nstatus: {podIP: 10.0.0.3}\n");
         assert_eq!(p.ips, vec!["10.0.0.3".parse::<IpAddr>().unwrap()]);
     }

@@ -1,17 +1,51 @@
 //! The `WaypointAccepted` condition istiod sets on a policy
-//! (`pilot/pkg/serviceregistry/ambient/policies.go`). The webhook findings that turn it Invalid
-//! come from [`crate::validation`]; the binding rules from [`crate::attachment`] and
-//! [`crate::waypoint`].
+//! (`pilot/pkg/serviceregistry/ambient/policies.go`), and our own `WaypointEnforced` beside it.
+//! The webhook findings that turn them Invalid come from [`crate::validation`]; the binding
+//! rules from [`crate::attachment`] and [`crate::waypoint`].
+//!
+//! ## Two writers on one `conditions` list
+//!
+//! Istio declares a policy's `status` without a schema, so server-side apply replaces the
+//! `conditions` list whole: each writer's apply drops what the others wrote. istiod writes
+//! `ZtunnelAccepted` and `WaypointAccepted` (field managers `istio-ambient-ztunnel-policy` and
+//! `istio-ambient-waypoint-policy`), each apply carrying its one condition, and writes again
+//! only when its own condition differs from what the object shows. So that nothing flaps:
+//!
+//! * Our condition type is our own, [`WAYPOINT_ENFORCED`] ("enforced by this waypoint"),
+//!   computed as istiod computes `WaypointAccepted`, except that a GatewayClass of our
+//!   controller counts as a waypoint class (the `WaypointAccepted` we compute, and write when
+//!   istiod does not, is the same computation). istiod never writes our type, so no type has two
+//!   owners.
+//! * [`merge_conditions`]: our apply carries every condition of another type as the object shows
+//!   it, so our write never removes istiod's. When istiod's apply removes ours, we add it back
+//!   once; istiod does not react, since its own condition is unchanged.
+//! * [`writes_waypoint_accepted`]: we also write `WaypointAccepted`, for clusters where istiod
+//!   does not (an old istiod, ambient status turned off, a file config), only while the object
+//!   shows none, or shows ours. "Ours" is read from the list itself, because the watcher keeps no
+//!   `managedFields` and our own apply would take the list's ownership from istiod anyway: a
+//!   `WaypointAccepted` equal to our `WaypointEnforced` beside it (we write both in one apply,
+//!   equal), or equal to what we would write (then writing it changes nothing). Any other
+//!   `WaypointAccepted` is another writer's: we carry it over untouched and never write that
+//!   type on this object while it differs from ours. If both writers agree, they write the same
+//!   content; if they disagree, istiod's answer stays after at most one round.
+//!
+//! Known limit: once istiod has written a `WaypointAccepted` we disagree with, we leave that
+//! type alone even if istiod is later removed; our `WaypointEnforced` still says what we do.
 
 use policy_engine::FieldIssue;
 
 use crate::attachment::Targeting;
-use crate::istio::{AuthorizationPolicy, PolicyTargetReference, RequestAuthentication};
-use crate::key::ObjectKey;
+use crate::istio::{
+    AuthorizationPolicy, IstioCondition, PolicyTargetReference, RequestAuthentication,
+};
+use crate::key::{Kind, ObjectKey};
 use crate::store::Store;
 use crate::validation;
 use crate::waypoint::{is_waypoint, waypoint_of};
-use crate::well_known::{MESH_CONTROLLER, WAYPOINT_CLASS, canonical_group};
+use crate::well_known::{
+    MESH_CONTROLLER, RUST_WAYPOINT_CLASS, RUST_WAYPOINT_CONTROLLER, WAYPOINT_ACCEPTED,
+    WAYPOINT_CLASS, WAYPOINT_ENFORCED, canonical_group,
+};
 
 /// Reasons, spelled as istiod spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +76,21 @@ pub struct Condition {
     pub reason: Reason,
     pub message: String,
     pub observed_generation: Option<i64>,
+}
+
+impl Condition {
+    /// This condition as Istio's status holds it, under `type_` ([`WAYPOINT_ENFORCED`] or
+    /// [`WAYPOINT_ACCEPTED`]), without a transition time (see [`merge_conditions`]).
+    pub fn to_istio(&self, type_: &str) -> IstioCondition {
+        IstioCondition {
+            type_: type_.to_owned(),
+            status: if self.status { "True" } else { "False" }.to_owned(),
+            reason: Some(self.reason.as_str().to_owned()),
+            message: Some(self.message.clone()),
+            observed_generation: self.observed_generation,
+            last_transition_time: None,
+        }
+    }
 }
 
 /// What `waypoint authz check` reports for one policy.
@@ -268,8 +317,9 @@ fn gateway_class(store: &Store, ns: &str, name: &str, root: &str) -> (bool, Reas
     }
     let controller = match store.gateway_classes.get(name) {
         Some(c) => c.object.spec.controller_name.clone(),
-        // Istio installs this class itself; a file config rarely carries it.
+        // Istio installs its class itself, and our chart ours; a file config rarely carries them.
         None if name == WAYPOINT_CLASS => MESH_CONTROLLER.to_owned(),
+        None if name == RUST_WAYPOINT_CLASS => RUST_WAYPOINT_CONTROLLER.to_owned(),
         None => {
             return (
                 false,
@@ -278,9 +328,12 @@ fn gateway_class(store: &Store, ns: &str, name: &str, root: &str) -> (bool, Reas
             );
         }
     };
-    if controller != MESH_CONTROLLER {
-        let msg =
-            format!("GatewayClass must use controller name `{MESH_CONTROLLER}` for waypoints");
+    // istiod accepts its own controller only; this waypoint enforces policies naming its own
+    // class too, so its conditions accept both.
+    if controller != MESH_CONTROLLER && controller != RUST_WAYPOINT_CONTROLLER {
+        let msg = format!(
+            "GatewayClass must use controller name `{MESH_CONTROLLER}` or `{RUST_WAYPOINT_CONTROLLER}` for waypoints"
+        );
         return (false, Reason::Invalid, msg);
     }
     (true, Reason::Accepted, format!("bound to {name}"))
@@ -300,6 +353,114 @@ fn service_waypoint(
             format!("{kind} {key} is not bound to a waypoint"),
         ),
     }
+}
+
+/// Our [`WAYPOINT_ENFORCED`] condition on one policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyCondition {
+    /// [`Kind::AuthorizationPolicy`] or [`Kind::RequestAuthentication`].
+    pub kind: Kind,
+    pub key: ObjectKey,
+    pub condition: Condition,
+}
+
+/// Our condition for every AuthorizationPolicy and RequestAuthentication that concerns the
+/// waypoint `gateway` (see [`concerns`]), computed as `WaypointAccepted` is. Policies without
+/// targetRefs get none: no waypoint considers them.
+pub fn enforced_conditions(
+    store: &Store,
+    gateway: &ObjectKey,
+    root_namespace: &str,
+) -> Vec<PolicyCondition> {
+    let mut out = Vec::new();
+    for (key, ap) in &store.authorization_policies {
+        let t = Targeting::of_authorization_policy(&ap.object);
+        if !concerns(store, &t, gateway, root_namespace) {
+            continue;
+        }
+        if let Some(condition) = authorization_policy(store, &ap.object, root_namespace).condition {
+            out.push(PolicyCondition {
+                kind: Kind::AuthorizationPolicy,
+                key: key.clone(),
+                condition,
+            });
+        }
+    }
+    for (key, ra) in &store.request_authentications {
+        let t = Targeting::of_request_authentication(&ra.object);
+        if !concerns(store, &t, gateway, root_namespace) {
+            continue;
+        }
+        if let Some(condition) = request_authentication(store, &ra.object, root_namespace).condition
+        {
+            out.push(PolicyCondition {
+                kind: Kind::RequestAuthentication,
+                key: key.clone(),
+                condition,
+            });
+        }
+    }
+    out
+}
+
+/// The `conditions` list to apply on a policy that shows `existing`: every condition of
+/// another type kept as it is and where it is, then ours ([`WAYPOINT_ENFORCED`], and
+/// [`WAYPOINT_ACCEPTED`] when [`writes_waypoint_accepted`] allows). Apply it only when it
+/// differs from `existing`; applying it twice gives the same list.
+pub fn policy_conditions(existing: &[IstioCondition], ours: &Condition) -> Vec<IstioCondition> {
+    let mut mine = vec![ours.to_istio(WAYPOINT_ENFORCED)];
+    if writes_waypoint_accepted(existing, ours) {
+        mine.push(ours.to_istio(WAYPOINT_ACCEPTED));
+    }
+    merge_conditions(existing, &mine)
+}
+
+/// `existing` with each of `ours` in place of the condition of its type (appended when there
+/// is none); conditions of other types are kept as they are. A condition whose status did not
+/// change keeps its `lastTransitionTime`; a changed or new one has none, for the writer to stamp.
+/// Idempotent: merging the result again with the same `ours` returns it unchanged, so a writer
+/// comparing the merge with what the object shows does not loop.
+pub fn merge_conditions(
+    existing: &[IstioCondition],
+    ours: &[IstioCondition],
+) -> Vec<IstioCondition> {
+    let with_time = |c: &IstioCondition| {
+        let mut c = c.clone();
+        c.last_transition_time = existing
+            .iter()
+            .find(|e| e.type_ == c.type_ && e.status == c.status)
+            .and_then(|e| e.last_transition_time.clone());
+        c
+    };
+    let mut out: Vec<IstioCondition> = existing
+        .iter()
+        .map(|e| match ours.iter().find(|o| o.type_ == e.type_) {
+            Some(o) => with_time(o),
+            None => e.clone(),
+        })
+        .collect();
+    for o in ours {
+        if !existing.iter().any(|e| e.type_ == o.type_) {
+            out.push(with_time(o));
+        }
+    }
+    out
+}
+
+/// Whether we write [`WAYPOINT_ACCEPTED`] too on a policy showing `existing`, computing `ours`:
+/// only when the policy shows none, or one equal to our [`WAYPOINT_ENFORCED`] beside it or to
+/// `ours` (see the module docs for why this signal and not `managedFields`).
+pub fn writes_waypoint_accepted(existing: &[IstioCondition], ours: &Condition) -> bool {
+    let of = |t: &str| existing.iter().find(|c| c.type_ == t);
+    let Some(accepted) = of(WAYPOINT_ACCEPTED) else {
+        return true;
+    };
+    let same = |a: &IstioCondition, b: &IstioCondition| {
+        (&a.status, &a.reason, &a.message, a.observed_generation)
+            == (&b.status, &b.reason, &b.message, b.observed_generation)
+    };
+    of(WAYPOINT_ENFORCED).is_some_and(|enforced| same(accepted, enforced))
+        || same(accepted, &ours.to_istio(WAYPOINT_ACCEPTED))
 }
 
 #[cfg(test)]
@@ -399,5 +560,175 @@ spec: {ports: [{port: 80}]}
                 .errors
                 .is_empty()
         );
+    }
+
+    fn cond(type_: &str, status: &str, reason: &str, message: &str) -> IstioCondition {
+        IstioCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            observed_generation: Some(3),
+            last_transition_time: Some("2026-01-01T00:00:00Z".into()),
+        }
+    }
+
+    fn ours(bound: bool) -> Condition {
+        Condition {
+            status: bound,
+            reason: if bound {
+                Reason::Accepted
+            } else {
+                Reason::TargetNotFound
+            },
+            message: if bound {
+                "bound to istio-system/rust-waypoint".into()
+            } else {
+                "gone".into()
+            },
+            observed_generation: Some(3),
+        }
+    }
+
+    #[test]
+    fn merge_keeps_istiods_conditions() {
+        let ztunnel = cond("ZtunnelAccepted", "False", "Invalid", "not for ztunnel");
+        let istiod = cond(
+            WAYPOINT_ACCEPTED,
+            "False",
+            "Invalid",
+            "GatewayClass must use controller name `istio.io/mesh-controller` for waypoints",
+        );
+        let existing = vec![ztunnel.clone(), istiod.clone()];
+        let merged = policy_conditions(&existing, &ours(true));
+        assert_eq!(merged[..2], existing[..], "istiod's conditions untouched");
+        assert_eq!(merged.len(), 3);
+        assert_eq!(merged[2].type_, WAYPOINT_ENFORCED);
+        assert_eq!(merged[2].status, "True");
+        assert_eq!(
+            merged[2].last_transition_time, None,
+            "new: the writer stamps it"
+        );
+        assert_eq!(
+            policy_conditions(&merged, &ours(true)),
+            merged,
+            "merging twice changes nothing"
+        );
+    }
+
+    #[test]
+    fn alone_we_write_and_update_waypoint_accepted() {
+        let first = policy_conditions(&[], &ours(true));
+        let types: Vec<&str> = first.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, [WAYPOINT_ENFORCED, WAYPOINT_ACCEPTED]);
+        assert_eq!(policy_conditions(&first, &ours(true)), first);
+        // The inputs change: both of ours follow.
+        let second = policy_conditions(&first, &ours(false));
+        assert!(second.iter().all(|c| c.status == "False"), "{second:?}");
+        assert_eq!(policy_conditions(&second, &ours(false)), second);
+        // Same status: the transition time stays.
+        let mut stamped = first.clone();
+        for c in &mut stamped {
+            c.last_transition_time = Some("t0".into());
+        }
+        let mut moved = ours(true);
+        moved.message = "bound to istio-system/rust-waypoint (again)".into();
+        let third = policy_conditions(&stamped, &moved);
+        assert!(
+            third
+                .iter()
+                .all(|c| c.last_transition_time.as_deref() == Some("t0"))
+        );
+    }
+
+    /// istiod beside us: it applies `[WaypointAccepted]` alone (the list is replaced whole)
+    /// whenever the object's WaypointAccepted differs from its own; we apply our merge whenever
+    /// it differs from the object. Whoever starts, both settle within a few writes, and then
+    /// each condition is there once: istiod's WaypointAccepted and our WaypointEnforced.
+    #[test]
+    fn a_second_writer_of_waypoint_accepted_settles() {
+        let istiods = cond(WAYPOINT_ACCEPTED, "False", "Invalid", "istiod says no");
+        let same = |a: &IstioCondition, b: &IstioCondition| {
+            (&a.status, &a.reason, &a.message, a.observed_generation)
+                == (&b.status, &b.reason, &b.message, b.observed_generation)
+        };
+        for we_first in [true, false] {
+            let mut object = vec![cond("ZtunnelAccepted", "True", "Accepted", "ztunnel")];
+            let mut writes = 0;
+            let mut quiet = false;
+            for _ in 0..10 {
+                let mut wrote = false;
+                for us in [we_first, !we_first] {
+                    if us {
+                        let want = policy_conditions(&object, &ours(true));
+                        if want != object {
+                            object = want;
+                            wrote = true;
+                            writes += 1;
+                        }
+                    } else {
+                        let shown = object.iter().find(|c| c.type_ == WAYPOINT_ACCEPTED);
+                        if !shown.is_some_and(|c| same(c, &istiods)) {
+                            object = vec![istiods.clone()];
+                            wrote = true;
+                            writes += 1;
+                        }
+                    }
+                }
+                if !wrote {
+                    quiet = true;
+                    break;
+                }
+            }
+            assert!(quiet, "a write loop (we first: {we_first}): {object:?}");
+            assert!(writes <= 4, "{writes} writes (we first: {we_first})");
+            let of = |t: &str| object.iter().filter(|c| c.type_ == t).collect::<Vec<_>>();
+            assert_eq!(of(WAYPOINT_ACCEPTED), [&istiods], "istiod's, untouched");
+            assert_eq!(
+                of(WAYPOINT_ENFORCED).len(),
+                1,
+                "ours, back after istiod's apply"
+            );
+            assert_eq!(of(WAYPOINT_ENFORCED)[0].status, "True");
+        }
+    }
+
+    #[test]
+    fn our_class_from_the_root_namespace_is_enforced() {
+        let mut store = Store::default();
+        let errs = store.load_str(
+            "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: foo}
+spec: {gatewayClassName: rust-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: istio-system}
+spec: {action: DENY, targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: rust-waypoint}], rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: elsewhere, namespace: bar}
+spec: {action: DENY, targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: rust-waypoint}], rules: [{}]}
+",
+            None,
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        let gw = ObjectKey::new("foo", "waypoint");
+        let found = enforced_conditions(&store, &gw, "istio-system");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, ObjectKey::new("istio-system", "deny-all"));
+        assert_eq!(
+            (found[0].condition.status, found[0].condition.reason),
+            (true, Reason::Accepted)
+        );
+        let outside = &store.authorization_policies[&ObjectKey::new("bar", "elsewhere")].object;
+        let c = authorization_policy(&store, outside, "istio-system")
+            .condition
+            .expect("condition");
+        assert_eq!(c.reason, Reason::Invalid);
+        assert!(c.message.contains("root namespace"), "{}", c.message);
     }
 }

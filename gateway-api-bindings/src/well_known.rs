@@ -21,6 +21,15 @@ pub const WAYPOINT_CLASS: &str = "istio-waypoint";
 /// The controller a GatewayClass must name to be a waypoint class.
 pub const MESH_CONTROLLER: &str = "istio.io/mesh-controller";
 
+/// Our own GatewayClass. istiod does not know its controller, so for a Gateway of this class it
+/// deploys nothing and writes no status: this waypoint is the class's controller and writes its
+/// Gateway's status itself. A Gateway of this class is a waypoint as one of class
+/// [`WAYPOINT_CLASS`] is, and a root-namespace policy naming this class binds to every waypoint
+/// of the class.
+pub const RUST_WAYPOINT_CLASS: &str = "rust-waypoint";
+/// The `controllerName` of [`RUST_WAYPOINT_CLASS`], domain-style as Gateway API asks.
+pub const RUST_WAYPOINT_CONTROLLER: &str = "rust-waypoint.io/controller";
+
 /// Label (on a Service, ServiceEntry, Pod or Namespace) naming the waypoint its traffic uses;
 /// `none` opts out.
 pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
@@ -43,3 +52,7 @@ pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 /// The condition istiod sets on a policy for its binding to a waypoint
 /// (`pilot/pkg/serviceregistry/ambient/policies.go`).
 pub const WAYPOINT_ACCEPTED: &str = "WaypointAccepted";
+/// Our own condition on a policy: "enforced by this waypoint". Written beside istiod's
+/// [`WAYPOINT_ACCEPTED`], never instead of it, so two writers never own the same condition type
+/// (Istio's `conditions` list is replaced whole by each apply; see [`crate::status`]).
+pub const WAYPOINT_ENFORCED: &str = "rust-waypoint.io/WaypointEnforced";

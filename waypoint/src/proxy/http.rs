@@ -21,7 +21,7 @@ use policy_engine::authorizer::DENIED_BODY;
 use super::destination::Destination;
 use super::inbound::TunnelCtx;
 use super::relay::{IDENTITY_HEADER, next_hop};
-use super::request_view::{Incoming, Refused, RequestView};
+use super::request::{Incoming, Refused, RequestView};
 use crate::authn::provider::Verified;
 use crate::authn::{self, Authenticator};
 use crate::metrics::Metrics;

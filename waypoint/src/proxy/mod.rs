@@ -1,6 +1,6 @@
 //! The data path, in the order traffic takes it: a CONNECT arrives ([`inbound`]), its destination
 //! is resolved ([`destination`]), the inner protocol is chosen or sniffed ([`sniff`]); HTTP goes
-//! through the Pingora app ([`http`]), which decides each request on its [`request_view`], and
+//! through the Pingora app ([`http`]), which decides each request on its [`request`], and
 //! opaque TCP through the relay ([`tcp`]); both reach endpoints through [`upstream`].
 
 pub mod destination;
@@ -9,7 +9,7 @@ pub mod idle;
 pub mod inbound;
 pub mod own;
 pub mod relay;
-pub mod request_view;
+pub mod request;
 pub mod sniff;
 pub mod tcp;
 pub mod upstream;

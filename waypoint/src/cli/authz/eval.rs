@@ -19,7 +19,7 @@ use serde::Deserialize;
 use waypoint::authn::jwks::{JwksOptions, JwksRegistry};
 use waypoint::authn::provider::{Verified, claim};
 use waypoint::authn::{Authenticator, Authn, AuthnError};
-use waypoint::proxy::request_view::{Incoming, RequestView};
+use waypoint::proxy::request::{Incoming, RequestView};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,7 +1,8 @@
-//! The data path, in the order traffic takes it: a CONNECT arrives ([`inbound`]), its destination
-//! is resolved ([`destination`]), the inner protocol is chosen or sniffed ([`sniff`]); HTTP goes
-//! through the Pingora app ([`http`]), which decides each request on its [`request`], and
-//! opaque TCP through the relay ([`tcp`]); both reach endpoints through [`upstream`].
+//! The data path, in the order traffic takes it: a CONNECT arrives ([`inbound`]) and becomes a
+//! [`tunnel`], its destination is resolved ([`destination`]), the inner protocol is chosen or
+//! sniffed ([`sniff`]); HTTP goes through the Pingora app ([`http`]), which reads each request
+//! as Envoy would ([`request`]), and opaque TCP through the relay ([`tcp`]); both reach endpoints
+//! through [`upstream`].
 
 pub mod destination;
 pub mod http;
@@ -12,4 +13,5 @@ pub mod relay;
 pub mod request;
 pub mod sniff;
 pub mod tcp;
+pub mod tunnel;
 pub mod upstream;

@@ -6,7 +6,7 @@ use policy_engine::Request;
 use tokio::io::AsyncWriteExt;
 
 use super::destination::Destination;
-use super::inbound::TunnelCtx;
+use super::tunnel::TunnelCtx;
 use super::upstream::Upstream;
 use crate::hbone::stream::H2Stream;
 use crate::metrics::Metrics;

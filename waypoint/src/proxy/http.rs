@@ -15,10 +15,10 @@ use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::upstreams::peer::{ALPN, Proxy};
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use policy_engine::Request;
 use policy_engine::authorizer::DENIED_BODY;
 
 use super::destination::Destination;
+use super::policy::{self, Connection, Inputs, Token};
 use super::relay::{IDENTITY_HEADER, next_hop};
 use super::request::{Incoming, Refused, RequestView};
 use super::tunnel::TunnelCtx;
@@ -296,33 +296,19 @@ impl ProxyHttp for HttpApp {
             match view {
                 Err(e) => Err(e),
                 Ok(view) => {
-                    let request = Request {
-                        peer: tunnel.conn.peer.as_ref(),
-                        source_ip: tunnel.client_ip,
-                        remote_ip: tunnel.client_ip,
-                        destination_ip: Some(tunnel.target.ip()),
-                        destination_port: Some(tunnel.target.port()),
-                        sni: None,
-                        http: Some(view.http()),
-                        jwt: verified.as_ref().map(|v| &v.claims),
+                    let inputs = Inputs {
+                        connection: Connection::of(&tunnel),
+                        target: dest.policy_target(),
+                        destination: &dest,
+                        http: Some(&view),
+                        token: verified.as_ref().map(|v| Token {
+                            claims: &v.claims,
+                            principal: Some(&v.principal),
+                        }),
                     };
-                    let decision = snapshot.authorizer.evaluate(&request, dest.policy_target());
-                    if !decision.allowed {
-                        tracing::info!(
-                            peer = ?tunnel.conn.peer.as_ref().map(|p| p.uri()),
-                            request_principal = ?verified.as_ref().map(|v| &v.principal),
-                            client = ?tunnel.client_ip,
-                            destination = %dest,
-                            method = view.method,
-                            authority = %view.authority,
-                            path = %view.path,
-                            policy = ?decision.matched.map(|m| m.policy.to_string()),
-                            rule = ?decision.matched.map(|m| m.rule),
-                            reason = %decision,
-                            "request denied"
-                        );
-                    }
-                    Ok((decision.allowed, view.path, view.authority.into_owned()))
+                    let allowed =
+                        policy::decide(&snapshot.authorizer, &inputs, Some(&self.metrics)).allowed;
+                    Ok((allowed, view.path, view.authority.into_owned()))
                 }
             }
         };

@@ -1,14 +1,15 @@
 //! The data path, in the order traffic takes it: a CONNECT arrives ([`inbound`]) and becomes a
 //! [`tunnel`], its destination is resolved ([`destination`]), the inner protocol is chosen or
 //! sniffed ([`sniff`]); HTTP goes through the Pingora app ([`http`]), which reads each request
-//! as Envoy would ([`request`]), and opaque TCP through the relay ([`tcp`]); both reach endpoints
-//! through [`upstream`].
+//! as Envoy would ([`request`]), and opaque TCP through the relay ([`tcp`]); both are decided by
+//! [`policy`] and reach endpoints through [`upstream`].
 
 pub mod destination;
 pub mod http;
 pub mod idle;
 pub mod inbound;
 pub mod own;
+pub mod policy;
 pub mod relay;
 pub mod request;
 pub mod sniff;

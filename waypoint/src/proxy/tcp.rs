@@ -1,11 +1,12 @@
-//! Opaque TCP through the waypoint: the L4 decision, then a byte relay with half-close.
+//! Opaque TCP through the waypoint: the L4 decision ([`super::policy`]), then a byte relay with
+//! half-close.
 
 use std::net::SocketAddr;
 
-use policy_engine::Request;
 use tokio::io::AsyncWriteExt;
 
 use super::destination::Destination;
+use super::policy::{self, Connection, Inputs};
 use super::tunnel::TunnelCtx;
 use super::upstream::Upstream;
 use crate::hbone::stream::H2Stream;
@@ -27,31 +28,16 @@ pub async fn serve(
 ) {
     // Decide before any await: the request borrows data that is not `Sync`.
     let denied = {
-        let req = Request {
-            peer: ctx.conn.peer.as_ref(),
-            source_ip: ctx.client_ip,
-            remote_ip: ctx.client_ip,
-            destination_ip: Some(ctx.target.ip()),
-            destination_port: Some(ctx.target.port()),
-            sni: None,
+        let inputs = Inputs {
+            connection: Connection::of(ctx),
+            target: dest.policy_target(),
+            destination: dest,
             http: None,
-            jwt: None,
+            token: None,
         };
-        let decision = snapshot.authorizer.evaluate(&req, dest.policy_target());
-        if !decision.allowed {
-            tracing::info!(
-                peer = ?ctx.conn.peer.as_ref().map(|p| p.uri()),
-                client = ?ctx.client_ip,
-                destination = %dest,
-                policy = ?decision.matched.map(|m| m.policy.to_string()),
-                reason = %decision,
-                "TCP connection denied"
-            );
-        }
-        !decision.allowed
+        !policy::decide(&snapshot.authorizer, &inputs, Some(metrics)).allowed
     };
     if denied {
-        metrics.tcp_denied.inc();
         // The tunnel is open (refusing the CONNECT would look like a network failure to the
         // client's ztunnel); end it without a byte. A reset here would discard the queued 200,
         // so wait (bounded) for the client to end its side, discarding what it sends.
@@ -64,7 +50,6 @@ pub async fn serve(
         .await;
         return;
     }
-    metrics.tcp_allowed.inc();
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut up = None;
     while tried.len() < MAX_ATTEMPTS.min(dest.endpoint_count()) {

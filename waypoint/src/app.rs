@@ -22,8 +22,8 @@ use crate::metrics::Metrics;
 use crate::proxy::http::HttpApp;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::own::OwnAddresses;
-use crate::proxy::relay;
 use crate::proxy::upstream::Upstream;
+use crate::proxy::upstream::relay;
 use crate::source::kube::KubeOptions;
 use crate::state::{self, MeshSettings, Snapshot, StateHandle};
 

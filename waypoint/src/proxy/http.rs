@@ -19,9 +19,9 @@ use policy_engine::authorizer::DENIED_BODY;
 
 use super::destination::Destination;
 use super::policy::{self, Connection, Inputs, Token};
-use super::relay::{IDENTITY_HEADER, next_hop};
 use super::request::{Incoming, Refused, RequestView};
 use super::tunnel::TunnelCtx;
+use super::upstream::relay::{IDENTITY_HEADER, next_hop};
 use crate::authn::provider::Verified;
 use crate::authn::{self, Authenticator};
 use crate::metrics::Metrics;

@@ -10,7 +10,6 @@ pub mod idle;
 pub mod inbound;
 pub mod own;
 pub mod policy;
-pub mod relay;
 pub mod request;
 pub mod sniff;
 pub mod tcp;

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::Instrument;
 
-use super::upstream::Upstream;
+use super::Upstream;
 
 /// Carries the expected server identity from the HTTP app to the relay.
 pub const IDENTITY_HEADER: &str = "x-waypoint-upstream-identity";

@@ -12,6 +12,8 @@ use super::own::{OwnAddresses, Refusal};
 use crate::hbone::client::{Connector, TunnelError};
 use crate::metrics::Metrics;
 
+pub mod relay;
+
 /// A byte stream to an endpoint.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}

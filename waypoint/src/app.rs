@@ -198,7 +198,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
 
     let app = HttpApp {
         config: config.clone(),
-        relay: relay_socket.path.clone(),
+        relay: relay_socket.detour(),
         metrics: metrics.clone(),
     };
     let mut proxy = pingora::proxy::http_proxy(&Arc::new(ServerConf::default()), app);

@@ -1,9 +1,7 @@
 //! The one Pingora HTTP app every inner HTTP connection runs through: policy per request in
 //! `request_filter`, endpoint choice in `upstream_peer`, `x-forwarded-for` on the way out.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +11,7 @@ use gateway_api_bindings::destinations::Protocol;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::{FailToProxy, ProxyHttp};
-use pingora::upstreams::peer::{ALPN, Proxy};
+use pingora::upstreams::peer::ALPN;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use policy_engine::authorizer::DENIED_BODY;
 
@@ -21,7 +19,8 @@ use super::destination::Destination;
 use super::policy::{self, Connection, Inputs, Token};
 use super::request::{Incoming, Refused, RequestView};
 use super::tunnel::TunnelCtx;
-use super::upstream::relay::{IDENTITY_HEADER, next_hop};
+use super::upstream::relay::Detour;
+use super::upstream::route::{Route, Ticket};
 use crate::authn::provider::Verified;
 use crate::authn::{self, Authenticator};
 use crate::metrics::Metrics;
@@ -33,7 +32,8 @@ const MAX_ATTEMPTS: usize = 3;
 #[derive(Debug)]
 pub struct HttpApp {
     pub config: Arc<StateHandle>,
-    pub relay: PathBuf,
+    /// Upstream connections go through the relay ([`super::upstream`]).
+    pub relay: Detour,
     pub metrics: Arc<Metrics>,
 }
 
@@ -43,6 +43,9 @@ pub struct ReqCtx {
     tunnel: Option<Arc<TunnelCtx>>,
     dest: Option<Destination>,
     tried: Vec<SocketAddr>,
+    /// The route of the connection being made, registered with the relay until the request
+    /// ends.
+    route: Option<Ticket>,
     /// The request was answered by the waypoint itself (403, 400, 503).
     local_reply: bool,
     denied: bool,
@@ -351,39 +354,26 @@ impl ProxyHttp for HttpApp {
             );
         };
         ctx.tried.push(ep.address);
-        let mut peer = HttpPeer::new(ep.address, false, String::new());
-        let mut headers = BTreeMap::new();
-        headers.insert(
-            IDENTITY_HEADER.to_owned(),
-            ep.identity.clone().unwrap_or_default().into_bytes(),
-        );
-        peer.proxy = Some(Proxy {
-            next_hop: next_hop(&self.relay),
-            host: ep.address.ip().to_string(),
-            port: ep.address.port(),
-            headers,
-        });
-        // Not part of the pool key: a pooled connection keeps the trace of the request that
-        // opened it, as ztunnel logs one trace id per tunnel.
+        // A pooled connection keeps the trace of the request that opened it, as ztunnel logs
+        // one trace id per tunnel.
         let traceparent = session
             .req_header()
             .headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(crate::hbone::headers::traceparent)
-            .map(String::into_bytes)
-            .or_else(|| {
-                ctx.tunnel
-                    .as_ref()?
-                    .traceparent
-                    .clone()
-                    .map(String::into_bytes)
-            });
-        if let Some(tp) = traceparent {
-            peer.options
-                .extra_proxy_headers
-                .insert("traceparent".into(), tp);
-        }
+            .or_else(|| ctx.tunnel.as_ref()?.traceparent.clone());
+        let (mut peer, ticket) = self.relay.peer(Route {
+            address: ep.address,
+            identity: ep
+                .identity
+                .as_deref()
+                .filter(|i| !i.is_empty())
+                .map(Arc::from),
+            traceparent,
+        });
+        // A retry's route replaces the failed attempt's.
+        ctx.route = Some(ticket);
         peer.options.connection_timeout = Some(Duration::from_secs(10));
         peer.options.idle_timeout = Some(Duration::from_secs(90));
         // The port's declared protocol decides, as Istio configures Envoy's upstream cluster:

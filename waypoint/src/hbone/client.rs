@@ -21,7 +21,7 @@ use crate::tls::spiffe;
 /// Why a tunnel could not be opened. All of these happen before any application byte is sent,
 /// so the caller may try another endpoint.
 #[derive(Debug, thiserror::Error)]
-pub enum TunnelError {
+pub(crate) enum TunnelError {
     #[error("connecting to {addr}: {source}")]
     Connect {
         addr: SocketAddr,
@@ -74,22 +74,22 @@ struct PooledConn {
 
 /// The upstream HBONE pool.
 #[derive(Debug)]
-pub struct Connector {
+pub(crate) struct Connector {
     identity: Arc<Identity>,
     conns: Mutex<HashMap<PoolKey, Vec<Arc<PooledConn>>>>,
     /// One dial in flight per key: concurrent requests wait for it and share the connection
     /// instead of each opening their own.
     dialing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Port the destination ztunnel listens on (15008; tests may move it).
-    pub port: u16,
+    pub(crate) port: u16,
     /// Streams per connection before another connection is opened; ztunnel's pool uses 100.
-    pub max_streams: usize,
-    pub connect_timeout: Duration,
+    pub(crate) max_streams: usize,
+    pub(crate) connect_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Connector {
-    pub fn new(identity: Arc<Identity>, port: u16, metrics: Arc<Metrics>) -> Connector {
+    pub(crate) fn new(identity: Arc<Identity>, port: u16, metrics: Arc<Metrics>) -> Connector {
         Connector {
             identity,
             conns: Mutex::new(HashMap::new()),
@@ -102,7 +102,7 @@ impl Connector {
     }
 
     /// Opens `CONNECT target` on a connection to `target.ip():port` whose server is `expected`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         target: SocketAddr,
         expected: &str,

@@ -30,16 +30,16 @@ use crate::state::StateHandle;
 const MAX_ATTEMPTS: usize = 3;
 
 #[derive(Debug)]
-pub struct HttpApp {
-    pub config: Arc<StateHandle>,
+pub(crate) struct HttpApp {
+    pub(crate) config: Arc<StateHandle>,
     /// Upstream connections go through the relay ([`super::upstream`]).
-    pub relay: Detour,
-    pub metrics: Arc<Metrics>,
+    pub(crate) relay: Detour,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Per-request state.
 #[derive(Debug, Default)]
-pub struct ReqCtx {
+pub(crate) struct ReqCtx {
     tunnel: Option<Arc<TunnelCtx>>,
     dest: Option<Destination>,
     tried: Vec<SocketAddr>,

@@ -34,13 +34,13 @@ use crate::state::StateHandle;
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The [`TunnelHandler`] of the waypoint.
-pub struct Inbound {
-    pub config: Arc<StateHandle>,
-    pub http: Arc<HttpProxy<HttpApp>>,
-    pub upstream: Arc<Upstream>,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: ShutdownWatch,
-    pub timeouts: Timeouts,
+pub(crate) struct Inbound {
+    pub(crate) config: Arc<StateHandle>,
+    pub(crate) http: Arc<HttpProxy<HttpApp>>,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shutdown: ShutdownWatch,
+    pub(crate) timeouts: Timeouts,
 }
 
 /// Longest HTTP/1 request head waited for under the request-headers timeout; a longer one is

@@ -4,14 +4,14 @@
 //! as Envoy would ([`request`]), and opaque TCP through the relay ([`tcp`]); both are decided by
 //! [`policy`] and reach endpoints through [`upstream`].
 
-pub mod destination;
-pub mod http;
-pub mod idle;
-pub mod inbound;
-pub mod own;
+pub(crate) mod destination;
+pub(crate) mod http;
+pub(crate) mod idle;
+pub(crate) mod inbound;
+pub(crate) mod own;
 pub mod policy;
 pub mod request;
 pub mod sniff;
-pub mod tcp;
-pub mod tunnel;
-pub mod upstream;
+pub(crate) mod tcp;
+pub(crate) mod tunnel;
+pub(crate) mod upstream;

@@ -31,7 +31,7 @@ impl<'a> Connection<'a> {
     /// What a tunnel says. The waypoint trusts no proxy hop in front of the client's ztunnel,
     /// so `remote.ip` is the forwarded client address, as Envoy's with no trusted hops; the
     /// inner stream is plaintext, so there is no SNI.
-    pub fn of(tunnel: &'a TunnelCtx) -> Connection<'a> {
+    pub(crate) fn of(tunnel: &'a TunnelCtx) -> Connection<'a> {
         Connection {
             peer: tunnel.conn.peer.as_ref(),
             source_ip: tunnel.client_ip,

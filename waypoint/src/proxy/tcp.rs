@@ -17,7 +17,7 @@ use crate::state::Snapshot;
 /// connection is up, so trying another endpoint is safe.
 const MAX_ATTEMPTS: usize = 3;
 
-pub async fn serve(
+pub(crate) async fn serve(
     mut stream: H2Stream,
     ctx: &TunnelCtx,
     dest: &Destination,

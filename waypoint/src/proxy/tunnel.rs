@@ -10,12 +10,12 @@ use crate::hbone::server::ConnInfo;
 
 /// One accepted tunnel's identity.
 #[derive(Debug)]
-pub struct TunnelCtx {
+pub(crate) struct TunnelCtx {
     /// The HBONE connection it came on: the client workload's SPIFFE ID.
-    pub conn: Arc<ConnInfo>,
+    pub(crate) conn: Arc<ConnInfo>,
     /// The CONNECT authority: service VIP or pod IP, and port.
-    pub target: SocketAddr,
+    pub(crate) target: SocketAddr,
     /// `forwarded: for=`: the original client address.
-    pub client_ip: Option<IpAddr>,
-    pub traceparent: Option<String>,
+    pub(crate) client_ip: Option<IpAddr>,
+    pub(crate) traceparent: Option<String>,
 }

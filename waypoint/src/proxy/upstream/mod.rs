@@ -28,15 +28,15 @@ use super::own::{OwnAddresses, Refusal};
 use crate::hbone::client::{Connector, TunnelError};
 use crate::metrics::Metrics;
 
-pub mod relay;
-pub mod route;
+pub(crate) mod relay;
+pub(crate) mod route;
 
 /// A byte stream to an endpoint.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
 
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
     #[error("connecting to {addr}: {source}")]
@@ -51,16 +51,16 @@ pub enum UpstreamError {
 }
 
 #[derive(Debug)]
-pub struct Upstream {
-    pub hbone: Connector,
-    pub connect_timeout: Duration,
+pub(crate) struct Upstream {
+    pub(crate) hbone: Connector,
+    pub(crate) connect_timeout: Duration,
     /// Addresses no upstream connection may reach (our own, reserved ports).
-    pub own: OwnAddresses,
+    pub(crate) own: OwnAddresses,
     metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(hbone: Connector, metrics: Arc<Metrics>) -> Upstream {
+    pub(crate) fn new(hbone: Connector, metrics: Arc<Metrics>) -> Upstream {
         Upstream {
             hbone,
             connect_timeout: Duration::from_secs(5),
@@ -70,7 +70,7 @@ impl Upstream {
     }
 
     /// Where a connection to `address` would actually go: its ztunnel when `identity` is known.
-    pub fn check(&self, address: SocketAddr, identity: Option<&str>) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, address: SocketAddr, identity: Option<&str>) -> Result<(), Refusal> {
         let dial = match identity {
             Some(_) => SocketAddr::new(address.ip(), self.hbone.port),
             None => address,
@@ -79,7 +79,7 @@ impl Upstream {
     }
 
     /// Opens a stream to `address`: through its ztunnel when `identity` is known, else directly.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         address: SocketAddr,
         identity: Option<&str>,
@@ -119,7 +119,7 @@ impl Upstream {
         r
     }
 
-    pub async fn open_endpoint(
+    pub(crate) async fn open_endpoint(
         &self,
         ep: &Endpoint,
         traceparent: Option<&str>,

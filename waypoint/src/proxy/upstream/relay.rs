@@ -28,15 +28,15 @@ const MAX_HEAD: usize = 8 * 1024;
 
 /// A relay socket in a private directory, removed on drop.
 #[derive(Debug)]
-pub struct RelaySocket {
-    pub path: PathBuf,
+pub(crate) struct RelaySocket {
+    pub(crate) path: PathBuf,
     dir: PathBuf,
     routes: Arc<Routes>,
 }
 
 impl RelaySocket {
     /// The HTTP app's way into this relay.
-    pub fn detour(&self) -> Detour {
+    pub(crate) fn detour(&self) -> Detour {
         Detour {
             next_hop: self.path.clone().into_boxed_path(),
             routes: self.routes.clone(),
@@ -46,14 +46,14 @@ impl RelaySocket {
 
 /// The relay's listening side.
 #[derive(Debug)]
-pub struct RelayListener {
+pub(crate) struct RelayListener {
     listener: UnixListener,
     routes: Arc<Routes>,
 }
 
 /// How the HTTP app sends an upstream connection through the relay.
 #[derive(Debug, Clone)]
-pub struct Detour {
+pub(crate) struct Detour {
     next_hop: Box<Path>,
     routes: Arc<Routes>,
 }
@@ -61,7 +61,7 @@ pub struct Detour {
 impl Detour {
     /// A peer that reaches `route` through the relay, and the ticket that keeps the route
     /// registered: hold it until the request ends.
-    pub fn peer(&self, route: Route) -> (HttpPeer, Ticket) {
+    pub(crate) fn peer(&self, route: Route) -> (HttpPeer, Ticket) {
         let mut peer = HttpPeer::new(route.address, false, String::new());
         peer.proxy = Some(Proxy {
             next_hop: self.next_hop.clone(),
@@ -79,11 +79,6 @@ impl Detour {
         );
         (peer, ticket)
     }
-
-    /// Routes registered and not yet taken or withdrawn.
-    pub fn pending(&self) -> usize {
-        self.routes.pending()
-    }
 }
 
 impl Drop for RelaySocket {
@@ -94,7 +89,7 @@ impl Drop for RelaySocket {
 }
 
 /// Binds the relay in a fresh 0700 directory under the system temp dir.
-pub fn bind() -> std::io::Result<(RelayListener, RelaySocket)> {
+pub(crate) fn bind() -> std::io::Result<(RelayListener, RelaySocket)> {
     use std::os::unix::fs::DirBuilderExt;
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -115,7 +110,7 @@ pub fn bind() -> std::io::Result<(RelayListener, RelaySocket)> {
     ))
 }
 
-pub async fn serve(listener: RelayListener, upstream: Arc<Upstream>) {
+pub(crate) async fn serve(listener: RelayListener, upstream: Arc<Upstream>) {
     let RelayListener { listener, routes } = listener;
     loop {
         match listener.accept().await {

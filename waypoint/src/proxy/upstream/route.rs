@@ -20,19 +20,19 @@ pub(crate) const TICKET_HEADER: &str = "x-waypoint-route";
 
 /// How one upstream connection is to be made.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
+pub(crate) struct Route {
     /// The endpoint (pod IP and target port).
-    pub address: SocketAddr,
+    pub(crate) address: SocketAddr,
     /// The SPIFFE ID the endpoint's ztunnel must present; `None` for an endpoint outside the
     /// mesh, reached with plain TCP.
-    pub identity: Option<Arc<str>>,
+    pub(crate) identity: Option<Arc<str>>,
     /// The trace the connection is opened for (ztunnel logs one trace id per tunnel).
-    pub traceparent: Option<String>,
+    pub(crate) traceparent: Option<String>,
 }
 
 /// Routes registered by the HTTP app and not yet taken by the relay.
 #[derive(Debug, Default)]
-pub struct Routes {
+pub(crate) struct Routes {
     pending: Mutex<HashMap<u64, Route>>,
     next: AtomicU64,
     /// One number per identity, for Pingora's pool key: connections made for one identity are
@@ -42,14 +42,14 @@ pub struct Routes {
 
 /// A registered route; dropping it withdraws the route if the relay has not taken it.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     routes: Arc<Routes>,
     number: u64,
 }
 
 impl Ticket {
     /// What goes into the CONNECT's [`TICKET_HEADER`].
-    pub fn number(&self) -> u64 {
+    pub(crate) fn number(&self) -> u64 {
         self.number
     }
 }
@@ -67,7 +67,7 @@ impl Routes {
     }
 
     /// Registers `route` until the relay takes it or the ticket is dropped.
-    pub fn register(self: &Arc<Self>, route: Route) -> Ticket {
+    pub(crate) fn register(self: &Arc<Self>, route: Route) -> Ticket {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(number, route);
         Ticket {
@@ -78,19 +78,20 @@ impl Routes {
 
     /// Takes the route registered under `number`; `None` when there is none (never registered,
     /// already taken, or withdrawn).
-    pub fn take(&self, number: u64) -> Option<Route> {
+    pub(crate) fn take(&self, number: u64) -> Option<Route> {
         self.lock().remove(&number)
     }
 
     /// The pool group of `identity`: equal for equal identities, distinct otherwise.
-    pub fn group(&self, identity: Option<&Arc<str>>) -> u64 {
+    pub(crate) fn group(&self, identity: Option<&Arc<str>>) -> u64 {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         let n = groups.len() as u64;
         *groups.entry(identity.cloned()).or_insert(n)
     }
 
     /// Routes registered and not yet taken or withdrawn.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
         self.lock().len()
     }
 }

@@ -1,7 +1,9 @@
 //! One table of inputs decided twice: by the live waypoint (a client's tunnel through the demo
 //! mesh, HTTP/1.1 or opaque TCP inside it) and by `waypoint authz eval` on the same config and
 //! the same inputs written as a request document. The two must agree on every case, and both must
-//! give the table's answer, so neither can drift from the other nor be wrong in the same way.
+//! give the table's answer, so neither can drift from the other nor be wrong in the same way. The
+//! live decision must also be counted under the policy and action eval reports as deciding
+//! (`waypoint_policy_decisions_total`).
 //!
 //! The cases cover L4 (TCP) and L7 (HTTP), allow and deny, with and without a JWT (valid, wrong
 //! subject, expired), and variants of header, path (normalized), method, principal, namespace and
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use waypoint::metrics::PolicyDecision;
 use waypoint_tests::http1;
 use waypoint_tests::jwt::{SigningKey, claims, jwks, now};
 use waypoint_tests::mesh::{HTTPBIN_VIP, Mesh, MeshOptions, NAMESPACE, TCP_ECHO_VIP};
@@ -379,8 +382,39 @@ fn eval_doc(case: &Case, tokens: &Tokens) -> serde_json::Value {
     doc
 }
 
-/// Runs `waypoint authz eval` on every document at once; one answer per document.
-fn eval(mesh: &Mesh, docs: &[serde_json::Value]) -> Vec<String> {
+/// What eval said decided, as the live waypoint counts it in `waypoint_policy_decisions_total`;
+/// `None` when eval answered before policy (a refused token).
+fn deciding(line: &serde_json::Value) -> Option<PolicyDecision> {
+    let status = line["status"].as_u64().and_then(|s| u16::try_from(s).ok());
+    if status == Some(401) {
+        return None;
+    }
+    let (ns, name) = line["policy"]
+        .as_str()
+        .and_then(|p| p.split_once('/'))
+        .unwrap_or(("", ""));
+    Some(PolicyDecision {
+        policy_namespace: ns.to_owned(),
+        policy_name: name.to_owned(),
+        action: match line["action"].as_str() {
+            Some("ALLOW") => "ALLOW",
+            Some("DENY") => "DENY",
+            Some("AUDIT") => "AUDIT",
+            Some("CUSTOM") => "CUSTOM",
+            _ => "",
+        },
+        decision: if line["decision"] == "allow" {
+            "allow"
+        } else {
+            "deny"
+        },
+        code: status,
+    })
+}
+
+/// Runs `waypoint authz eval` on every document at once; one answer (and what decided it) per
+/// document.
+fn eval(mesh: &Mesh, docs: &[serde_json::Value]) -> Vec<(String, Option<PolicyDecision>)> {
     let file = mesh.dir.join("equivalence-requests.yaml");
     let text: Vec<String> = docs
         .iter()
@@ -404,7 +438,7 @@ fn eval(mesh: &Mesh, docs: &[serde_json::Value]) -> Vec<String> {
         .zip(docs)
         .map(|(line, doc)| {
             let line: serde_json::Value = serde_json::from_str(line).unwrap();
-            match (
+            let answer = match (
                 doc.get("http").is_some(),
                 line["decision"].as_str(),
                 line["status"].as_u64(),
@@ -413,7 +447,8 @@ fn eval(mesh: &Mesh, docs: &[serde_json::Value]) -> Vec<String> {
                 (true, Some("deny"), Some(s)) => s.to_string(),
                 (false, Some(d @ ("allow" | "deny")), _) => d.into(),
                 _ => format!("unexpected: {line}"),
-            }
+            };
+            (answer, deciding(&line))
         })
         .collect()
 }
@@ -452,25 +487,37 @@ async fn authz_eval_and_the_live_proxy_decide_alike() {
 
         let mut report = String::new();
         let mut wrong = 0;
-        for (case, eval) in CASES.iter().zip(&evals) {
+        let counted = &mesh.running().metrics.policy_decisions;
+        for (case, (eval, decided)) in CASES.iter().zip(&evals) {
             let client = match case.who {
                 Who::Sleep => &sleep,
                 Who::Curl => &curl,
                 Who::Other => &other,
             };
+            let before = decided.as_ref().map(|d| counted.get(d));
             let live = live(client, case, &tokens).await;
-            let ok = live == *eval && live == case.want;
+            // The live decision was made by the policy (and rule action) eval names.
+            let same_policy = match (decided, before) {
+                (Some(d), Some(before)) => counted.get(d) == before + 1,
+                _ => true,
+            };
+            let ok = live == *eval && live == case.want && same_policy;
             if !ok {
                 wrong += 1;
             }
             writeln!(
                 report,
-                "{} {:<44} want {:<5} live {:<8} eval {}",
+                "{} {:<44} want {:<5} live {:<8} eval {:<5} {}",
                 if ok { "ok  " } else { "FAIL" },
                 case.name,
                 case.want,
                 live,
-                eval
+                eval,
+                match decided {
+                    Some(d) if same_policy => format!("decided by {d:?}"),
+                    Some(d) => format!("live not counted as {d:?}"),
+                    None => "before policy".into(),
+                },
             )
             .unwrap();
         }

@@ -69,6 +69,83 @@ impl Gauge {
 
 const CODES: usize = 600;
 
+/// One label set of `waypoint_policy_decisions_total`. Bounded: the policies of the config, four
+/// actions, two decisions, two codes; never a path or a principal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PolicyDecision {
+    /// The deciding policy; both empty when no policy decided (the default).
+    pub policy_namespace: String,
+    pub policy_name: String,
+    /// `ALLOW`, `DENY`, `AUDIT` or `CUSTOM` as the engine reports it; empty for the default.
+    pub action: &'static str,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The status the decision gives an HTTP request (`200` forwarded, `403` denied); `None` for
+    /// a TCP connection.
+    pub code: Option<u16>,
+}
+
+/// Decisions counted per [`PolicyDecision`]. A label set is added once (write lock), then
+/// counted under the read lock.
+#[derive(Debug, Default)]
+pub struct PolicyDecisions(
+    std::sync::RwLock<std::collections::BTreeMap<PolicyDecision, AtomicU64>>,
+);
+
+impl PolicyDecisions {
+    pub fn inc(&self, labels: PolicyDecision) {
+        {
+            let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get(&labels) {
+                n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(labels)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count for `labels`.
+    pub fn get(&self, labels: &PolicyDecision) -> u64 {
+        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+        map.get(labels).map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP waypoint_policy_decisions_total Authorization decisions by deciding policy, its action, the decision and the status it gives.\n# TYPE waypoint_policy_decisions_total counter"
+        );
+        let map = self.0.read().unwrap_or_else(|p| p.into_inner());
+        for (l, n) in map.iter() {
+            let _ = writeln!(
+                out,
+                "waypoint_policy_decisions_total{{policy_namespace=\"{}\",policy_name=\"{}\",action=\"{}\",decision=\"{}\",code=\"{}\"}} {}",
+                escape(&l.policy_namespace),
+                escape(&l.policy_name),
+                l.action,
+                l.decision,
+                l.code.map(|c| c.to_string()).unwrap_or_default(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// A label value as the text format wants it.
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        v.into()
+    }
+}
+
 /// One counter per timeout of [`crate::hbone::server::Timeouts`].
 #[derive(Debug, Default)]
 pub struct TimeoutCounters {
@@ -98,6 +175,8 @@ impl TimeoutCounters {
 pub struct Metrics {
     /// HTTP requests by decision (0 allowed, 1 denied) and response code.
     requests: Box<[[AtomicU64; CODES]; 2]>,
+    /// Authorization decisions (HTTP and TCP) by deciding policy.
+    pub policy_decisions: PolicyDecisions,
     pub tcp_allowed: Counter,
     pub tcp_denied: Counter,
     pub hbone_connections: Gauge,
@@ -155,6 +234,7 @@ impl Default for Metrics {
             requests: Box::new(std::array::from_fn(|_| {
                 std::array::from_fn(|_| AtomicU64::new(0))
             })),
+            policy_decisions: PolicyDecisions::default(),
             tcp_allowed: Counter::default(),
             tcp_denied: Counter::default(),
             hbone_connections: Gauge::default(),
@@ -226,6 +306,7 @@ impl Metrics {
                 }
             }
         }
+        self.policy_decisions.render(&mut out);
         let _ = writeln!(
             out,
             "# HELP waypoint_timeouts_total Connections and streams closed by a timeout, by timeout.\n# TYPE waypoint_timeouts_total counter"

@@ -11,7 +11,7 @@ use policy_engine::{Authorizer, Decision, JwtClaims, PeerIdentity, Request};
 
 use super::request::RequestView;
 use super::tunnel::TunnelCtx;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PolicyDecision};
 
 /// The connection-level facts policy reads: peer identity and addresses.
 #[derive(Debug, Clone, Copy, Default)]
@@ -151,7 +151,17 @@ fn log(inputs: &Inputs<'_>, d: &Decision<'_>) {
 }
 
 fn count(m: &Metrics, inputs: &Inputs<'_>, d: &Decision<'_>) {
-    // An HTTP request is counted with its response code when it is answered
+    m.policy_decisions.inc(PolicyDecision {
+        policy_namespace: d
+            .matched
+            .map(|p| p.policy.namespace.clone())
+            .unwrap_or_default(),
+        policy_name: d.matched.map(|p| p.policy.name.clone()).unwrap_or_default(),
+        action: d.action().map_or("", |a| a.as_str()),
+        decision: if d.allowed { "allow" } else { "deny" },
+        code: d.status,
+    });
+    // An HTTP request is also counted with its response code when it is answered
     // (`waypoint_requests_total`, in the app's logging hook); a TCP connection is done here.
     if inputs.http.is_none() {
         if d.allowed {

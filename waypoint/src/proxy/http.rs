@@ -128,11 +128,7 @@ impl HttpApp {
             "request refused before policy"
         );
         session.set_keepalive(None);
-        let (status, body) = match e.status() {
-            404 => (404, "Not Found"),
-            405 => (405, "Method Not Allowed"),
-            _ => (400, "Bad Request"),
-        };
+        let (status, body) = refusal_reply(&e);
         self.local(session, ctx, status, body, true, None).await
     }
 
@@ -195,6 +191,46 @@ enum Authenticated {
     Token(Arc<Verified>),
     /// Refused: the 401 has been sent.
     Answered,
+}
+
+/// The answer to a request refused before policy: Envoy's status, with a short body.
+fn refusal_reply(e: &Refused) -> (u16, &'static str) {
+    match e.status() {
+        404 => (404, "Not Found"),
+        405 => (405, "Method Not Allowed"),
+        _ => (400, "Bad Request"),
+    }
+}
+
+/// The status a request that could not be proxied is answered with; `0` when the client is gone
+/// and nothing can be answered.
+fn error_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            // Every upstream failure, connect or mid-response, is "service unavailable", as
+            // Envoy reports it.
+            ErrorSource::Upstream => 503,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => {
+                // Connect failures surface as internal when the relay refused the CONNECT.
+                if matches!(
+                    e.etype(),
+                    ErrorType::ConnectProxyFailure
+                        | ErrorType::ConnectError
+                        | ErrorType::ConnectRefused
+                        | ErrorType::ConnectTimedout
+                ) {
+                    503
+                } else {
+                    500
+                }
+            }
+        },
+    }
 }
 
 /// W3C Trace Context towards the app: re-emitted from what parses, never copied. Without a valid
@@ -449,32 +485,7 @@ impl ProxyHttp for HttpApp {
         e: &Error,
         _ctx: &mut ReqCtx,
     ) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                // Every upstream failure, connect or mid-response, is "service unavailable", as
-                // Envoy reports it.
-                ErrorSource::Upstream => 503,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => {
-                    // Connect failures surface as internal when the relay refused the CONNECT.
-                    if matches!(
-                        e.etype(),
-                        ErrorType::ConnectProxyFailure
-                            | ErrorType::ConnectError
-                            | ErrorType::ConnectRefused
-                            | ErrorType::ConnectTimedout
-                    ) {
-                        503
-                    } else {
-                        500
-                    }
-                }
-            },
-        };
+        let code = error_status(e);
         if code > 0 {
             let _ = session.respond_error(code).await;
         }
@@ -495,5 +506,71 @@ impl ProxyHttp for HttpApp {
         {
             tracing::debug!(error = %e, code, "request failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_failures_map_to_envoys_statuses() {
+        let cases = [
+            (Error::new(ErrorType::HTTPStatus(503)), 503),
+            (Error::new(ErrorType::HTTPStatus(404)), 404),
+            (Error::new_up(ErrorType::ReadError), 503),
+            (Error::new_up(ErrorType::ConnectTimedout), 503),
+            (Error::new_up(ErrorType::H2Error), 503),
+            (Error::new_down(ErrorType::ReadError), 0),
+            (Error::new_down(ErrorType::WriteError), 0),
+            (Error::new_down(ErrorType::ConnectionClosed), 0),
+            (Error::new_down(ErrorType::InvalidHTTPHeader), 400),
+            (Error::new_in(ErrorType::ConnectProxyFailure), 503),
+            (Error::new_in(ErrorType::ConnectError), 503),
+            (Error::new_in(ErrorType::ConnectRefused), 503),
+            (Error::new(ErrorType::ConnectTimedout), 503),
+            (Error::new_in(ErrorType::InternalError), 500),
+            (Error::new(ErrorType::InternalError), 500),
+        ];
+        for (e, want) in cases {
+            assert_eq!(error_status(&e), want, "{e}");
+        }
+    }
+
+    #[test]
+    fn refusals_before_policy_map_to_envoys_statuses() {
+        assert_eq!(refusal_reply(&Refused::NotProxied), (404, "Not Found"));
+        assert_eq!(
+            refusal_reply(&Refused::Connect),
+            (405, "Method Not Allowed")
+        );
+        assert_eq!(refusal_reply(&Refused::MissingHost), (400, "Bad Request"));
+        assert_eq!(
+            refusal_reply(&Refused::InvalidTarget("x".into())),
+            (400, "Bad Request")
+        );
+    }
+
+    #[test]
+    fn trace_context_is_rebuilt_not_copied() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .unwrap();
+        req.append_header("tracestate", "a=1").unwrap();
+        req.append_header("tracestate", "b=2").unwrap();
+        rebuild_trace_context(&mut req).unwrap();
+        assert_eq!(req.headers["tracestate"], "a=1,b=2");
+        let mut bad = RequestHeader::build("GET", b"/", None).unwrap();
+        bad.append_header("traceparent", "garbage").unwrap();
+        bad.append_header("tracestate", "a=1").unwrap();
+        rebuild_trace_context(&mut bad).unwrap();
+        assert!(bad.headers.get("traceparent").is_none());
+        assert!(
+            bad.headers.get("tracestate").is_none(),
+            "tracestate never travels alone"
+        );
     }
 }

@@ -83,7 +83,7 @@ struct Case {
     /// policy).
     want: u16,
     /// Ours, where it knowingly differs from Envoy's: always a refusal before policy, made by
-    /// Pingora's HTTP/1 codec (see `waypoint::proxy::request_view`).
+    /// Pingora's HTTP/1 codec (see `waypoint::proxy::request`).
     ours: Option<u16>,
 }
 

@@ -22,8 +22,8 @@ use crate::metrics::Metrics;
 use crate::proxy::http::HttpApp;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::own::OwnAddresses;
-use crate::proxy::relay;
 use crate::proxy::upstream::Upstream;
+use crate::proxy::upstream::relay;
 use crate::source::kube::KubeOptions;
 use crate::state::{self, MeshSettings, Snapshot, StateHandle};
 
@@ -198,7 +198,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
 
     let app = HttpApp {
         config: config.clone(),
-        relay: relay_socket.path.clone(),
+        relay: relay_socket.detour(),
         metrics: metrics.clone(),
     };
     let mut proxy = pingora::proxy::http_proxy(&Arc::new(ServerConf::default()), app);

@@ -21,7 +21,7 @@ use crate::tls::spiffe;
 /// Why a tunnel could not be opened. All of these happen before any application byte is sent,
 /// so the caller may try another endpoint.
 #[derive(Debug, thiserror::Error)]
-pub enum TunnelError {
+pub(crate) enum TunnelError {
     #[error("connecting to {addr}: {source}")]
     Connect {
         addr: SocketAddr,
@@ -74,22 +74,22 @@ struct PooledConn {
 
 /// The upstream HBONE pool.
 #[derive(Debug)]
-pub struct Connector {
+pub(crate) struct Connector {
     identity: Arc<Identity>,
     conns: Mutex<HashMap<PoolKey, Vec<Arc<PooledConn>>>>,
     /// One dial in flight per key: concurrent requests wait for it and share the connection
     /// instead of each opening their own.
     dialing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Port the destination ztunnel listens on (15008; tests may move it).
-    pub port: u16,
+    pub(crate) port: u16,
     /// Streams per connection before another connection is opened; ztunnel's pool uses 100.
-    pub max_streams: usize,
-    pub connect_timeout: Duration,
+    pub(crate) max_streams: usize,
+    pub(crate) connect_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Connector {
-    pub fn new(identity: Arc<Identity>, port: u16, metrics: Arc<Metrics>) -> Connector {
+    pub(crate) fn new(identity: Arc<Identity>, port: u16, metrics: Arc<Metrics>) -> Connector {
         Connector {
             identity,
             conns: Mutex::new(HashMap::new()),
@@ -102,7 +102,7 @@ impl Connector {
     }
 
     /// Opens `CONNECT target` on a connection to `target.ip():port` whose server is `expected`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         target: SocketAddr,
         expected: &str,
@@ -251,5 +251,148 @@ impl Connector {
             closed,
             tls,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::IdentitySource;
+    use crate::tls::dev_ca::DevCa;
+    use tokio::net::TcpListener;
+
+    const WAYPOINT: &str = "spiffe://cluster.local/ns/ns/sa/waypoint";
+    const APP: &str = "spiffe://cluster.local/ns/ns/sa/app";
+
+    fn identity(ca: &Arc<DevCa>, id: &str) -> Arc<Identity> {
+        Arc::new(
+            Identity::load(IdentitySource::DevCa {
+                ca: ca.clone(),
+                spiffe_id: id.into(),
+            })
+            .unwrap(),
+        )
+    }
+
+    /// A destination ztunnel on loopback presenting `APP`: answers every CONNECT with 200 and
+    /// keeps the stream until the client drops it. Returns its port and how many TCP
+    /// connections it accepted.
+    async fn ztunnel(ca: &Arc<DevCa>) -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let tls = identity(ca, APP).current().unwrap().server.clone();
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut h2) = h2::server::handshake(tls).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, mut respond))) = h2.accept().await {
+                        tokio::spawn(async move {
+                            let Ok(_send) = respond.send_response(http::Response::new(()), false)
+                            else {
+                                return;
+                            };
+                            let mut body = req.into_body();
+                            while let Some(Ok(_)) = body.data().await {}
+                        });
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    async fn pool() -> (Connector, Arc<AtomicUsize>, Arc<Identity>) {
+        let ca = Arc::new(DevCa::new("pool test").unwrap());
+        let (port, accepted) = ztunnel(&ca).await;
+        let ours = identity(&ca, WAYPOINT);
+        let connector = Connector::new(ours.clone(), port, Arc::default());
+        (connector, accepted, ours)
+    }
+
+    fn target() -> SocketAddr {
+        "127.0.0.1:8080".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn streams_share_a_connection_per_address_and_identity() {
+        let (pool, accepted, _) = pool().await;
+        let _a = pool.connect(target(), APP, None).await.unwrap();
+        let _b = pool.connect(target(), APP, None).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.metrics.upstream_hbone_streams_reused.get(), 1);
+        // Another expected identity is another key: no stream of APP's connection is used for
+        // it, and the server (which is APP) is refused on a connection of its own.
+        let err = pool.connect(target(), WAYPOINT, None).await.unwrap_err();
+        assert!(matches!(err, TunnelError::WrongIdentity { .. }), "{err}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.metrics.upstream_hbone_streams_reused.get(), 1);
+        assert_eq!(pool.metrics.upstream_identity_mismatch.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_connection_makes_another() {
+        let (mut pool, accepted, _) = pool().await;
+        pool.max_streams = 2;
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            held.push(pool.connect(target(), APP, None).await.unwrap());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "2 + 2 + 1 streams");
+        // A stream that ends frees its slot.
+        held.truncate(3);
+        let _again = pool.connect(target(), APP, None).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_requests_share_one_dial() {
+        let (pool, accepted, _) = pool().await;
+        let pool = Arc::new(pool);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.connect(target(), APP, None).await.map(|_| ()) })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.metrics.upstream_hbone_connects.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rotated_identity_gets_new_connections() {
+        let (pool, accepted, ours) = pool().await;
+        let _old = pool.connect(target(), APP, None).await.unwrap();
+        ours.reload();
+        let _new = pool.connect(target(), APP, None).await.unwrap();
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the old connection is not used with the new certificate"
+        );
+        let _also_new = pool.connect(target(), APP, None).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn reserved_ports_are_refused_before_any_dial() {
+        let (pool, accepted, _) = pool().await;
+        let err = pool
+            .connect("127.0.0.1:15001".parse().unwrap(), APP, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TunnelError::ReservedPort(_)), "{err}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
     }
 }

@@ -5,7 +5,7 @@
 //! * [`stream`]: one CONNECT stream as a byte stream.
 //! * [`headers`]: `forwarded`, `baggage` and `traceparent` parsing.
 
-pub mod client;
+pub(crate) mod client;
 pub mod headers;
 pub mod server;
 pub mod stream;

@@ -97,9 +97,7 @@ pub struct Tunnel {
     pub target: SocketAddr,
     /// `forwarded: for=`: the original client address.
     pub client_ip: Option<IpAddr>,
-    pub forwarded_host: Option<String>,
     pub traceparent: Option<String>,
-    pub baggage: Option<String>,
     respond: h2::server::SendResponse<Bytes>,
     body: h2::RecvStream,
 }
@@ -403,19 +401,13 @@ fn tunnel(
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let forwarded = header("forwarded");
     let client_ip = forwarded.and_then(headers::forwarded_for);
-    let forwarded_host = forwarded
-        .and_then(headers::forwarded_host)
-        .map(str::to_owned);
     let traceparent = header("traceparent").and_then(headers::traceparent);
-    let baggage = header("baggage").map(str::to_owned);
     metrics.tunnels.inc();
     Some(Tunnel {
         conn,
         target,
         client_ip,
-        forwarded_host,
         traceparent,
-        baggage,
         respond,
         body,
     })

@@ -86,11 +86,6 @@ impl H2Stream {
         Ok(&self.pending)
     }
 
-    /// Takes what [`Self::peek`] buffered, for handing the stream to a reader that rewinds.
-    pub fn take_buffered(&mut self) -> Bytes {
-        std::mem::take(&mut self.pending)
-    }
-
     /// Abandons the stream with `reason` (a denied TCP connection, a failed upstream).
     pub fn reset(&mut self, reason: h2::Reason) {
         self.send.send_reset(reason);

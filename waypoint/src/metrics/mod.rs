@@ -22,6 +22,7 @@
 //! 4. Add the family to the exposition test in `tests.rs`, and to `docs/running.md` if operators
 //!    should know it.
 
+mod authz;
 mod hbone;
 mod proxy;
 #[cfg(test)]
@@ -33,6 +34,7 @@ use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::{Metric, Registry};
 
+pub use authz::{PolicyDecision, PolicyDecisions};
 pub use hbone::{Timeout, TimeoutCounters, TimeoutLabels};
 pub use prometheus_client::metrics::counter::Counter;
 pub use proxy::{Decision, RequestLabels};
@@ -73,6 +75,8 @@ impl Drop for GaugeGuard {
 pub struct Metrics {
     /// HTTP requests by decision and response code.
     requests: Family<RequestLabels, Counter>,
+    /// Authorization decisions (HTTP and TCP) by deciding policy.
+    pub policy_decisions: PolicyDecisions,
     pub tcp_allowed: Counter,
     pub tcp_denied: Counter,
     pub hbone_connections: Gauge,
@@ -162,6 +166,11 @@ impl Default for Metrics {
                 "waypoint_requests",
                 "HTTP requests by policy decision and response code",
             ),
+            policy_decisions: PolicyDecisions(family(
+                r,
+                "waypoint_policy_decisions",
+                "Authorization decisions by deciding policy, its action, the decision and the status it gives",
+            )),
             timeouts: TimeoutCounters::register(r),
             tcp_allowed: counter(
                 r,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Metrics, Timeout};
+use super::{Metrics, PolicyDecision, Timeout};
 
 /// The whole exposition of a fresh registry after one allowed 200 and one denied 403: exactly
 /// what the hand-written renderer served before the registry replaced it.
@@ -88,6 +88,42 @@ fn requests_are_counted_by_decision_and_code() {
         "waypoint_requests_total{decision=\"allow\",code=\"200\"} 2",
         "waypoint_requests_total{decision=\"deny\",code=\"403\"} 1",
         "waypoint_requests_total{decision=\"deny\",code=\"599\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
+}
+
+#[test]
+fn policy_decisions_are_counted_by_deciding_policy() {
+    let m = Metrics::default();
+    let deny = PolicyDecision {
+        policy_namespace: "demo".into(),
+        policy_name: "deny-\"post\"".into(),
+        action: "DENY",
+        decision: "deny",
+        code: Some(403),
+    };
+    let tcp_default = PolicyDecision {
+        policy_namespace: String::new(),
+        policy_name: String::new(),
+        action: "",
+        decision: "allow",
+        code: None,
+    };
+    m.policy_decisions.inc(deny.clone());
+    m.policy_decisions.inc(deny.clone());
+    m.policy_decisions.inc(tcp_default.clone());
+    assert_eq!(m.policy_decisions.get(&deny), 2);
+    assert_eq!(m.policy_decisions.get(&tcp_default), 1);
+    let text = m.render();
+    for line in [
+        "# TYPE waypoint_policy_decisions_total counter",
+        // A quote in a policy name is escaped, not allowed to end the label value.
+        "waypoint_policy_decisions_total{policy_namespace=\"demo\",policy_name=\"deny-\\\"post\\\"\",action=\"DENY\",decision=\"deny\",code=\"403\"} 2",
+        "waypoint_policy_decisions_total{policy_namespace=\"\",policy_name=\"\",action=\"\",decision=\"allow\",code=\"\"} 1",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -10,7 +10,7 @@ use crate::state::Snapshot;
 
 /// Where a tunnel is going.
 #[derive(Debug, Clone)]
-pub enum Destination {
+pub(crate) enum Destination {
     /// `VIP:port` of a Service this waypoint serves.
     Service(Arc<ServiceDestination>),
     /// `podIP:port` of a workload this waypoint serves.
@@ -18,7 +18,7 @@ pub enum Destination {
 }
 
 impl Destination {
-    pub fn resolve(snapshot: &Snapshot, target: SocketAddr) -> Option<Destination> {
+    pub(crate) fn resolve(snapshot: &Snapshot, target: SocketAddr) -> Option<Destination> {
         if let Some(s) = snapshot.destinations.services.get(&target) {
             return Some(Destination::Service(s.clone()));
         }
@@ -30,14 +30,14 @@ impl Destination {
     }
 
     /// The engine's key for `targetRefs` to a Service.
-    pub fn policy_target(&self) -> Option<&str> {
+    pub(crate) fn policy_target(&self) -> Option<&str> {
         match self {
             Destination::Service(s) => Some(&s.target),
             Destination::Workload(..) => None,
         }
     }
 
-    pub fn protocol(&self) -> Protocol {
+    pub(crate) fn protocol(&self) -> Protocol {
         match self {
             Destination::Service(s) => s.protocol,
             Destination::Workload(..) => Protocol::Unknown,
@@ -45,7 +45,7 @@ impl Destination {
     }
 
     /// Round-robin over ready endpoints, skipping those already tried for this request.
-    pub fn pick(&self, tried: &[SocketAddr]) -> Option<Endpoint> {
+    pub(crate) fn pick(&self, tried: &[SocketAddr]) -> Option<Endpoint> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         match self {
             Destination::Service(s) => {
@@ -71,7 +71,7 @@ impl Destination {
     }
 
     /// Whether any endpoint satisfies `f` (each is offered once, in order, until one does).
-    pub fn any_endpoint(&self, mut f: impl FnMut(&Endpoint) -> bool) -> bool {
+    pub(crate) fn any_endpoint(&self, mut f: impl FnMut(&Endpoint) -> bool) -> bool {
         match self {
             Destination::Service(s) => s.endpoints.iter().any(f),
             Destination::Workload(w, port) => f(&Endpoint {
@@ -82,7 +82,7 @@ impl Destination {
         }
     }
 
-    pub fn endpoint_count(&self) -> usize {
+    pub(crate) fn endpoint_count(&self) -> usize {
         match self {
             Destination::Service(s) => s.endpoints.len(),
             Destination::Workload(..) => 1,

@@ -1,9 +1,7 @@
 //! The one Pingora HTTP app every inner HTTP connection runs through: policy per request in
 //! `request_filter`, endpoint choice in `upstream_peer`, `x-forwarded-for` on the way out.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,15 +11,16 @@ use gateway_api_bindings::destinations::Protocol;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::{FailToProxy, ProxyHttp};
-use pingora::upstreams::peer::{ALPN, Proxy};
+use pingora::upstreams::peer::ALPN;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use policy_engine::Request;
 use policy_engine::authorizer::DENIED_BODY;
 
 use super::destination::Destination;
-use super::inbound::TunnelCtx;
-use super::relay::{IDENTITY_HEADER, next_hop};
-use super::request_view::{Incoming, Refused, RequestView};
+use super::policy::{self, Connection, Inputs, Token};
+use super::request::{Incoming, Refused, RequestView};
+use super::tunnel::TunnelCtx;
+use super::upstream::relay::Detour;
+use super::upstream::route::{Route, Ticket};
 use crate::authn::provider::Verified;
 use crate::authn::{self, Authenticator};
 use crate::metrics::Metrics;
@@ -31,18 +30,22 @@ use crate::state::StateHandle;
 const MAX_ATTEMPTS: usize = 3;
 
 #[derive(Debug)]
-pub struct HttpApp {
-    pub config: Arc<StateHandle>,
-    pub relay: PathBuf,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct HttpApp {
+    pub(crate) config: Arc<StateHandle>,
+    /// Upstream connections go through the relay ([`super::upstream`]).
+    pub(crate) relay: Detour,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Per-request state.
 #[derive(Debug, Default)]
-pub struct ReqCtx {
+pub(crate) struct ReqCtx {
     tunnel: Option<Arc<TunnelCtx>>,
     dest: Option<Destination>,
     tried: Vec<SocketAddr>,
+    /// The route of the connection being made, registered with the relay until the request
+    /// ends.
+    route: Option<Ticket>,
     /// The request was answered by the waypoint itself (403, 400, 503).
     local_reply: bool,
     denied: bool,
@@ -125,11 +128,7 @@ impl HttpApp {
             "request refused before policy"
         );
         session.set_keepalive(None);
-        let (status, body) = match e.status() {
-            404 => (404, "Not Found"),
-            405 => (405, "Method Not Allowed"),
-            _ => (400, "Bad Request"),
-        };
+        let (status, body) = refusal_reply(&e);
         self.local(session, ctx, status, body, true, None).await
     }
 
@@ -192,6 +191,46 @@ enum Authenticated {
     Token(Arc<Verified>),
     /// Refused: the 401 has been sent.
     Answered,
+}
+
+/// The answer to a request refused before policy: Envoy's status, with a short body.
+fn refusal_reply(e: &Refused) -> (u16, &'static str) {
+    match e.status() {
+        404 => (404, "Not Found"),
+        405 => (405, "Method Not Allowed"),
+        _ => (400, "Bad Request"),
+    }
+}
+
+/// The status a request that could not be proxied is answered with; `0` when the client is gone
+/// and nothing can be answered.
+fn error_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            // Every upstream failure, connect or mid-response, is "service unavailable", as
+            // Envoy reports it.
+            ErrorSource::Upstream => 503,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => {
+                // Connect failures surface as internal when the relay refused the CONNECT.
+                if matches!(
+                    e.etype(),
+                    ErrorType::ConnectProxyFailure
+                        | ErrorType::ConnectError
+                        | ErrorType::ConnectRefused
+                        | ErrorType::ConnectTimedout
+                ) {
+                    503
+                } else {
+                    500
+                }
+            }
+        },
+    }
 }
 
 /// W3C Trace Context towards the app: re-emitted from what parses, never copied. Without a valid
@@ -296,33 +335,19 @@ impl ProxyHttp for HttpApp {
             match view {
                 Err(e) => Err(e),
                 Ok(view) => {
-                    let request = Request {
-                        peer: tunnel.conn.peer.as_ref(),
-                        source_ip: tunnel.client_ip,
-                        remote_ip: tunnel.client_ip,
-                        destination_ip: Some(tunnel.target.ip()),
-                        destination_port: Some(tunnel.target.port()),
-                        sni: None,
-                        http: Some(view.http()),
-                        jwt: verified.as_ref().map(|v| &v.claims),
+                    let inputs = Inputs {
+                        connection: Connection::of(&tunnel),
+                        target: dest.policy_target(),
+                        destination: &dest,
+                        http: Some(&view),
+                        token: verified.as_ref().map(|v| Token {
+                            claims: &v.claims,
+                            principal: Some(&v.principal),
+                        }),
                     };
-                    let decision = snapshot.authorizer.evaluate(&request, dest.policy_target());
-                    if !decision.allowed {
-                        tracing::info!(
-                            peer = ?tunnel.conn.peer.as_ref().map(|p| p.uri()),
-                            request_principal = ?verified.as_ref().map(|v| &v.principal),
-                            client = ?tunnel.client_ip,
-                            destination = %dest,
-                            method = view.method,
-                            authority = %view.authority,
-                            path = %view.path,
-                            policy = ?decision.matched.map(|m| m.policy.to_string()),
-                            rule = ?decision.matched.map(|m| m.rule),
-                            reason = %decision,
-                            "request denied"
-                        );
-                    }
-                    Ok((decision.allowed, view.path, view.authority.into_owned()))
+                    let allowed =
+                        policy::decide(&snapshot.authorizer, &inputs, Some(&self.metrics)).allowed;
+                    Ok((allowed, view.path, view.authority.into_owned()))
                 }
             }
         };
@@ -365,39 +390,26 @@ impl ProxyHttp for HttpApp {
             );
         };
         ctx.tried.push(ep.address);
-        let mut peer = HttpPeer::new(ep.address, false, String::new());
-        let mut headers = BTreeMap::new();
-        headers.insert(
-            IDENTITY_HEADER.to_owned(),
-            ep.identity.clone().unwrap_or_default().into_bytes(),
-        );
-        peer.proxy = Some(Proxy {
-            next_hop: next_hop(&self.relay),
-            host: ep.address.ip().to_string(),
-            port: ep.address.port(),
-            headers,
-        });
-        // Not part of the pool key: a pooled connection keeps the trace of the request that
-        // opened it, as ztunnel logs one trace id per tunnel.
+        // A pooled connection keeps the trace of the request that opened it, as ztunnel logs
+        // one trace id per tunnel.
         let traceparent = session
             .req_header()
             .headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(crate::hbone::headers::traceparent)
-            .map(String::into_bytes)
-            .or_else(|| {
-                ctx.tunnel
-                    .as_ref()?
-                    .traceparent
-                    .clone()
-                    .map(String::into_bytes)
-            });
-        if let Some(tp) = traceparent {
-            peer.options
-                .extra_proxy_headers
-                .insert("traceparent".into(), tp);
-        }
+            .or_else(|| ctx.tunnel.as_ref()?.traceparent.clone());
+        let (mut peer, ticket) = self.relay.peer(Route {
+            address: ep.address,
+            identity: ep
+                .identity
+                .as_deref()
+                .filter(|i| !i.is_empty())
+                .map(Arc::from),
+            traceparent,
+        });
+        // A retry's route replaces the failed attempt's.
+        ctx.route = Some(ticket);
         peer.options.connection_timeout = Some(Duration::from_secs(10));
         peer.options.idle_timeout = Some(Duration::from_secs(90));
         // The port's declared protocol decides, as Istio configures Envoy's upstream cluster:
@@ -473,32 +485,7 @@ impl ProxyHttp for HttpApp {
         e: &Error,
         _ctx: &mut ReqCtx,
     ) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                // Every upstream failure, connect or mid-response, is "service unavailable", as
-                // Envoy reports it.
-                ErrorSource::Upstream => 503,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => {
-                    // Connect failures surface as internal when the relay refused the CONNECT.
-                    if matches!(
-                        e.etype(),
-                        ErrorType::ConnectProxyFailure
-                            | ErrorType::ConnectError
-                            | ErrorType::ConnectRefused
-                            | ErrorType::ConnectTimedout
-                    ) {
-                        503
-                    } else {
-                        500
-                    }
-                }
-            },
-        };
+        let code = error_status(e);
         if code > 0 {
             let _ = session.respond_error(code).await;
         }
@@ -519,5 +506,71 @@ impl ProxyHttp for HttpApp {
         {
             tracing::debug!(error = %e, code, "request failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_failures_map_to_envoys_statuses() {
+        let cases = [
+            (Error::new(ErrorType::HTTPStatus(503)), 503),
+            (Error::new(ErrorType::HTTPStatus(404)), 404),
+            (Error::new_up(ErrorType::ReadError), 503),
+            (Error::new_up(ErrorType::ConnectTimedout), 503),
+            (Error::new_up(ErrorType::H2Error), 503),
+            (Error::new_down(ErrorType::ReadError), 0),
+            (Error::new_down(ErrorType::WriteError), 0),
+            (Error::new_down(ErrorType::ConnectionClosed), 0),
+            (Error::new_down(ErrorType::InvalidHTTPHeader), 400),
+            (Error::new_in(ErrorType::ConnectProxyFailure), 503),
+            (Error::new_in(ErrorType::ConnectError), 503),
+            (Error::new_in(ErrorType::ConnectRefused), 503),
+            (Error::new(ErrorType::ConnectTimedout), 503),
+            (Error::new_in(ErrorType::InternalError), 500),
+            (Error::new(ErrorType::InternalError), 500),
+        ];
+        for (e, want) in cases {
+            assert_eq!(error_status(&e), want, "{e}");
+        }
+    }
+
+    #[test]
+    fn refusals_before_policy_map_to_envoys_statuses() {
+        assert_eq!(refusal_reply(&Refused::NotProxied), (404, "Not Found"));
+        assert_eq!(
+            refusal_reply(&Refused::Connect),
+            (405, "Method Not Allowed")
+        );
+        assert_eq!(refusal_reply(&Refused::MissingHost), (400, "Bad Request"));
+        assert_eq!(
+            refusal_reply(&Refused::InvalidTarget("x".into())),
+            (400, "Bad Request")
+        );
+    }
+
+    #[test]
+    fn trace_context_is_rebuilt_not_copied() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .unwrap();
+        req.append_header("tracestate", "a=1").unwrap();
+        req.append_header("tracestate", "b=2").unwrap();
+        rebuild_trace_context(&mut req).unwrap();
+        assert_eq!(req.headers["tracestate"], "a=1,b=2");
+        let mut bad = RequestHeader::build("GET", b"/", None).unwrap();
+        bad.append_header("traceparent", "garbage").unwrap();
+        bad.append_header("tracestate", "a=1").unwrap();
+        rebuild_trace_context(&mut bad).unwrap();
+        assert!(bad.headers.get("traceparent").is_none());
+        assert!(
+            bad.headers.get("tracestate").is_none(),
+            "tracestate never travels alone"
+        );
     }
 }

@@ -14,13 +14,13 @@ use tokio::time::Instant;
 
 /// When bytes last moved on a stream.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     epoch: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    pub fn new() -> Arc<Activity> {
+    pub(crate) fn new() -> Arc<Activity> {
         Arc::new(Activity {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -36,7 +36,7 @@ impl Activity {
     }
 
     /// Resolves once no byte has moved for `limit`.
-    pub async fn idle(&self, limit: Duration) {
+    pub(crate) async fn idle(&self, limit: Duration) {
         loop {
             let since = Duration::from_millis(
                 self.now_ms()
@@ -52,13 +52,13 @@ impl Activity {
 
 /// `S`, reporting every read and write that moved bytes to an [`Activity`].
 #[derive(Debug)]
-pub struct Tracked<S> {
+pub(crate) struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
 }
 
 impl<S> Tracked<S> {
-    pub fn new(inner: S, activity: Arc<Activity>) -> Tracked<S> {
+    pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Tracked<S> {
         Tracked { inner, activity }
     }
 }

@@ -1,6 +1,7 @@
-//! Per tunnel: resolve the destination, open the tunnel, pick the inner protocol, hand over.
+//! Per tunnel: resolve the destination, open the tunnel, pick the inner protocol, hand over to
+//! the Pingora app ([`super::http`]) or the TCP relay ([`super::tcp`]). Dispatch only: what the
+//! tunnel carries is a [`TunnelCtx`] ([`super::tunnel`]), which neither side imports from here.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +22,9 @@ use super::destination::Destination;
 use super::http::HttpApp;
 use super::idle::{Activity, Tracked};
 use super::sniff::{Sniffed, sniff};
+use super::tunnel::TunnelCtx;
 use super::upstream::Upstream;
-use crate::hbone::server::{ConnInfo, Timeouts, Tunnel, TunnelHandler};
+use crate::hbone::server::{Timeouts, Tunnel, TunnelHandler};
 use crate::hbone::stream::H2Stream;
 use crate::metrics::Metrics;
 use crate::state::StateHandle;
@@ -31,24 +33,14 @@ use crate::state::StateHandle;
 /// (server-first protocols such as MySQL never speak first).
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What one tunnel carries to the HTTP filters and the TCP relay.
-#[derive(Debug)]
-pub struct TunnelCtx {
-    pub conn: Arc<ConnInfo>,
-    /// The CONNECT authority: service VIP or pod IP, and port.
-    pub target: SocketAddr,
-    pub client_ip: Option<IpAddr>,
-    pub traceparent: Option<String>,
-}
-
 /// The [`TunnelHandler`] of the waypoint.
-pub struct Inbound {
-    pub config: Arc<StateHandle>,
-    pub http: Arc<HttpProxy<HttpApp>>,
-    pub upstream: Arc<Upstream>,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: ShutdownWatch,
-    pub timeouts: Timeouts,
+pub(crate) struct Inbound {
+    pub(crate) config: Arc<StateHandle>,
+    pub(crate) http: Arc<HttpProxy<HttpApp>>,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shutdown: ShutdownWatch,
+    pub(crate) timeouts: Timeouts,
 }
 
 /// Longest HTTP/1 request head waited for under the request-headers timeout; a longer one is

@@ -1,15 +1,17 @@
-//! The data path, in the order traffic takes it: a CONNECT arrives ([`inbound`]), its destination
-//! is resolved ([`destination`]), the inner protocol is chosen or sniffed ([`sniff`]); HTTP goes
-//! through the Pingora app ([`http`]), which decides each request on its [`request_view`], and
-//! opaque TCP through the relay ([`tcp`]); both reach endpoints through [`upstream`].
+//! The data path, in the order traffic takes it: a CONNECT arrives ([`inbound`]) and becomes a
+//! [`tunnel`], its destination is resolved ([`destination`]), the inner protocol is chosen or
+//! sniffed ([`sniff`]); HTTP goes through the Pingora app ([`http`]), which reads each request
+//! as Envoy would ([`request`]), and opaque TCP through the relay ([`tcp`]); both are decided by
+//! [`policy`] and reach endpoints through [`upstream`].
 
-pub mod destination;
-pub mod http;
-pub mod idle;
-pub mod inbound;
-pub mod own;
-pub mod relay;
-pub mod request_view;
+pub(crate) mod destination;
+pub(crate) mod http;
+pub(crate) mod idle;
+pub(crate) mod inbound;
+pub(crate) mod own;
+pub mod policy;
+pub mod request;
 pub mod sniff;
-pub mod tcp;
-pub mod upstream;
+pub(crate) mod tcp;
+pub(crate) mod tunnel;
+pub(crate) mod upstream;

@@ -11,16 +11,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Our listeners and pod IPs.
 #[derive(Debug, Clone, Default)]
-pub struct OwnAddresses {
+pub(crate) struct OwnAddresses {
     /// Every address we accept connections on (HBONE, readiness, metrics, admin).
-    pub listeners: Vec<SocketAddr>,
+    pub(crate) listeners: Vec<SocketAddr>,
     /// The pod's own IPs (`--pod-ip`, Istio's `INSTANCE_IP`), for listeners bound to `[::]`.
-    pub pod_ips: Vec<IpAddr>,
+    pub(crate) pod_ips: Vec<IpAddr>,
 }
 
 /// Why an upstream address is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("{0} is one of this waypoint's own listeners")]
     Ours(SocketAddr),
     #[error("{0} is a reserved port (ztunnel's or this waypoint's)")]
@@ -29,7 +29,7 @@ pub enum Refusal {
 
 impl OwnAddresses {
     /// Whether `addr` reaches one of our listeners.
-    pub fn is_ours(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn is_ours(&self, addr: SocketAddr) -> bool {
         self.listeners.iter().any(|l| {
             l.port() == addr.port()
                 && (l.ip() == addr.ip() || (l.ip().is_unspecified() && self.is_local(addr.ip())))
@@ -48,7 +48,7 @@ impl OwnAddresses {
 
     /// Ports no upstream connection may target: ztunnel's own (a tunnel to them is a self-call
     /// ztunnel refuses) and ours (readiness, metrics, admin, HBONE), on any address.
-    pub fn is_reserved_port(&self, port: u16) -> bool {
+    pub(crate) fn is_reserved_port(&self, port: u16) -> bool {
         crate::hbone::RESERVED_PORTS.contains(&port)
             || self.listeners.iter().any(|l| l.port() == port)
     }
@@ -56,7 +56,7 @@ impl OwnAddresses {
     /// Checks an upstream connection: `endpoint` (the app address the tunnel or TCP connection
     /// is for) and `dial` (the address actually connected to: the endpoint itself for plain TCP,
     /// its ztunnel's HBONE port otherwise).
-    pub fn check(&self, endpoint: SocketAddr, dial: SocketAddr) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, endpoint: SocketAddr, dial: SocketAddr) -> Result<(), Refusal> {
         if self.is_ours(dial) || self.is_ours(endpoint) {
             return Err(Refusal::Ours(dial));
         }
@@ -69,7 +69,7 @@ impl OwnAddresses {
 
 /// Logs a refusal at most once every ten seconds (a looping config would otherwise log once per
 /// request), saying how many were not logged.
-pub fn log_refused(what: &str, refusal: &Refusal) {
+pub(crate) fn log_refused(what: &str, refusal: &Refusal) {
     static LAST: AtomicU64 = AtomicU64::new(0);
     static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
     let now = SystemTime::now()

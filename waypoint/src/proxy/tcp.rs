@@ -1,12 +1,13 @@
-//! Opaque TCP through the waypoint: the L4 decision, then a byte relay with half-close.
+//! Opaque TCP through the waypoint: the L4 decision ([`super::policy`]), then a byte relay with
+//! half-close.
 
 use std::net::SocketAddr;
 
-use policy_engine::Request;
 use tokio::io::AsyncWriteExt;
 
 use super::destination::Destination;
-use super::inbound::TunnelCtx;
+use super::policy::{self, Connection, Inputs};
+use super::tunnel::TunnelCtx;
 use super::upstream::Upstream;
 use crate::hbone::stream::H2Stream;
 use crate::metrics::Metrics;
@@ -16,7 +17,7 @@ use crate::state::Snapshot;
 /// connection is up, so trying another endpoint is safe.
 const MAX_ATTEMPTS: usize = 3;
 
-pub async fn serve(
+pub(crate) async fn serve(
     mut stream: H2Stream,
     ctx: &TunnelCtx,
     dest: &Destination,
@@ -27,31 +28,16 @@ pub async fn serve(
 ) {
     // Decide before any await: the request borrows data that is not `Sync`.
     let denied = {
-        let req = Request {
-            peer: ctx.conn.peer.as_ref(),
-            source_ip: ctx.client_ip,
-            remote_ip: ctx.client_ip,
-            destination_ip: Some(ctx.target.ip()),
-            destination_port: Some(ctx.target.port()),
-            sni: None,
+        let inputs = Inputs {
+            connection: Connection::of(ctx),
+            target: dest.policy_target(),
+            destination: dest,
             http: None,
-            jwt: None,
+            token: None,
         };
-        let decision = snapshot.authorizer.evaluate(&req, dest.policy_target());
-        if !decision.allowed {
-            tracing::info!(
-                peer = ?ctx.conn.peer.as_ref().map(|p| p.uri()),
-                client = ?ctx.client_ip,
-                destination = %dest,
-                policy = ?decision.matched.map(|m| m.policy.to_string()),
-                reason = %decision,
-                "TCP connection denied"
-            );
-        }
-        !decision.allowed
+        !policy::decide(&snapshot.authorizer, &inputs, Some(metrics)).allowed
     };
     if denied {
-        metrics.tcp_denied.inc();
         // The tunnel is open (refusing the CONNECT would look like a network failure to the
         // client's ztunnel); end it without a byte. A reset here would discard the queued 200,
         // so wait (bounded) for the client to end its side, discarding what it sends.
@@ -64,7 +50,6 @@ pub async fn serve(
         .await;
         return;
     }
-    metrics.tcp_allowed.inc();
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut up = None;
     while tried.len() < MAX_ATTEMPTS.min(dest.endpoint_count()) {

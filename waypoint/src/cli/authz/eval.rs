@@ -13,13 +13,14 @@ use gateway_api_bindings::{
 };
 use policy_engine::path::PathNormalization;
 use policy_engine::request::DEFAULT_SPACE_DELIMITED_CLAIMS;
-use policy_engine::{Authorizer, JwtClaims, PeerIdentity, Request};
+use policy_engine::{Authorizer, JwtClaims, PeerIdentity};
 
 use serde::Deserialize;
 use waypoint::authn::jwks::{JwksOptions, JwksRegistry};
 use waypoint::authn::provider::{Verified, claim};
 use waypoint::authn::{Authenticator, Authn, AuthnError};
-use waypoint::proxy::request_view::{Incoming, RequestView};
+use waypoint::proxy::policy::{self, Connection, Inputs, Token};
+use waypoint::proxy::request::{Incoming, RequestView};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -284,7 +285,17 @@ fn decide(
             .collect();
         JwtClaims::new(claims, &DEFAULT_SPACE_DELIMITED_CLAIMS)
     });
-    let claims = claims.as_ref().or(verified.as_ref().map(|v| &v.claims));
+    let token = match (&claims, &verified) {
+        (Some(claims), _) => Some(Token {
+            claims,
+            principal: None,
+        }),
+        (None, Some(v)) => Some(Token {
+            claims: &v.claims,
+            principal: Some(&v.principal),
+        }),
+        (None, None) => None,
+    };
     let view = match &req.http {
         Some(h) => match RequestView::build(incoming(h, &headers), mode) {
             Ok(v) => Some(v),
@@ -292,18 +303,22 @@ fn decide(
         },
         None => None,
     };
-    let http = view.as_ref().map(RequestView::http);
-    let request = Request {
-        peer: peer.as_ref(),
-        source_ip: req.source.ip,
-        remote_ip: req.source.remote_ip,
-        destination_ip: req.destination.ip,
-        destination_port: req.destination.port,
-        sni: req.sni.as_deref(),
-        http,
-        jwt: claims,
+    let inputs = Inputs {
+        connection: Connection {
+            peer: peer.as_ref(),
+            source_ip: req.source.ip,
+            remote_ip: req.source.remote_ip,
+            destination_ip: req.destination.ip,
+            destination_port: req.destination.port,
+            sni: req.sni.as_deref(),
+        },
+        target: target.as_deref(),
+        destination: &target.as_deref().unwrap_or("the waypoint"),
+        http: view.as_ref(),
+        token,
     };
-    let d = authorizer.evaluate(&request, target.as_deref());
+    // The proxy's own decision function; nothing is counted offline.
+    let d = policy::decide(authorizer, &inputs, None);
     let line = Line {
         decision: if d.allowed { "allow" } else { "deny" },
         status: d.status,

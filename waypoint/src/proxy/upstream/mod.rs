@@ -1,4 +1,20 @@
-//! Reaching an endpoint: HBONE to its ztunnel when it is in the mesh, plain TCP when it is not.
+//! How a request reaches its destination: HBONE to the endpoint's ztunnel when it is in the
+//! mesh, plain TCP when it is not ([`Upstream`], over the pooled [`crate::hbone::client`]).
+//!
+//! Opaque TCP ([`super::tcp`]) calls [`Upstream`] directly. HTTP takes a detour: Pingora's
+//! `upstream_peer` hook ([`super::http`]) registers a typed [`route::Route`] (endpoint, the
+//! identity its ztunnel must present, trace) and points Pingora at an in-process CONNECT proxy on
+//! a Unix socket ([`relay`]), which takes the route back by its ticket and opens the HBONE
+//! stream. The hop exists only because Pingora 0.9.1 never reuses upstream connections made
+//! through `PeerOptions::custom_l4` (its virtual streams have no fd and the pool's fd check
+//! rejects them: cloudflare/pingora#883); a Unix socket has a real fd, so connections pool.
+//!
+//! When to delete it: once a Pingora release carries the fix for #883 (open PR #971, "Make
+//! pooled virtual L4 streams reusable") and the workspace moves to it, `upstream_peer` sets
+//! `custom_l4` to a connector that calls [`Upstream::open`] with the route itself; `relay.rs`,
+//! `route.rs`'s tickets and the socket go, and the route's identity keeps its type end to end.
+//! Delete it when pooled reuse through `custom_l4` measures at least as well (the reuse target is
+//! 99.9%); the performance work decides.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,12 +28,15 @@ use super::own::{OwnAddresses, Refusal};
 use crate::hbone::client::{Connector, TunnelError};
 use crate::metrics::Metrics;
 
+pub(crate) mod relay;
+pub(crate) mod route;
+
 /// A byte stream to an endpoint.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
 
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
     #[error("connecting to {addr}: {source}")]
@@ -32,16 +51,16 @@ pub enum UpstreamError {
 }
 
 #[derive(Debug)]
-pub struct Upstream {
-    pub hbone: Connector,
-    pub connect_timeout: Duration,
+pub(crate) struct Upstream {
+    pub(crate) hbone: Connector,
+    pub(crate) connect_timeout: Duration,
     /// Addresses no upstream connection may reach (our own, reserved ports).
-    pub own: OwnAddresses,
+    pub(crate) own: OwnAddresses,
     metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(hbone: Connector, metrics: Arc<Metrics>) -> Upstream {
+    pub(crate) fn new(hbone: Connector, metrics: Arc<Metrics>) -> Upstream {
         Upstream {
             hbone,
             connect_timeout: Duration::from_secs(5),
@@ -51,7 +70,7 @@ impl Upstream {
     }
 
     /// Where a connection to `address` would actually go: its ztunnel when `identity` is known.
-    pub fn check(&self, address: SocketAddr, identity: Option<&str>) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, address: SocketAddr, identity: Option<&str>) -> Result<(), Refusal> {
         let dial = match identity {
             Some(_) => SocketAddr::new(address.ip(), self.hbone.port),
             None => address,
@@ -60,7 +79,7 @@ impl Upstream {
     }
 
     /// Opens a stream to `address`: through its ztunnel when `identity` is known, else directly.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         address: SocketAddr,
         identity: Option<&str>,
@@ -100,7 +119,7 @@ impl Upstream {
         r
     }
 
-    pub async fn open_endpoint(
+    pub(crate) async fn open_endpoint(
         &self,
         ep: &Endpoint,
         traceparent: Option<&str>,

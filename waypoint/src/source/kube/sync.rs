@@ -10,19 +10,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway_api_bindings::destinations::{Changed, DestinationBuilder, ServiceRef};
+use gateway_api_bindings::destinations::ServiceRef;
 use gateway_api_bindings::well_known::SERVICE_NAME_LABEL;
-use gateway_api_bindings::{
-    Kind, LoadError, Object, ObjectKey, Origin, Store, WaypointIdentity, authorizer_for, status,
-};
-use policy_engine::Authorizer;
+use gateway_api_bindings::{Kind, LoadError, Object, ObjectKey, Origin, Store, status};
 
-use super::mesh_config::{MeshConfig, Overrides};
+use super::mesh_config::MeshConfig;
 use super::watch::{Invalid, Parsed, Update};
-use crate::authn::Authn;
 use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
-use crate::state::{MeshSettings, Snapshot, StateHandle, next_version};
+use crate::settings::MeshOverrides;
+use crate::state::assemble::{Assembled, Assembler, Changes, Validation};
+use crate::state::{MeshSettings, StateHandle};
 
 /// What the status writer needs besides the store, published after each snapshot.
 #[derive(Debug, Clone, Default)]
@@ -35,28 +33,26 @@ pub struct StatusInput {
     pub epoch: u64,
 }
 
+/// What the updates since the last snapshot touched.
 #[derive(Debug, Default)]
 struct Dirty {
-    policies: bool,
-    /// RequestAuthentications changed (a policy-relevant change recompiles them too).
-    authn: bool,
+    /// What the assembler must rebuild.
+    snapshot: Changes,
+    /// Something the status writer reads changed.
     status: bool,
-    changed: Changed,
-    /// Mesh settings changed: destinations are rebuilt with the new trust domain.
-    settings: bool,
 }
 
 impl Dirty {
     fn any(&self) -> bool {
-        self.policies || self.authn || self.status || self.settings || !self.changed.is_empty()
+        self.status || self.snapshot.any()
     }
 }
 
 #[allow(missing_debug_implementations)] // holds channels and handles only
 pub struct StateUpdater {
     pub gateway: ObjectKey,
-    pub overrides: Overrides,
-    pub base: MeshSettings,
+    /// Flags: they win over the mesh ConfigMap.
+    pub mesh: MeshOverrides,
     pub handle: Arc<StateHandle>,
     pub metrics: Arc<Metrics>,
     pub jwks: Arc<JwksRegistry>,
@@ -75,9 +71,7 @@ struct State {
     mesh_pending: bool,
     synced: bool,
     invalid: BTreeMap<(Kind, ObjectKey), Invalid>,
-    destinations: DestinationBuilder,
-    authorizer: Arc<Authorizer>,
-    authn: Arc<Authn>,
+    assembler: Assembler,
     dirty: Dirty,
     epoch: u64,
 }
@@ -85,18 +79,16 @@ struct State {
 impl StateUpdater {
     /// Runs until every watcher is gone.
     pub fn run(self, rx: Receiver<Update>) {
-        let settings = MeshConfig::default().settings(&self.overrides, &self.base);
+        let settings = self.mesh.resolve(None, Some(&self.gateway));
         let mut st = State {
             store: self.handle.objects_handle(),
-            destinations: DestinationBuilder::new(self.gateway.clone(), &settings.trust_domain),
             settings,
             mesh_config: None,
             pending: Kind::ALL.into_iter().collect(),
             mesh_pending: true,
             synced: false,
             invalid: BTreeMap::new(),
-            authorizer: Arc::new(policy_engine::AuthorizerBuilder::new().build()),
-            authn: Arc::new(Authn::none()),
+            assembler: Assembler::new(Validation::KeptOut),
             dirty: Dirty::default(),
             epoch: 0,
             cfg: self,
@@ -169,15 +161,14 @@ impl State {
                 if mc != self.mesh_config {
                     self.mesh_config = mc;
                     let settings = self
-                        .mesh_config
-                        .clone()
-                        .unwrap_or_default()
-                        .settings(&self.cfg.overrides, &self.cfg.base);
+                        .cfg
+                        .mesh
+                        .resolve(self.mesh_config.as_ref(), Some(&self.cfg.gateway));
                     if settings != self.settings {
                         tracing::info!(root_namespace = %settings.root_namespace, trust_domain = %settings.trust_domain, path_normalization = ?settings.path_normalization, "mesh settings changed");
                         self.settings = settings;
-                        self.dirty.settings = true;
-                        self.dirty.policies = true;
+                        self.dirty.snapshot.settings = true;
+                        self.dirty.snapshot.policies = true;
                         self.dirty.status = true;
                     }
                 }
@@ -271,24 +262,28 @@ impl State {
                 }
                 d.status = true;
                 if *key == self.cfg.gateway {
-                    d.changed.everything = true;
-                    d.policies = true;
+                    d.snapshot.destinations.everything = true;
+                    d.snapshot.policies = true;
                 }
             }
             Kind::GatewayClass => {
-                d.policies = true;
+                d.snapshot.policies = true;
                 d.status = true;
             }
             Kind::Namespace => {
-                d.changed.everything = true;
+                d.snapshot.destinations.everything = true;
                 d.status = true;
             }
             Kind::Service => {
-                d.changed.services.insert(ServiceRef::Service(key.clone()));
+                d.snapshot
+                    .destinations
+                    .services
+                    .insert(ServiceRef::Service(key.clone()));
                 d.status = true;
             }
             Kind::ServiceEntry => {
-                d.changed
+                d.snapshot
+                    .destinations
                     .services
                     .insert(ServiceRef::ServiceEntry(key.clone()));
                 d.status = true;
@@ -307,13 +302,16 @@ impl State {
                     Some(Object::EndpointSlice(s)) => svc(s.metadata.labels.as_ref()),
                     _ => None,
                 };
-                d.changed.services.extend(old.into_iter().chain(new));
+                d.snapshot
+                    .destinations
+                    .services
+                    .extend(old.into_iter().chain(new));
             }
             Kind::Pod => {
-                d.changed.pods.insert(key.clone());
+                d.snapshot.destinations.pods.insert(key.clone());
             }
             Kind::WorkloadEntry => {
-                d.changed.workload_entries.insert(key.clone());
+                d.snapshot.destinations.workload_entries.insert(key.clone());
             }
             Kind::AuthorizationPolicy => {
                 let same = match new {
@@ -325,7 +323,7 @@ impl State {
                 };
                 // A status-only change (our own writes among them) compiles nothing.
                 if !same || delete {
-                    d.policies = true;
+                    d.snapshot.policies = true;
                     d.status = true;
                 }
             }
@@ -338,7 +336,7 @@ impl State {
                     _ => false,
                 };
                 if !same || delete {
-                    d.authn = true;
+                    d.snapshot.authn = true;
                     d.status = true;
                 }
             }
@@ -349,13 +347,13 @@ impl State {
         let d = &mut self.dirty;
         d.status = true;
         match kind {
-            Kind::AuthorizationPolicy | Kind::GatewayClass => d.policies = true,
-            Kind::RequestAuthentication => d.authn = true,
+            Kind::AuthorizationPolicy | Kind::GatewayClass => d.snapshot.policies = true,
+            Kind::RequestAuthentication => d.snapshot.authn = true,
             Kind::Gateway => {
-                d.policies = true;
-                d.changed.everything = true;
+                d.snapshot.policies = true;
+                d.snapshot.destinations.everything = true;
             }
-            _ => d.changed.everything = true,
+            _ => d.snapshot.destinations.everything = true,
         }
     }
 
@@ -368,35 +366,23 @@ impl State {
         let started = Instant::now();
         let store = self.store.clone();
         let store = store.lock().unwrap_or_else(|p| p.into_inner());
-        let waypoint = WaypointIdentity::from_store(
-            &store,
-            self.cfg.gateway.clone(),
-            &self.settings.root_namespace,
-        );
-        if first || dirty.settings {
-            self.destinations =
-                DestinationBuilder::new(self.cfg.gateway.clone(), &self.settings.trust_domain);
-            self.destinations.rebuild(&store);
-        } else {
-            self.destinations.update(&store, &dirty.changed);
-        }
-        let recompiled = first || dirty.policies;
-        if recompiled {
-            self.authorizer = Arc::new(authorizer_for(&store, &waypoint));
-        }
-        if recompiled || dirty.authn {
-            self.authn = Arc::new(Authn::compile(&store, &waypoint, &self.cfg.jwks));
-        }
-        let snapshot = Snapshot {
-            version: next_version(),
-            waypoint,
-            authorizer: self.authorizer.clone(),
-            authn: self.authn.clone(),
-            destinations: Arc::new(self.destinations.destinations().clone()),
-            path_normalization: self.settings.path_normalization,
-            trust_domains: self.settings.trust_domains(),
-        };
+        let assembled =
+            self.assembler
+                .assemble(&store, &self.settings, &self.cfg.jwks, &dirty.snapshot);
         drop(store);
+        let Assembled {
+            snapshot,
+            policies_recompiled: recompiled,
+        } = match assembled {
+            Ok(a) => a,
+            Err(e) => {
+                // Cannot happen with our Gateway named and invalid objects kept out; should it,
+                // the last snapshot keeps serving.
+                self.cfg.metrics.config_reload_failures.inc();
+                tracing::error!(error = %e, "config snapshot not assembled");
+                return;
+            }
+        };
         let version = snapshot.version;
         let d = &snapshot.destinations;
         tracing::info!(

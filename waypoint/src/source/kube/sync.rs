@@ -79,20 +79,7 @@ struct State {
 impl StateUpdater {
     /// Runs until every watcher is gone.
     pub fn run(self, rx: Receiver<Update>) {
-        let settings = self.mesh.resolve(None, Some(&self.gateway));
-        let mut st = State {
-            store: self.handle.objects_handle(),
-            settings,
-            mesh_config: None,
-            pending: Kind::ALL.into_iter().collect(),
-            mesh_pending: true,
-            synced: false,
-            invalid: BTreeMap::new(),
-            assembler: Assembler::new(Validation::KeptOut),
-            dirty: Dirty::default(),
-            epoch: 0,
-            cfg: self,
-        };
+        let mut st = State::new(self);
         loop {
             let Ok(first) = rx.recv() else { return };
             let burst = Instant::now();
@@ -116,6 +103,22 @@ impl StateUpdater {
 }
 
 impl State {
+    fn new(cfg: StateUpdater) -> State {
+        State {
+            store: cfg.handle.objects_handle(),
+            settings: cfg.mesh.resolve(None, Some(&cfg.gateway)),
+            mesh_config: None,
+            pending: Kind::ALL.into_iter().collect(),
+            mesh_pending: true,
+            synced: false,
+            invalid: BTreeMap::new(),
+            assembler: Assembler::new(Validation::KeptOut),
+            dirty: Dirty::default(),
+            epoch: 0,
+            cfg,
+        }
+    }
+
     fn update(&mut self, u: Update) {
         match u {
             Update::Apply(kind, parsed) => {
@@ -415,5 +418,192 @@ impl State {
             };
             self.cfg.status.send_replace(Arc::new(input));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Snapshot;
+
+    const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: demo, generation: 1}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+";
+    const POLICY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: demo, generation: 1}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{}]
+";
+
+    fn object(kind: Kind, yaml: &str) -> Object {
+        let value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+        Store::parse_as(kind, value, &Origin::default()).unwrap()
+    }
+
+    fn state() -> (State, tokio::sync::watch::Receiver<Arc<StatusInput>>) {
+        let gateway = ObjectKey::new("demo", "waypoint");
+        let mesh = MeshOverrides::default();
+        let settings = mesh.resolve(None, Some(&gateway));
+        let metrics = Arc::new(Metrics::default());
+        let (status, status_rx) = tokio::sync::watch::channel(Arc::default());
+        let cfg = StateUpdater {
+            gateway,
+            mesh,
+            handle: StateHandle::unsynced(Snapshot::empty(&settings)),
+            jwks: JwksRegistry::new(Default::default(), None, metrics.clone()),
+            metrics,
+            status,
+            quiet: Duration::ZERO,
+            max_delay: Duration::ZERO,
+        };
+        (State::new(cfg), status_rx)
+    }
+
+    /// Lists every kind (empty but for `objects`) and publishes the first snapshot.
+    fn synced(
+        objects: Vec<(Kind, &str)>,
+    ) -> (State, tokio::sync::watch::Receiver<Arc<StatusInput>>) {
+        let (mut st, rx) = state();
+        for kind in Kind::ALL {
+            let listed = objects
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(k, y)| Ok(object(*k, y)))
+                .collect();
+            st.update(Update::Relist(kind, listed));
+        }
+        st.update(Update::MeshConfig(None));
+        st.update(Update::MeshConfigSynced);
+        st.publish(Instant::now());
+        assert!(st.cfg.handle.is_synced());
+        (st, rx)
+    }
+
+    #[test]
+    fn a_policy_change_recompiles_and_its_status_echo_does_not() {
+        let (mut st, _rx) = synced(vec![(Kind::Gateway, GATEWAY)]);
+        assert!(!st.dirty.any());
+        st.update(Update::Apply(
+            Kind::AuthorizationPolicy,
+            Ok(object(Kind::AuthorizationPolicy, POLICY)),
+        ));
+        assert!(st.dirty.snapshot.policies && st.dirty.status);
+        st.publish(Instant::now());
+        assert_eq!(st.cfg.handle.load().authorizer.policies().len(), 1);
+        // Our own status write comes back as an update with the same spec: nothing to do.
+        let echo = format!("{POLICY}status: {{conditions: []}}\n");
+        st.update(Update::Apply(
+            Kind::AuthorizationPolicy,
+            Ok(object(Kind::AuthorizationPolicy, &echo)),
+        ));
+        assert!(!st.dirty.any(), "{:?}", st.dirty);
+        // So is a status-only change to our Gateway.
+        let gw_echo = format!("{GATEWAY}status: {{conditions: []}}\n");
+        st.update(Update::Apply(
+            Kind::Gateway,
+            Ok(object(Kind::Gateway, &gw_echo)),
+        ));
+        assert!(!st.dirty.any(), "{:?}", st.dirty);
+        // A delete recompiles.
+        st.update(Update::Delete(
+            Kind::AuthorizationPolicy,
+            ObjectKey::new("demo", "deny-all"),
+        ));
+        assert!(st.dirty.snapshot.policies && st.dirty.status);
+    }
+
+    #[test]
+    fn an_endpoint_or_pod_change_touches_destinations_only_and_reuses_the_policies() {
+        let (mut st, mut rx) = synced(vec![
+            (Kind::Gateway, GATEWAY),
+            (Kind::AuthorizationPolicy, POLICY),
+        ]);
+        let before = st.cfg.handle.load();
+        rx.mark_unchanged();
+        st.update(Update::Apply(
+            Kind::EndpointSlice,
+            Ok(object(
+                Kind::EndpointSlice,
+                "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: httpbin-abc, namespace: demo, labels: {kubernetes.io/service-name: httpbin}}
+addressType: IPv4
+endpoints: []
+",
+            )),
+        ));
+        let d = &st.dirty;
+        assert!(!d.snapshot.policies && !d.snapshot.authn && !d.status);
+        assert!(
+            d.snapshot
+                .destinations
+                .services
+                .contains(&ServiceRef::Service(ObjectKey::new("demo", "httpbin")))
+        );
+        st.update(Update::Apply(
+            Kind::Pod,
+            Ok(object(
+                Kind::Pod,
+                "apiVersion: v1
+kind: Pod
+metadata: {name: httpbin-1, namespace: demo}
+status: {podIP: 10.0.0.9}
+",
+            )),
+        ));
+        assert!(
+            st.dirty
+                .snapshot
+                .destinations
+                .pods
+                .contains(&ObjectKey::new("demo", "httpbin-1"))
+        );
+        assert!(!st.dirty.status);
+        st.publish(Instant::now());
+        let after = st.cfg.handle.load();
+        assert!(after.version > before.version);
+        assert!(
+            Arc::ptr_eq(&before.authorizer, &after.authorizer),
+            "policies recompiled for an endpoint change"
+        );
+        assert!(
+            !rx.has_changed().unwrap(),
+            "status pass for a change status does not read"
+        );
+    }
+
+    #[test]
+    fn an_invalid_policy_is_kept_out_and_marks_status() {
+        let (mut st, rx) = synced(vec![(Kind::Gateway, GATEWAY)]);
+        let invalid = POLICY.replace("action: DENY", "action: DENY\n  provider: {name: x}");
+        st.update(Update::Apply(
+            Kind::AuthorizationPolicy,
+            Ok(object(Kind::AuthorizationPolicy, &invalid)),
+        ));
+        let key = ObjectKey::new("demo", "deny-all");
+        assert!(
+            st.invalid
+                .contains_key(&(Kind::AuthorizationPolicy, key.clone()))
+        );
+        assert!(
+            !st.store
+                .lock()
+                .unwrap()
+                .contains(Kind::AuthorizationPolicy, &key)
+        );
+        assert!(st.dirty.status && !st.dirty.snapshot.policies);
+        st.publish(Instant::now());
+        assert!(
+            rx.borrow()
+                .invalid
+                .contains_key(&(Kind::AuthorizationPolicy, key))
+        );
     }
 }

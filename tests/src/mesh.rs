@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use waypoint::app::{ConfigSource, RunOptions, Running};
+use waypoint::app::Running;
 use waypoint::identity::IdentitySource;
-use waypoint::source::kube::KubeOptions;
+use waypoint::settings::{Settings, Source};
+use waypoint::source::kube::KubeSettings;
 use waypoint::tls::dev_ca::DevCa;
 
 use crate::backend;
@@ -52,14 +53,14 @@ pub struct MeshOptions {
     pub dir: Option<PathBuf>,
     /// Read the config from an API server instead of the files (which are still written, and
     /// are what the caller loads into the server: see [`cluster_yaml`]).
-    pub kube: Option<KubeOptions>,
+    pub kube: Option<KubeSettings>,
     /// Where the in-process waypoint gets its certificate; the harness's files otherwise. The
     /// shims trust the mesh root in `<dir>/pki/root-cert.pem` ([`Mesh::pki`]).
     pub identity: Option<IdentitySource>,
     /// The mesh CA; a new one otherwise.
     pub ca: Option<Arc<DevCa>>,
     /// Adjusts the in-process waypoint's options (timeouts, fixed admin ports) before it starts.
-    pub tune: Option<fn(&mut RunOptions)>,
+    pub tune: Option<fn(&mut Settings)>,
 }
 
 impl Default for MeshOptions {
@@ -331,10 +332,10 @@ impl Mesh {
             });
         }
         let source = match opts.kube.clone() {
-            Some(k) => ConfigSource::Kubernetes(Box::new(k)),
-            None => ConfigSource::File(config),
+            Some(k) => Source::Kubernetes(Box::new(k)),
+            None => Source::file(config),
         };
-        let mut run = RunOptions::new(source, opts.identity.clone().unwrap_or(identity));
+        let mut run = Settings::new(source, opts.identity.clone().unwrap_or(identity));
         run.hbone_addr = SocketAddr::new(wp_ip, 15008);
         run.readiness_addr = SocketAddr::new(wp_ip, 0);
         run.metrics_addr = SocketAddr::new(wp_ip, 0);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use waypoint::app::RunOptions;
+use waypoint::settings::Settings;
 use waypoint_tests::http1;
 use waypoint_tests::mesh::{HTTPBIN_VIP, Mesh, MeshOptions, TCP_ECHO_VIP};
 use waypoint_tests::pki::WorkloadCert;
@@ -22,7 +22,7 @@ const SHORT: Duration = Duration::from_millis(600);
 
 /// Short timeouts and the admin listeners on their fixed ports (each mesh has its own loopback
 /// block, so 15000/15020/15021 are free on the waypoint's IP).
-fn short_timeouts(run: &mut RunOptions) {
+fn short_timeouts(run: &mut Settings) {
     let ip = run.hbone_addr.ip();
     run.readiness_addr = SocketAddr::new(ip, 15021);
     run.metrics_addr = SocketAddr::new(ip, 15020);
@@ -523,7 +523,7 @@ async fn a_peer_must_present_exactly_one_spiffe_id_of_the_mesh() {
         let mut o = opts();
         o.tune = Some(|run| {
             short_timeouts(run);
-            run.settings.trust_domain_aliases = vec!["old.example".into()];
+            run.mesh.trust_domain_aliases = Some(vec!["old.example".into()]);
         });
         let mesh = Mesh::start(o).await.unwrap();
         let m = &mesh.running().metrics;

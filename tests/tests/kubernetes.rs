@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use gateway_api_bindings::ObjectKey;
 use serde_json::Value;
-use waypoint::app::{ConfigSource, RunOptions};
 use waypoint::identity::IdentitySource;
-use waypoint::source::kube::KubeOptions;
+use waypoint::settings::{Settings, Source};
+use waypoint::source::kube::KubeSettings;
 use waypoint_tests::http1;
 use waypoint_tests::kube_api::FakeApiServer;
 use waypoint_tests::mesh::{HTTPBIN_VIP, Mesh, MeshOptions, cluster_yaml};
@@ -23,8 +23,8 @@ use waypoint_tests::pki::WorkloadCert;
 const LIMIT: Duration = Duration::from_secs(90);
 const FORWARDED: &str = "for=\"10.244.1.9:51000\"";
 
-fn kube_opts(api: &FakeApiServer, identity: &str) -> KubeOptions {
-    let mut k = KubeOptions::new(ObjectKey::new("ambient-demo", "waypoint"));
+fn kube_opts(api: &FakeApiServer, identity: &str) -> KubeSettings {
+    let mut k = KubeSettings::new(ObjectKey::new("ambient-demo", "waypoint"));
     k.kubeconfig = Some(api.kubeconfig.clone());
     if let Some(lease) = &mut k.status {
         lease.identity = identity.to_owned();
@@ -414,8 +414,8 @@ async fn one_replica_writes_status_and_another_takes_over() {
         let mut c = cluster("", true).await;
         let (mesh, api) = (&c.mesh, &c.api);
         // A second replica of the same waypoint.
-        let mut run = RunOptions::new(
-            ConfigSource::Kubernetes(Box::new(kube_opts(api, "replica-b"))),
+        let mut run = Settings::new(
+            Source::Kubernetes(Box::new(kube_opts(api, "replica-b"))),
             IdentitySource::Files {
                 cert_chain: mesh.waypoint_cert.chain_path.clone(),
                 key: mesh.waypoint_cert.key_path.clone(),

@@ -1,8 +1,16 @@
 //! The app: wires identity, config, the HBONE listener, the HTTP app, the upstream pool and
-//! the admin listeners onto one tokio runtime, and drains them on shutdown.
+//! the admin listeners together, and drains them on shutdown.
+//!
+//! Two runtimes. The data path (the HBONE server, the Pingora app, tunnels, the upstream relay
+//! and pool) runs on the caller's runtime: the binary's multi-threaded workers. The control
+//! plane (config sources, the status writer and its Lease, certificate rotation, JWKS refresh,
+//! and the readiness, metrics and admin listeners) runs on [`ControlPlane`], one thread with its
+//! own current-thread runtime, so a slow API server, a large status pass or a stuck fetch never
+//! takes a worker from traffic. Control-plane work is spawned through its handle, never through
+//! `Handle::current()`, because `start` itself runs on the data runtime.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -10,74 +18,23 @@ use std::time::Duration;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState, Role};
-use crate::authn::jwks::{JwksOptions, JwksRegistry};
+use crate::authn::jwks::JwksRegistry;
 use crate::hbone::client::Connector;
-use crate::hbone::server::{self, ServerSettings};
-use crate::identity::{Identity, IdentitySource};
+use crate::hbone::server;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::proxy::http::HttpApp;
 use crate::proxy::inbound::Inbound;
 use crate::proxy::own::OwnAddresses;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::upstream::relay;
-use crate::source::kube::KubeOptions;
-use crate::state::{self, MeshSettings, Snapshot, StateHandle};
-
-/// Where the config comes from.
-#[derive(Debug, Clone)]
-pub enum ConfigSource {
-    /// A YAML file or directory, polled.
-    File(PathBuf),
-    /// The Kubernetes API server.
-    Kubernetes(Box<KubeOptions>),
-}
-
-/// Everything `waypoint run` is told.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub config: ConfigSource,
-    pub settings: MeshSettings,
-    pub identity: IdentitySource,
-    pub hbone_addr: SocketAddr,
-    /// `/healthz/ready`.
-    pub readiness_addr: SocketAddr,
-    /// `/metrics`.
-    pub metrics_addr: SocketAddr,
-    /// `/config_dump` and everything else; keep it on loopback.
-    pub admin_addr: SocketAddr,
-    /// Where destination ztunnels listen (15008).
-    pub upstream_hbone_port: u16,
-    /// This pod's IPs: with listeners on `[::]`, what tells a destination that is us.
-    pub pod_ips: Vec<std::net::IpAddr>,
-    pub server: ServerSettings,
-    pub poll_interval: Duration,
-    /// JWKS fetching for RequestAuthentication.
-    pub jwks: JwksOptions,
-}
-
-impl RunOptions {
-    /// Defaults for everything but the config source and identity.
-    pub fn new(config: ConfigSource, identity: IdentitySource) -> RunOptions {
-        RunOptions {
-            config,
-            settings: MeshSettings::default(),
-            identity,
-            hbone_addr: SocketAddr::from(([0u16; 8], crate::hbone::HBONE_PORT)),
-            readiness_addr: SocketAddr::from(([0u16; 8], 15021)),
-            metrics_addr: SocketAddr::from(([0u16; 8], 15020)),
-            admin_addr: SocketAddr::from(([127, 0, 0, 1], 15000)),
-            upstream_hbone_port: crate::hbone::HBONE_PORT,
-            pod_ips: Vec::new(),
-            server: ServerSettings::default(),
-            poll_interval: Duration::from_secs(1),
-            jwks: JwksOptions::default(),
-        }
-    }
-}
+use crate::settings::{Settings, Source};
+use crate::state::{self, Snapshot, StateHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -95,6 +52,61 @@ pub enum StartError {
     Kube(#[from] crate::source::kube::KubeError),
     #[error("loading the identity: {0}")]
     Identity(#[from] crate::identity::IdentityError),
+    #[error("starting the control-plane runtime: {0}")]
+    ControlPlane(std::io::Error),
+    #[error("a control-plane start-up task failed: {0}")]
+    ControlTask(#[from] tokio::task::JoinError),
+}
+
+/// The control plane's runtime: a current-thread runtime driven by its own OS thread. Dropping
+/// this stops it, which cancels every task on it.
+#[derive(Debug)]
+pub struct ControlPlane {
+    handle: Handle,
+    /// Dropped (or sent) to stop the runtime.
+    _stop: oneshot::Sender<()>,
+}
+
+/// How long stopping the control plane waits for its blocking tasks (a config compilation).
+const CONTROL_STOP_GRACE: Duration = Duration::from_secs(1);
+
+impl ControlPlane {
+    pub fn start() -> std::io::Result<ControlPlane> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("control-plane")
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("control-plane".into())
+            .spawn(move || {
+                // Tasks spawned through the handle run while this thread waits here.
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                runtime.shutdown_timeout(CONTROL_STOP_GRACE);
+            })?;
+        Ok(ControlPlane {
+            handle,
+            _stop: stop,
+        })
+    }
+
+    /// Where control-plane tasks are spawned.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Runs `f` to completion on the control plane: a task that creates kube clients or
+    /// listeners there binds them to this runtime, and every task it spawns lands here too.
+    async fn run<F>(&self, f: F) -> Result<F::Output, StartError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        Ok(self.handle.spawn(f).await?)
+    }
 }
 
 /// A running waypoint.
@@ -109,7 +121,10 @@ pub struct Running {
     pub identity: Arc<Identity>,
     shutdown: watch::Sender<bool>,
     hbone: JoinHandle<()>,
+    /// Data-path tasks besides the HBONE server (the upstream relay).
     background: Vec<JoinHandle<()>>,
+    /// Last: stopping it ends every control-plane task.
+    control: ControlPlane,
     _relay: relay::RelaySocket,
 }
 
@@ -119,21 +134,25 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
-/// Loads identity and config, binds every listener, and starts serving.
-pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
+/// Loads identity and config, binds every listener, and starts serving. Call it on the runtime
+/// that is to carry traffic; the control plane gets its own.
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
     crate::tls::provider();
+    let control = ControlPlane::start().map_err(StartError::ControlPlane)?;
     let metrics = Arc::new(Metrics::default());
-    let identity = Arc::new(Identity::new(opts.identity.clone(), metrics.clone())?);
-    let mut background = Vec::new();
+    let identity = Arc::new(Identity::new(settings.identity.clone(), metrics.clone())?);
+    // Refresh tasks are started from wherever a set is first used (the data path included):
+    // the handle sends them to the control plane.
     let jwks = JwksRegistry::new(
-        opts.jwks.clone(),
-        Some(tokio::runtime::Handle::current()),
+        settings.jwks.clone(),
+        Some(control.handle().clone()),
         metrics.clone(),
     );
-    let config = match &opts.config {
-        ConfigSource::File(path) => {
+    let mesh = settings.mesh_settings(None);
+    let config = match &settings.source {
+        Source::File { path, .. } => {
             let seen = crate::source::file::fingerprint(path);
-            let (snapshot, store) = crate::source::file::load(path, &opts.settings, &jwks)?;
+            let (snapshot, store) = crate::source::file::load(path, &mesh, &jwks)?;
             tracing::info!(
                 version = snapshot.version,
                 waypoint = %snapshot.waypoint.gateway,
@@ -146,52 +165,68 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
                 .config_version
                 .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
             let config = StateHandle::new(snapshot, store);
-            background.push(tokio::spawn(crate::source::file::watch(
+            control.handle().spawn(crate::source::file::watch(
                 path.clone(),
                 seen,
-                opts.settings.clone(),
+                mesh,
                 config.clone(),
                 metrics.clone(),
                 jwks.clone(),
-                opts.poll_interval,
-            )));
+                settings.poll_interval,
+            ));
             config
         }
-        ConfigSource::Kubernetes(k) => {
-            let config = StateHandle::unsynced(Snapshot::empty(&opts.settings));
-            background.extend(
-                crate::source::kube::start(
+        Source::Kubernetes(k) => {
+            let config = StateHandle::unsynced(Snapshot::empty(&mesh));
+            // The client's own tasks, the watchers, the Lease and the status writer all start
+            // from here, so all of them run on the control plane.
+            control
+                .run(crate::source::kube::start(
                     (**k).clone(),
-                    opts.settings.clone(),
+                    settings.mesh.clone(),
                     config.clone(),
                     metrics.clone(),
                     jwks.clone(),
-                )
-                .await?,
-            );
+                ))
+                .await??;
             tracing::info!(gateway = %k.gateway, "watching the Kubernetes API; ready after the first full sync");
             config
         }
     };
 
-    let hbone_listener = bind("HBONE", opts.hbone_addr).await?;
-    let readiness_listener = bind("readiness", opts.readiness_addr).await?;
-    let admin_listener = bind("admin", opts.admin_addr).await?;
-    let metrics_listener = bind("metrics", opts.metrics_addr).await?;
+    let hbone_listener = bind("HBONE", settings.hbone_addr).await?;
+    let (readiness_addr, admin_addr, metrics_addr) = (
+        settings.readiness_addr,
+        settings.admin_addr,
+        settings.metrics_addr,
+    );
+    let (readiness_listener, admin_listener, metrics_listener) = control
+        .run(async move {
+            Ok::<_, StartError>((
+                bind("readiness", readiness_addr).await?,
+                bind("admin", admin_addr).await?,
+                bind("metrics", metrics_addr).await?,
+            ))
+        })
+        .await??;
     let local = |l: &TcpListener, a| l.local_addr().unwrap_or(a);
-    let hbone_addr = local(&hbone_listener, opts.hbone_addr);
-    let admin_addr = local(&admin_listener, opts.admin_addr);
-    let readiness_addr = local(&readiness_listener, opts.readiness_addr);
-    let metrics_addr = local(&metrics_listener, opts.metrics_addr);
+    let hbone_addr = local(&hbone_listener, settings.hbone_addr);
+    let admin_addr = local(&admin_listener, admin_addr);
+    let readiness_addr = local(&readiness_listener, readiness_addr);
+    let metrics_addr = local(&metrics_listener, metrics_addr);
 
     let (relay_listener, relay_socket) = relay::bind().map_err(StartError::Relay)?;
     let mut upstream = Upstream::new(
-        Connector::new(identity.clone(), opts.upstream_hbone_port, metrics.clone()),
+        Connector::new(
+            identity.clone(),
+            settings.upstream_hbone_port,
+            metrics.clone(),
+        ),
         metrics.clone(),
     );
     upstream.own = OwnAddresses {
         listeners: vec![hbone_addr, readiness_addr, metrics_addr, admin_addr],
-        pod_ips: opts.pod_ips.clone(),
+        pod_ips: settings.pod_ips.clone(),
     };
     let upstream = Arc::new(upstream);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -211,7 +246,7 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
         upstream: upstream.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
-        timeouts: opts.server.timeouts,
+        timeouts: settings.server.timeouts,
     });
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -221,26 +256,25 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
         identity: identity.clone(),
         ready: ready.clone(),
     };
-    background.extend([
-        tokio::spawn(relay::serve(relay_listener, upstream)),
-        tokio::spawn(admin::serve(
-            readiness_listener,
-            admin_state.clone(),
-            Role::Readiness,
-        )),
-        tokio::spawn(admin::serve(
-            admin_listener,
-            admin_state.clone(),
-            Role::Admin,
-        )),
-        tokio::spawn(admin::serve(metrics_listener, admin_state, Role::Metrics)),
-        tokio::spawn(identity.clone().run(opts.poll_interval)),
-    ]);
+    let c = control.handle();
+    c.spawn(admin::serve(
+        readiness_listener,
+        admin_state.clone(),
+        Role::Readiness,
+    ));
+    c.spawn(admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        Role::Admin,
+    ));
+    c.spawn(admin::serve(metrics_listener, admin_state, Role::Metrics));
+    c.spawn(identity.clone().run(settings.poll_interval));
+    let background = vec![tokio::spawn(relay::serve(relay_listener, upstream))];
     let hbone = tokio::spawn(server::serve(
         hbone_listener,
         identity.clone(),
         inbound,
-        opts.server.clone(),
+        settings.server.clone(),
         metrics.clone(),
         shutdown_rx,
     ));
@@ -257,18 +291,21 @@ pub async fn start(opts: RunOptions) -> Result<Running, StartError> {
         shutdown: shutdown_tx,
         hbone,
         background,
+        control,
         _relay: relay_socket,
     })
 }
 
 impl Running {
-    /// GOAWAY to every client, then waits (up to the grace period) for in-flight streams.
+    /// GOAWAY to every client, then waits (up to the grace period) for in-flight streams; then
+    /// stops the relay and the control plane.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.hbone.await;
         for t in &self.background {
             t.abort();
         }
+        drop(self.control);
         tracing::info!("waypoint stopped");
     }
 }

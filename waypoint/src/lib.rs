@@ -18,6 +18,7 @@ pub mod hbone;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;
+pub mod settings;
 pub mod source;
 pub mod state;
 pub mod tls;

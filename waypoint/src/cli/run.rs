@@ -1,4 +1,5 @@
-//! `waypoint run`: flags to [`waypoint::app::RunOptions`], signals to a graceful drain.
+//! `waypoint run`: flags and environment to [`Settings`], built here and nowhere else; then the
+//! data runtime, [`waypoint::app::start`], and signals to a graceful drain.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,12 +11,10 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use gateway_api_bindings::ObjectKey;
 use policy_engine::path::PathNormalization;
-use waypoint::app::{ConfigSource, RunOptions};
 use waypoint::identity::workload_api::socket_path;
 use waypoint::identity::{CaOptions, IdentitySource};
-use waypoint::source::kube::KubeOptions;
-use waypoint::source::kube::mesh_config::{MeshConfig, Overrides};
-use waypoint::state::MeshSettings;
+use waypoint::settings::{MeshOverrides, Settings, Source};
+use waypoint::source::kube::KubeSettings;
 use waypoint::tls::dev_ca::DevCa;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -154,14 +153,27 @@ pub(crate) struct RunArgs {
 }
 
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let settings = settings(args, |k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
+    // The data path's runtime: every core. The control plane gets its own (see waypoint::app).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(settings))
 }
 
-async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
+async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
+    let running = waypoint::app::start(settings).await?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down: GOAWAY sent, draining in-flight streams");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The process's settings from the flags and `env`, the environment variables clap does not
+/// read for a flag: `GATEWAY_NAME` and `POD_NAMESPACE` (our Gateway with --kubernetes) and
+/// `POD_NAME` (the Lease holder's name). Empty values count as unset.
+fn settings(args: RunArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
     let path_normalization = match &args.path_normalization {
         Some(p) => Some(
             PathNormalization::parse(p)
@@ -178,7 +190,6 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     if args.kubernetes && gateway.is_none() {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let (Some(name), Some(ns)) = (env("GATEWAY_NAME"), env("POD_NAMESPACE")) else {
             bail!(
                 "--kubernetes needs --gateway namespace/name (or GATEWAY_NAME and POD_NAMESPACE)"
@@ -186,26 +197,29 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         gateway = Some(ObjectKey::new(ns, name));
     }
-    let overrides = Overrides {
+    let mesh = MeshOverrides {
         root_namespace: args.root_namespace.clone(),
         trust_domain: args.trust_domain.clone(),
         trust_domain_aliases: (!args.trust_domain_aliases.is_empty())
             .then(|| args.trust_domain_aliases.clone()),
         path_normalization,
     };
-    let mut settings = MeshConfig::default().settings(&overrides, &MeshSettings::default());
-    settings.gateway = gateway.clone();
     let source = match (&args.config, gateway) {
-        (Some(path), _) => ConfigSource::File(path.clone()),
+        (Some(path), gateway) => Source::File {
+            path: path.clone(),
+            gateway,
+        },
         (None, Some(gateway)) => {
-            let mut k = KubeOptions::new(gateway);
+            let mut k = KubeSettings::new(gateway);
             k.kubeconfig = args.kubeconfig.clone();
             k.mesh_config = key("--mesh-config", &args.mesh_config)?;
-            k.overrides = overrides;
             if args.no_status {
                 k.status = None;
             }
-            ConfigSource::Kubernetes(Box::new(k))
+            if let (Some(lease), Some(pod)) = (&mut k.status, env("POD_NAME")) {
+                lease.identity = pod;
+            }
+            Source::Kubernetes(Box::new(k))
         }
         (None, None) => bail!("give --config PATH or --kubernetes"),
     };
@@ -221,21 +235,24 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
         (None, None, false) => IdentityKind::IstioCa,
     };
+    // Without a mesh ConfigMap: flags, then Istio's defaults.
+    let mesh_settings = mesh.resolve(None, source.gateway());
+    let trust_domain = &mesh_settings.trust_domain;
     // The waypoint's service account is named after its Gateway, in the Gateway's namespace.
     let our_gateway = || -> anyhow::Result<ObjectKey> {
         Ok(match &source {
-            ConfigSource::File(path) => {
+            Source::File { path, .. } => {
                 // Only the Gateway's name is needed here: nothing is fetched.
                 let jwks = waypoint::authn::jwks::JwksRegistry::new(
                     Default::default(),
                     None,
                     Default::default(),
                 );
-                let (snapshot, _) = waypoint::source::file::load(path, &settings, &jwks)
+                let (snapshot, _) = waypoint::source::file::load(path, &mesh_settings, &jwks)
                     .with_context(|| format!("loading {}", path.display()))?;
                 snapshot.waypoint.gateway
             }
-            ConfigSource::Kubernetes(k) => k.gateway.clone(),
+            Source::Kubernetes(k) => k.gateway.clone(),
         })
     };
     let identity = match kind {
@@ -252,7 +269,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             IdentitySource::DevCa {
                 ca: Arc::new(DevCa::new("waypoint dev CA")?),
                 spiffe_id: gateway_api_bindings::destinations::spiffe_id(
-                    &settings.trust_domain,
+                    trust_domain,
                     &gw.namespace,
                     &gw.name,
                 ),
@@ -262,7 +279,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             let gw = our_gateway()?;
             let sa = args.service_account.clone().unwrap_or(gw.name);
             let mut ca = CaOptions::new(gateway_api_bindings::destinations::spiffe_id(
-                &settings.trust_domain,
+                trust_domain,
                 &gw.namespace,
                 &sa,
             ));
@@ -280,16 +297,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             IdentitySource::WorkloadApi { socket }
         }
     };
-    let mut opts = RunOptions::new(source, identity);
-    opts.settings = settings;
-    opts.hbone_addr = args.hbone_addr;
-    opts.readiness_addr = args.readiness_addr;
-    opts.metrics_addr = args.metrics_addr;
-    opts.admin_addr = args.admin_addr;
-    opts.upstream_hbone_port = args.upstream_hbone_port;
-    opts.pod_ips = args.pod_ips.clone();
+    let mut settings = Settings::new(source, identity);
+    settings.mesh = mesh;
+    settings.hbone_addr = args.hbone_addr;
+    settings.readiness_addr = args.readiness_addr;
+    settings.metrics_addr = args.metrics_addr;
+    settings.admin_addr = args.admin_addr;
+    settings.upstream_hbone_port = args.upstream_hbone_port;
+    settings.pod_ips = args.pod_ips.clone();
     let secs = |s: u64| Duration::from_secs(s.max(1));
-    opts.server.timeouts = waypoint::hbone::server::Timeouts {
+    settings.server.timeouts = waypoint::hbone::server::Timeouts {
         tls_handshake: secs(args.tls_handshake_timeout_seconds),
         h2_preface: secs(args.h2_preface_timeout_seconds),
         connection_idle: secs(args.connection_idle_timeout_seconds),
@@ -297,21 +314,17 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         stream_idle: secs(args.stream_idle_timeout_seconds),
         request_headers: secs(args.request_headers_timeout_seconds),
     };
-    opts.server.drain_grace = Duration::from_secs(args.drain_grace_seconds);
+    settings.server.drain_grace = Duration::from_secs(args.drain_grace_seconds);
     if let Some(path) = &args.jwks_ca {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject as _;
         let pem =
             std::fs::read(path).with_context(|| format!("reading --jwks-ca {}", path.display()))?;
-        opts.jwks.extra_roots = CertificateDer::pem_slice_iter(&pem)
+        settings.jwks.extra_roots = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<_, _>>()
             .with_context(|| format!("--jwks-ca {}: not PEM certificates", path.display()))?;
     }
-    let running = waypoint::app::start(opts).await?;
-    wait_for_signal().await?;
-    tracing::info!("shutting down: GOAWAY sent, draining in-flight streams");
-    running.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(settings)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ use gateway_api_bindings::store::config_files;
 
 use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
+use crate::state::assemble::{Assembler, Validation};
 use crate::state::{ConfigError, MeshSettings, Snapshot, StateHandle};
 
 /// Errors kept in one rejection (each file already caps its own).
@@ -43,7 +44,8 @@ pub fn load(
         }
         return Err(ConfigError::Objects(lines));
     }
-    let snapshot = Snapshot::compile(&store, settings, jwks)?;
+    // Each load starts afresh: a change to the files is small next to reading them all again.
+    let snapshot = Assembler::new(Validation::RefuseConfig).assemble_all(&store, settings, jwks)?;
     Ok((snapshot, store))
 }
 

@@ -3,21 +3,21 @@
 //!
 //! Two sources feed it: [`crate::source::file`] (YAML files on disk, no API server needed) and
 //! [`crate::source::kube`] (watchers on the API server). Both keep a [`Store`] of the objects
-//! they read and publish snapshots built from it; the policies and the destinations are compiled separately, so an
-//! endpoint change reuses the compiled policies.
+//! they read and publish snapshots built from it by the one [`assemble::Assembler`]; the
+//! policies and the destinations are compiled separately, so an endpoint change reuses the
+//! compiled policies.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub mod assemble;
+
 use arc_swap::ArcSwap;
 use gateway_api_bindings::destinations::Destinations;
-use gateway_api_bindings::{
-    ObjectKey, Origin, Store, WaypointIdentity, authorizer_for, limits, status,
-};
+use gateway_api_bindings::{ObjectKey, Origin, Store, WaypointIdentity, limits, status};
 use policy_engine::Authorizer;
 
 use crate::authn::Authn;
-use crate::authn::jwks::JwksRegistry;
 use policy_engine::path::PathNormalization;
 
 /// Mesh-wide settings that do not come from the objects themselves.
@@ -140,50 +140,6 @@ impl Snapshot {
             path_normalization: settings.path_normalization,
             trust_domains: settings.trust_domains(),
         }
-    }
-
-    /// Compiles `store`. Policies that fail Istio's validation make the whole config invalid, as
-    /// the admission webhook would have refused them.
-    pub fn compile(
-        store: &Store,
-        settings: &MeshSettings,
-        jwks: &JwksRegistry,
-    ) -> Result<Snapshot, ConfigError> {
-        let invalid = invalid_policies(store, &settings.root_namespace);
-        if !invalid.is_empty() {
-            return Err(ConfigError::Objects(invalid));
-        }
-        let gateway = match &settings.gateway {
-            Some(g) => g.clone(),
-            None => {
-                let mut wps = store
-                    .gateways
-                    .iter()
-                    .filter(|(_, g)| gateway_api_bindings::waypoint::is_waypoint(&g.object))
-                    .map(|(k, _)| k.clone());
-                match (wps.next(), wps.next()) {
-                    (Some(g), None) => g,
-                    (None, _) => return Err(ConfigError::NoGateway),
-                    (Some(a), Some(b)) => {
-                        return Err(ConfigError::AmbiguousGateway(format!("{a}, {b}, ...")));
-                    }
-                }
-            }
-        };
-        let waypoint = WaypointIdentity::from_store(store, gateway, &settings.root_namespace);
-        Ok(Snapshot {
-            version: next_version(),
-            authorizer: Arc::new(authorizer_for(store, &waypoint)),
-            authn: Arc::new(Authn::compile(store, &waypoint, jwks)),
-            destinations: Arc::new(Destinations::build(
-                store,
-                &waypoint.gateway,
-                &settings.trust_domain,
-            )),
-            waypoint,
-            path_normalization: settings.path_normalization,
-            trust_domains: settings.trust_domains(),
-        })
     }
 
     /// `/config_dump`: the loaded objects (`store`, what the snapshot was built from) and the

@@ -3,18 +3,10 @@
 use policy_engine::path::PathNormalization;
 use serde::Deserialize;
 
-use crate::state::MeshSettings;
+use gateway_api_bindings::ObjectKey;
 
-/// Flags given explicitly; each wins over the mesh config.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub root_namespace: Option<String>,
-    pub trust_domain: Option<String>,
-    /// Replaces the mesh config's `trustDomainAliases` when given (even empty: `--trust-domain-alias` absent
-    /// leaves it `None`).
-    pub trust_domain_aliases: Option<Vec<String>>,
-    pub path_normalization: Option<PathNormalization>,
-}
+use crate::settings::MeshOverrides;
+use crate::state::MeshSettings;
 
 /// What the ConfigMap said; unset fields keep Istio's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,11 +72,12 @@ impl MeshConfig {
         })
     }
 
-    /// Flags, then this config, then Istio's defaults.
-    pub fn settings(&self, overrides: &Overrides, base: &MeshSettings) -> MeshSettings {
+    /// Flags, then this config, then Istio's defaults; for `gateway`, ours when it is known
+    /// before the config is read.
+    pub fn settings(&self, overrides: &MeshOverrides, gateway: Option<&ObjectKey>) -> MeshSettings {
         let defaults = MeshSettings::default();
         MeshSettings {
-            gateway: base.gateway.clone(),
+            gateway: gateway.cloned(),
             root_namespace: overrides
                 .root_namespace
                 .clone()
@@ -117,25 +110,24 @@ mod tests {
             "trustDomain: example.org\nrootNamespace: mesh-root\npathNormalization:\n  normalization: MERGE_SLASHES\naccessLogFile: /dev/stdout\n",
         )
         .unwrap();
-        let base = MeshSettings::default();
-        let s = mc.settings(&Overrides::default(), &base);
+        let s = mc.settings(&MeshOverrides::default(), None);
         assert_eq!(s.trust_domain, "example.org");
         assert!(s.trust_domain_aliases.is_empty());
         let aliased =
             MeshConfig::parse("trustDomain: new.td\ntrustDomainAliases: [old.td, \"\"]\n")
                 .unwrap()
-                .settings(&Overrides::default(), &base);
+                .settings(&MeshOverrides::default(), None);
         assert_eq!(aliased.trust_domain_aliases, ["old.td"]);
         assert_eq!(s.root_namespace, "mesh-root");
         assert_eq!(s.path_normalization, PathNormalization::MergeSlashes);
-        let flags = Overrides {
+        let flags = MeshOverrides {
             trust_domain: Some("flag.td".into()),
-            ..Overrides::default()
+            ..MeshOverrides::default()
         };
-        assert_eq!(mc.settings(&flags, &base).trust_domain, "flag.td");
+        assert_eq!(mc.settings(&flags, None).trust_domain, "flag.td");
         let empty = MeshConfig::parse("")
             .unwrap()
-            .settings(&Overrides::default(), &base);
+            .settings(&MeshOverrides::default(), None);
         assert_eq!(empty.root_namespace, "istio-system");
         assert_eq!(empty.path_normalization, PathNormalization::Base);
         assert!(MeshConfig::parse("pathNormalization: {normalization: SOMETIMES}").is_err());

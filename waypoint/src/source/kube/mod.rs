@@ -28,16 +28,17 @@ use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
 
 use self::lease::LeaseOptions;
-use self::mesh_config::Overrides;
 use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
-use crate::state::{MeshSettings, StateHandle};
+use crate::settings::MeshOverrides;
+use crate::state::StateHandle;
 
 /// Our own field manager for status writes.
 pub const FIELD_MANAGER: &str = "rust-waypoint";
 
+/// The Kubernetes source's own inputs.
 #[derive(Debug, Clone)]
-pub struct KubeOptions {
+pub struct KubeSettings {
     /// Our Gateway.
     pub gateway: ObjectKey,
     /// A kubeconfig file; otherwise `kube::Config::infer`: the files in `KUBECONFIG`, else
@@ -45,8 +46,6 @@ pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     /// Istio's mesh ConfigMap.
     pub mesh_config: ObjectKey,
-    /// Settings given as flags: they win over the mesh ConfigMap.
-    pub overrides: Overrides,
     /// A burst of changes ends after this much quiet...
     pub debounce: Duration,
     /// ...or after this long at most.
@@ -55,22 +54,19 @@ pub struct KubeOptions {
     pub status: Option<LeaseOptions>,
 }
 
-impl KubeOptions {
-    pub fn new(gateway: ObjectKey) -> KubeOptions {
-        let identity = std::env::var("POD_NAME")
-            .ok()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| format!("waypoint-{}", std::process::id()));
-        KubeOptions {
+impl KubeSettings {
+    /// Defaults for `gateway`. The Lease holder is named `waypoint-<pid>` until the caller
+    /// names it (the binary uses the pod's name).
+    pub fn new(gateway: ObjectKey) -> KubeSettings {
+        KubeSettings {
             kubeconfig: None,
             mesh_config: ObjectKey::new("istio-system", "istio"),
-            overrides: Overrides::default(),
             debounce: Duration::from_millis(10),
             max_delay: Duration::from_millis(200),
             status: Some(LeaseOptions {
                 namespace: gateway.namespace.clone(),
                 name: format!("{}-waypoint-status", gateway.name),
-                identity,
+                identity: format!("waypoint-{}", std::process::id()),
                 duration: Duration::from_secs(15),
                 renew_every: Duration::from_secs(2),
             }),
@@ -94,7 +90,7 @@ pub enum KubeError {
     Thread(std::io::Error),
 }
 
-async fn client(opts: &KubeOptions) -> Result<kube::Client, KubeError> {
+async fn client(opts: &KubeSettings) -> Result<kube::Client, KubeError> {
     let config = match &opts.kubeconfig {
         Some(path) => {
             let err = |source| KubeError::Kubeconfig {
@@ -114,8 +110,8 @@ async fn client(opts: &KubeOptions) -> Result<kube::Client, KubeError> {
 /// Starts the watchers, the sync thread and (when enabled) the status writer. Returns at once:
 /// readiness follows the first full sync.
 pub async fn start(
-    opts: KubeOptions,
-    base: MeshSettings,
+    opts: KubeSettings,
+    mesh: MeshOverrides,
     handle: Arc<StateHandle>,
     metrics: Arc<Metrics>,
     jwks: Arc<JwksRegistry>,
@@ -125,8 +121,7 @@ pub async fn start(
     let (status_tx, status_rx) = tokio_watch::channel(Arc::default());
     let sync = sync::StateUpdater {
         gateway: opts.gateway.clone(),
-        overrides: opts.overrides.clone(),
-        base,
+        mesh,
         handle: handle.clone(),
         metrics: metrics.clone(),
         jwks,

@@ -10,19 +10,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway_api_bindings::destinations::{Changed, DestinationBuilder, ServiceRef};
+use gateway_api_bindings::destinations::ServiceRef;
 use gateway_api_bindings::well_known::SERVICE_NAME_LABEL;
-use gateway_api_bindings::{
-    Kind, LoadError, Object, ObjectKey, Origin, Store, WaypointIdentity, authorizer_for, status,
-};
-use policy_engine::Authorizer;
+use gateway_api_bindings::{Kind, LoadError, Object, ObjectKey, Origin, Store, status};
 
-use super::mesh_config::{MeshConfig, Overrides};
+use super::mesh_config::MeshConfig;
 use super::watch::{Invalid, Parsed, Update};
-use crate::authn::Authn;
 use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
-use crate::state::{MeshSettings, Snapshot, StateHandle, next_version};
+use crate::settings::MeshOverrides;
+use crate::state::assemble::{Assembled, Assembler, Changes, Validation};
+use crate::state::{MeshSettings, StateHandle};
 
 /// What the status writer needs besides the store, published after each snapshot.
 #[derive(Debug, Clone, Default)]
@@ -35,28 +33,26 @@ pub struct StatusInput {
     pub epoch: u64,
 }
 
+/// What the updates since the last snapshot touched.
 #[derive(Debug, Default)]
 struct Dirty {
-    policies: bool,
-    /// RequestAuthentications changed (a policy-relevant change recompiles them too).
-    authn: bool,
+    /// What the assembler must rebuild.
+    snapshot: Changes,
+    /// Something the status writer reads changed.
     status: bool,
-    changed: Changed,
-    /// Mesh settings changed: destinations are rebuilt with the new trust domain.
-    settings: bool,
 }
 
 impl Dirty {
     fn any(&self) -> bool {
-        self.policies || self.authn || self.status || self.settings || !self.changed.is_empty()
+        self.status || self.snapshot.any()
     }
 }
 
 #[allow(missing_debug_implementations)] // holds channels and handles only
 pub struct StateUpdater {
     pub gateway: ObjectKey,
-    pub overrides: Overrides,
-    pub base: MeshSettings,
+    /// Flags: they win over the mesh ConfigMap.
+    pub mesh: MeshOverrides,
     pub handle: Arc<StateHandle>,
     pub metrics: Arc<Metrics>,
     pub jwks: Arc<JwksRegistry>,
@@ -75,9 +71,7 @@ struct State {
     mesh_pending: bool,
     synced: bool,
     invalid: BTreeMap<(Kind, ObjectKey), Invalid>,
-    destinations: DestinationBuilder,
-    authorizer: Arc<Authorizer>,
-    authn: Arc<Authn>,
+    assembler: Assembler,
     dirty: Dirty,
     epoch: u64,
 }
@@ -85,22 +79,7 @@ struct State {
 impl StateUpdater {
     /// Runs until every watcher is gone.
     pub fn run(self, rx: Receiver<Update>) {
-        let settings = MeshConfig::default().settings(&self.overrides, &self.base);
-        let mut st = State {
-            store: self.handle.objects_handle(),
-            destinations: DestinationBuilder::new(self.gateway.clone(), &settings.trust_domain),
-            settings,
-            mesh_config: None,
-            pending: Kind::ALL.into_iter().collect(),
-            mesh_pending: true,
-            synced: false,
-            invalid: BTreeMap::new(),
-            authorizer: Arc::new(policy_engine::AuthorizerBuilder::new().build()),
-            authn: Arc::new(Authn::none()),
-            dirty: Dirty::default(),
-            epoch: 0,
-            cfg: self,
-        };
+        let mut st = State::new(self);
         loop {
             let Ok(first) = rx.recv() else { return };
             let burst = Instant::now();
@@ -124,6 +103,22 @@ impl StateUpdater {
 }
 
 impl State {
+    fn new(cfg: StateUpdater) -> State {
+        State {
+            store: cfg.handle.objects_handle(),
+            settings: cfg.mesh.resolve(None, Some(&cfg.gateway)),
+            mesh_config: None,
+            pending: Kind::ALL.into_iter().collect(),
+            mesh_pending: true,
+            synced: false,
+            invalid: BTreeMap::new(),
+            assembler: Assembler::new(Validation::KeptOut),
+            dirty: Dirty::default(),
+            epoch: 0,
+            cfg,
+        }
+    }
+
     fn update(&mut self, u: Update) {
         match u {
             Update::Apply(kind, parsed) => {
@@ -169,15 +164,14 @@ impl State {
                 if mc != self.mesh_config {
                     self.mesh_config = mc;
                     let settings = self
-                        .mesh_config
-                        .clone()
-                        .unwrap_or_default()
-                        .settings(&self.cfg.overrides, &self.cfg.base);
+                        .cfg
+                        .mesh
+                        .resolve(self.mesh_config.as_ref(), Some(&self.cfg.gateway));
                     if settings != self.settings {
                         tracing::info!(root_namespace = %settings.root_namespace, trust_domain = %settings.trust_domain, path_normalization = ?settings.path_normalization, "mesh settings changed");
                         self.settings = settings;
-                        self.dirty.settings = true;
-                        self.dirty.policies = true;
+                        self.dirty.snapshot.settings = true;
+                        self.dirty.snapshot.policies = true;
                         self.dirty.status = true;
                     }
                 }
@@ -271,24 +265,28 @@ impl State {
                 }
                 d.status = true;
                 if *key == self.cfg.gateway {
-                    d.changed.everything = true;
-                    d.policies = true;
+                    d.snapshot.destinations.everything = true;
+                    d.snapshot.policies = true;
                 }
             }
             Kind::GatewayClass => {
-                d.policies = true;
+                d.snapshot.policies = true;
                 d.status = true;
             }
             Kind::Namespace => {
-                d.changed.everything = true;
+                d.snapshot.destinations.everything = true;
                 d.status = true;
             }
             Kind::Service => {
-                d.changed.services.insert(ServiceRef::Service(key.clone()));
+                d.snapshot
+                    .destinations
+                    .services
+                    .insert(ServiceRef::Service(key.clone()));
                 d.status = true;
             }
             Kind::ServiceEntry => {
-                d.changed
+                d.snapshot
+                    .destinations
                     .services
                     .insert(ServiceRef::ServiceEntry(key.clone()));
                 d.status = true;
@@ -307,13 +305,16 @@ impl State {
                     Some(Object::EndpointSlice(s)) => svc(s.metadata.labels.as_ref()),
                     _ => None,
                 };
-                d.changed.services.extend(old.into_iter().chain(new));
+                d.snapshot
+                    .destinations
+                    .services
+                    .extend(old.into_iter().chain(new));
             }
             Kind::Pod => {
-                d.changed.pods.insert(key.clone());
+                d.snapshot.destinations.pods.insert(key.clone());
             }
             Kind::WorkloadEntry => {
-                d.changed.workload_entries.insert(key.clone());
+                d.snapshot.destinations.workload_entries.insert(key.clone());
             }
             Kind::AuthorizationPolicy => {
                 let same = match new {
@@ -325,7 +326,7 @@ impl State {
                 };
                 // A status-only change (our own writes among them) compiles nothing.
                 if !same || delete {
-                    d.policies = true;
+                    d.snapshot.policies = true;
                     d.status = true;
                 }
             }
@@ -338,7 +339,7 @@ impl State {
                     _ => false,
                 };
                 if !same || delete {
-                    d.authn = true;
+                    d.snapshot.authn = true;
                     d.status = true;
                 }
             }
@@ -349,13 +350,13 @@ impl State {
         let d = &mut self.dirty;
         d.status = true;
         match kind {
-            Kind::AuthorizationPolicy | Kind::GatewayClass => d.policies = true,
-            Kind::RequestAuthentication => d.authn = true,
+            Kind::AuthorizationPolicy | Kind::GatewayClass => d.snapshot.policies = true,
+            Kind::RequestAuthentication => d.snapshot.authn = true,
             Kind::Gateway => {
-                d.policies = true;
-                d.changed.everything = true;
+                d.snapshot.policies = true;
+                d.snapshot.destinations.everything = true;
             }
-            _ => d.changed.everything = true,
+            _ => d.snapshot.destinations.everything = true,
         }
     }
 
@@ -368,35 +369,23 @@ impl State {
         let started = Instant::now();
         let store = self.store.clone();
         let store = store.lock().unwrap_or_else(|p| p.into_inner());
-        let waypoint = WaypointIdentity::from_store(
-            &store,
-            self.cfg.gateway.clone(),
-            &self.settings.root_namespace,
-        );
-        if first || dirty.settings {
-            self.destinations =
-                DestinationBuilder::new(self.cfg.gateway.clone(), &self.settings.trust_domain);
-            self.destinations.rebuild(&store);
-        } else {
-            self.destinations.update(&store, &dirty.changed);
-        }
-        let recompiled = first || dirty.policies;
-        if recompiled {
-            self.authorizer = Arc::new(authorizer_for(&store, &waypoint));
-        }
-        if recompiled || dirty.authn {
-            self.authn = Arc::new(Authn::compile(&store, &waypoint, &self.cfg.jwks));
-        }
-        let snapshot = Snapshot {
-            version: next_version(),
-            waypoint,
-            authorizer: self.authorizer.clone(),
-            authn: self.authn.clone(),
-            destinations: Arc::new(self.destinations.destinations().clone()),
-            path_normalization: self.settings.path_normalization,
-            trust_domains: self.settings.trust_domains(),
-        };
+        let assembled =
+            self.assembler
+                .assemble(&store, &self.settings, &self.cfg.jwks, &dirty.snapshot);
         drop(store);
+        let Assembled {
+            snapshot,
+            policies_recompiled: recompiled,
+        } = match assembled {
+            Ok(a) => a,
+            Err(e) => {
+                // Cannot happen with our Gateway named and invalid objects kept out; should it,
+                // the last snapshot keeps serving.
+                self.cfg.metrics.config_reload_failures.inc();
+                tracing::error!(error = %e, "config snapshot not assembled");
+                return;
+            }
+        };
         let version = snapshot.version;
         let d = &snapshot.destinations;
         tracing::info!(
@@ -429,5 +418,192 @@ impl State {
             };
             self.cfg.status.send_replace(Arc::new(input));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Snapshot;
+
+    const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: demo, generation: 1}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+";
+    const POLICY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: demo, generation: 1}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{}]
+";
+
+    fn object(kind: Kind, yaml: &str) -> Object {
+        let value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+        Store::parse_as(kind, value, &Origin::default()).unwrap()
+    }
+
+    fn state() -> (State, tokio::sync::watch::Receiver<Arc<StatusInput>>) {
+        let gateway = ObjectKey::new("demo", "waypoint");
+        let mesh = MeshOverrides::default();
+        let settings = mesh.resolve(None, Some(&gateway));
+        let metrics = Arc::new(Metrics::default());
+        let (status, status_rx) = tokio::sync::watch::channel(Arc::default());
+        let cfg = StateUpdater {
+            gateway,
+            mesh,
+            handle: StateHandle::unsynced(Snapshot::empty(&settings)),
+            jwks: JwksRegistry::new(Default::default(), None, metrics.clone()),
+            metrics,
+            status,
+            quiet: Duration::ZERO,
+            max_delay: Duration::ZERO,
+        };
+        (State::new(cfg), status_rx)
+    }
+
+    /// Lists every kind (empty but for `objects`) and publishes the first snapshot.
+    fn synced(
+        objects: Vec<(Kind, &str)>,
+    ) -> (State, tokio::sync::watch::Receiver<Arc<StatusInput>>) {
+        let (mut st, rx) = state();
+        for kind in Kind::ALL {
+            let listed = objects
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(k, y)| Ok(object(*k, y)))
+                .collect();
+            st.update(Update::Relist(kind, listed));
+        }
+        st.update(Update::MeshConfig(None));
+        st.update(Update::MeshConfigSynced);
+        st.publish(Instant::now());
+        assert!(st.cfg.handle.is_synced());
+        (st, rx)
+    }
+
+    #[test]
+    fn a_policy_change_recompiles_and_its_status_echo_does_not() {
+        let (mut st, _rx) = synced(vec![(Kind::Gateway, GATEWAY)]);
+        assert!(!st.dirty.any());
+        st.update(Update::Apply(
+            Kind::AuthorizationPolicy,
+            Ok(object(Kind::AuthorizationPolicy, POLICY)),
+        ));
+        assert!(st.dirty.snapshot.policies && st.dirty.status);
+        st.publish(Instant::now());
+        assert_eq!(st.cfg.handle.load().authorizer.policies().len(), 1);
+        // Our own status write comes back as an update with the same spec: nothing to do.
+        let echo = format!("{POLICY}status: {{conditions: []}}\n");
+        st.update(Update::Apply(
+            Kind::AuthorizationPolicy,
+            Ok(object(Kind::AuthorizationPolicy, &echo)),
+        ));
+        assert!(!st.dirty.any(), "{:?}", st.dirty);
+        // So is a status-only change to our Gateway.
+        let gw_echo = format!("{GATEWAY}status: {{conditions: []}}\n");
+        st.update(Update::Apply(
+            Kind::Gateway,
+            Ok(object(Kind::Gateway, &gw_echo)),
+        ));
+        assert!(!st.dirty.any(), "{:?}", st.dirty);
+        // A delete recompiles.
+        st.update(Update::Delete(
+            Kind::AuthorizationPolicy,
+            ObjectKey::new("demo", "deny-all"),
+        ));
+        assert!(st.dirty.snapshot.policies && st.dirty.status);
+    }
+
+    #[test]
+    fn an_endpoint_or_pod_change_touches_destinations_only_and_reuses_the_policies() {
+        let (mut st, mut rx) = synced(vec![
+            (Kind::Gateway, GATEWAY),
+            (Kind::AuthorizationPolicy, POLICY),
+        ]);
+        let before = st.cfg.handle.load();
+        rx.mark_unchanged();
+        st.update(Update::Apply(
+            Kind::EndpointSlice,
+            Ok(object(
+                Kind::EndpointSlice,
+                "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: httpbin-abc, namespace: demo, labels: {kubernetes.io/service-name: httpbin}}
+addressType: IPv4
+endpoints: []
+",
+            )),
+        ));
+        let d = &st.dirty;
+        assert!(!d.snapshot.policies && !d.snapshot.authn && !d.status);
+        assert!(
+            d.snapshot
+                .destinations
+                .services
+                .contains(&ServiceRef::Service(ObjectKey::new("demo", "httpbin")))
+        );
+        st.update(Update::Apply(
+            Kind::Pod,
+            Ok(object(
+                Kind::Pod,
+                "apiVersion: v1
+kind: Pod
+metadata: {name: httpbin-1, namespace: demo}
+status: {podIP: 10.0.0.9}
+",
+            )),
+        ));
+        assert!(
+            st.dirty
+                .snapshot
+                .destinations
+                .pods
+                .contains(&ObjectKey::new("demo", "httpbin-1"))
+        );
+        assert!(!st.dirty.status);
+        st.publish(Instant::now());
+        let after = st.cfg.handle.load();
+        assert!(after.version > before.version);
+        assert!(
+            Arc::ptr_eq(&before.authorizer, &after.authorizer),
+            "policies recompiled for an endpoint change"
+        );
+        assert!(
+            !rx.has_changed().unwrap(),
+            "status pass for a change status does not read"
+        );
+    }
+
+    #[test]
+    fn an_invalid_policy_is_kept_out_and_marks_status() {
+        let (mut st, rx) = synced(vec![(Kind::Gateway, GATEWAY)]);
+        let invalid = POLICY.replace("action: DENY", "action: DENY\n  provider: {name: x}");
+        st.update(Update::Apply(
+            Kind::AuthorizationPolicy,
+            Ok(object(Kind::AuthorizationPolicy, &invalid)),
+        ));
+        let key = ObjectKey::new("demo", "deny-all");
+        assert!(
+            st.invalid
+                .contains_key(&(Kind::AuthorizationPolicy, key.clone()))
+        );
+        assert!(
+            !st.store
+                .lock()
+                .unwrap()
+                .contains(Kind::AuthorizationPolicy, &key)
+        );
+        assert!(st.dirty.status && !st.dirty.snapshot.policies);
+        st.publish(Instant::now());
+        assert!(
+            rx.borrow()
+                .invalid
+                .contains_key(&(Kind::AuthorizationPolicy, key))
+        );
     }
 }

@@ -11,7 +11,7 @@
 //! swapped in atomically from their own tasks; [`admin`] serves readiness, metrics
 //! and the config dump on separate listeners. [`app`] wires it together.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
 pub mod authn;
 pub mod hbone;

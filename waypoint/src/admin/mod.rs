@@ -36,7 +36,7 @@ const MAX_HEADERS: usize = 32;
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub config: Arc<StateHandle>,
     pub metrics: Arc<Metrics>,
     pub identity: Arc<Identity>,
@@ -47,14 +47,14 @@ pub struct AdminState {
 /// Which endpoints a listener serves: readiness and metrics are reachable from the network (kubelet,
 /// Prometheus); the config dump stays on a local-only admin listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Readiness,
     Metrics,
     Admin,
 }
 
 /// Serves `role`'s endpoints on `listener` until the future is dropped.
-pub async fn serve(listener: TcpListener, state: AdminState, role: Role) {
+pub(crate) async fn serve(listener: TcpListener, state: AdminState, role: Role) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,

@@ -10,13 +10,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gateway_api_bindings::ObjectKey;
-use policy_engine::path::PathNormalization;
 
 use crate::authn::jwks::JwksOptions;
 use crate::hbone::server::ServerSettings;
 use crate::identity::IdentitySource;
 use crate::source::kube::KubeSettings;
 use crate::source::kube::mesh_config::MeshConfig;
+pub use crate::source::kube::mesh_config::MeshOverrides;
 use crate::state::MeshSettings;
 
 /// Where the mesh objects come from.
@@ -47,33 +47,6 @@ impl Source {
             Source::File { gateway, .. } => gateway.as_ref(),
             Source::Kubernetes(k) => Some(&k.gateway),
         }
-    }
-}
-
-/// Mesh-wide values given as flags: each wins over Istio's mesh ConfigMap, which wins over
-/// Istio's defaults (see [`MeshConfig::settings`]).
-#[derive(Debug, Clone, Default)]
-pub struct MeshOverrides {
-    pub root_namespace: Option<String>,
-    pub trust_domain: Option<String>,
-    /// Replaces the mesh config's `trustDomainAliases` when given (`--trust-domain-alias`
-    /// absent leaves it `None`).
-    pub trust_domain_aliases: Option<Vec<String>>,
-    pub path_normalization: Option<PathNormalization>,
-}
-
-impl MeshOverrides {
-    /// The mesh settings in force: these flags, then `mesh_config` (Istio's mesh ConfigMap; the
-    /// file source has none), then Istio's defaults.
-    pub fn resolve(
-        &self,
-        mesh_config: Option<&MeshConfig>,
-        gateway: Option<&ObjectKey>,
-    ) -> MeshSettings {
-        mesh_config
-            .cloned()
-            .unwrap_or_default()
-            .settings(self, gateway)
     }
 }
 

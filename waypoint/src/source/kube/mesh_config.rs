@@ -5,8 +5,35 @@ use serde::Deserialize;
 
 use gateway_api_bindings::ObjectKey;
 
-use crate::settings::MeshOverrides;
 use crate::state::MeshSettings;
+
+/// Mesh-wide values given as flags: each wins over Istio's mesh ConfigMap, which wins over
+/// Istio's defaults (see [`MeshConfig::settings`]). It lives beside the
+/// mesh config, below the process `Settings`, because both sources resolve it.
+#[derive(Debug, Clone, Default)]
+pub struct MeshOverrides {
+    pub root_namespace: Option<String>,
+    pub trust_domain: Option<String>,
+    /// Replaces the mesh config's `trustDomainAliases` when given (`--trust-domain-alias`
+    /// absent leaves it `None`).
+    pub trust_domain_aliases: Option<Vec<String>>,
+    pub path_normalization: Option<PathNormalization>,
+}
+
+impl MeshOverrides {
+    /// The mesh settings in force: these flags, then `mesh_config` (Istio's mesh ConfigMap; the
+    /// file source has none), then Istio's defaults.
+    pub fn resolve(
+        &self,
+        mesh_config: Option<&MeshConfig>,
+        gateway: Option<&ObjectKey>,
+    ) -> MeshSettings {
+        mesh_config
+            .cloned()
+            .unwrap_or_default()
+            .settings(self, gateway)
+    }
+}
 
 /// What the ConfigMap said; unset fields keep Istio's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -28,9 +28,9 @@ use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
 
 use self::lease::LeaseOptions;
+use self::mesh_config::MeshOverrides;
 use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
-use crate::settings::MeshOverrides;
 use crate::state::StateHandle;
 
 /// Our own field manager for status writes.

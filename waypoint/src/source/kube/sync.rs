@@ -15,10 +15,10 @@ use gateway_api_bindings::well_known::SERVICE_NAME_LABEL;
 use gateway_api_bindings::{Kind, LoadError, Object, ObjectKey, Origin, Store, status};
 
 use super::mesh_config::MeshConfig;
+use super::mesh_config::MeshOverrides;
 use super::watch::{Invalid, Parsed, Update};
 use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
-use crate::settings::MeshOverrides;
 use crate::state::assemble::{Assembled, Assembler, Changes, Validation};
 use crate::state::{MeshSettings, StateHandle};
 

@@ -26,6 +26,8 @@ const FORWARDED: &str = "for=\"10.244.1.9:51000\"";
 fn kube_opts(api: &FakeApiServer, identity: &str) -> KubeSettings {
     let mut k = KubeSettings::new(ObjectKey::new("ambient-demo", "waypoint"));
     k.kubeconfig = Some(api.kubeconfig.clone());
+    // As the release owning the class runs: only classes naming our controller are touched.
+    k.gateway_status.class_status = true;
     if let Some(lease) = &mut k.status {
         lease.identity = identity.to_owned();
         lease.duration = Duration::from_secs(1);
@@ -664,7 +666,8 @@ async fn istiod_beside_us_neither_loops_nor_loses_a_condition() {
             t.sort();
             t
         };
-        let both = vec![ENFORCED.to_owned(), "WaypointAccepted".to_owned()];
+        let mut both = vec![ENFORCED.to_owned(), "WaypointAccepted".to_owned()];
+        both.sort();
         let converged = |generation: i64| {
             istiod_reconcile(api, "deny-curl");
             types() == both && condition(api, "deny-curl").is_some_and(|c| c["observedGeneration"] == generation)
@@ -745,6 +748,16 @@ async fn root_namespace_policy_on_our_class_binds() {
         })
         .await;
         assert_eq!(call(mesh, &mesh.curl, HTTPBIN_VIP, "GET").await, 403);
+        // --gateway-class-status: Accepted on our class (and only there).
+        until("Accepted on our GatewayClass", || async {
+            api.get("gateway.networking.k8s.io/v1", "GatewayClass", "", "rust-waypoint")
+                .and_then(|g| g["status"]["conditions"].as_array().cloned())
+                .is_some_and(|cs| cs.iter().any(|c| {
+                    c["type"] == "Accepted" && c["status"] == "True" && c["reason"] == "Accepted" && c["observedGeneration"] == 1
+                }))
+        })
+        .await;
+        assert!(api.patches().iter().filter(|p| p.resource == "gatewayclasses").all(|p| p.name == "rust-waypoint"));
         assert!(api.delete("security.istio.io/v1", "AuthorizationPolicy", "istio-system", "deny-rust-waypoint"));
         until("allowed again", || async { call(mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await == 200 }).await;
     })

@@ -90,6 +90,8 @@ pub fn watch_own_pods(
         let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
         let mut pods: BTreeMap<String, bool> = BTreeMap::new();
         let mut listing: BTreeMap<String, bool> = BTreeMap::new();
+        // Kept here, not read back from `tx`: a borrow held across `send_if_modified` deadlocks.
+        let mut listed = false;
         while let Some(event) = stream.next().await {
             match event {
                 Ok(Event::Init) => listing.clear(),
@@ -98,15 +100,16 @@ pub fn watch_own_pods(
                 }
                 Ok(Event::InitDone) => {
                     pods = std::mem::take(&mut listing);
-                    publish(&tx, &pods, true);
+                    listed = true;
+                    publish(&tx, &pods, listed);
                 }
                 Ok(Event::Apply(p)) => {
                     pods.insert(p.name_any(), is_ready(&p));
-                    publish(&tx, &pods, tx.borrow().listed);
+                    publish(&tx, &pods, listed);
                 }
                 Ok(Event::Delete(p)) => {
                     pods.remove(&p.name_any());
-                    publish(&tx, &pods, tx.borrow().listed);
+                    publish(&tx, &pods, listed);
                 }
                 Err(e) => {
                     metrics.kube_watch_errors.inc();

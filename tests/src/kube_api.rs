@@ -296,27 +296,25 @@ impl FakeApiServer {
             .cloned()
     }
 
-    /// A server-side apply of `body` on the object's status as `field_manager`: what another
-    /// controller (istiod) writing beside the waypoint does. Recorded in [`Self::patches`].
+    /// A server-side apply of `body` (apiVersion, kind, metadata name/namespace and status) on
+    /// the object's status as `field_manager`: what another controller (istiod) writing beside
+    /// the waypoint does. Recorded in [`Self::patches`].
     pub fn apply_status(
         &self,
-        api_version: &str,
-        kind: &str,
-        namespace: &str,
-        name: &str,
         field_manager: &str,
         force: bool,
         body: Value,
     ) -> anyhow::Result<Value> {
-        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let resource = resource_of(&body)?;
+        let (namespace, name) = ns_name(&body);
         let target = Target {
-            resource: (group.to_owned(), plural(kind)),
-            namespace: (!namespace.is_empty()).then(|| namespace.to_owned()),
-            name: Some(name.to_owned()),
+            resource,
+            namespace: (!namespace.is_empty()).then_some(namespace),
+            name: Some(name.clone()),
             status: true,
         };
         self.inner
-            .apply_status(&target, name, field_manager, force, body)
+            .apply_status(&target, &name, field_manager, force, body)
             .map_err(|(code, m)| anyhow::anyhow!("{code}: {m}"))
     }
 

@@ -635,16 +635,8 @@ fn istiod_reconcile(api: &FakeApiServer, name: &str) -> bool {
             "lastTransitionTime": "2026-12-01T00:00:00Z",
         }]},
     });
-    api.apply_status(
-        "security.istio.io/v1",
-        "AuthorizationPolicy",
-        "ambient-demo",
-        name,
-        "istio-ambient-waypoint-policy",
-        true,
-        body,
-    )
-    .unwrap();
+    api.apply_status("istio-ambient-waypoint-policy", true, body)
+        .unwrap();
     true
 }
 

@@ -1,4 +1,4 @@
-//! Writes our condition ([`ENFORCED_CONDITION`]) on the policies that concern this waypoint,
+//! Writes our condition (`rust-waypoint.io/WaypointEnforced`) on the policies that concern this waypoint,
 //! and (through [`gateway_status`]) its Gateway's status, with server-side apply under our own
 //! field manager. Only the Lease holder writes.
 //!
@@ -15,7 +15,7 @@ use futures::StreamExt;
 use gateway_api_bindings::attachment::Targeting;
 use gateway_api_bindings::istio::IstioCondition;
 use gateway_api_bindings::status::{self, Condition};
-use gateway_api_bindings::{Kind, Object, ObjectKey, Store, well_known};
+use gateway_api_bindings::{Kind, Object, ObjectKey, Store};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -323,75 +323,27 @@ fn store_status(store: &Store, kind: Kind, key: &ObjectKey) -> Option<Vec<IstioC
     status.map(|s| s.conditions)
 }
 
-/// Our own condition type on policies: "this waypoint enforces it" (or why not).
-///
-/// Not `WaypointAccepted`: istiod writes that type on every policy with targetRefs, and Istio's
-/// `status.conditions` has no schema, so each server-side apply replaces the whole list. Two
-/// writers of one type would each put back their own version forever. With a type of our own,
-/// the only effect of istiod's apply is to drop our condition from the list, which we put back
-/// once beside istiod's unchanged `WaypointAccepted`; istiod then finds its condition as it
-/// wants it and writes nothing more.
-pub const ENFORCED_CONDITION: &str = "rust-waypoint.io/WaypointEnforced";
-
-/// Whether we also write `WaypointAccepted`. No: istiod writes it for every policy with
-/// targetRefs (reporting on a Gateway of our class too once it has addresses), and a second
-/// writer of the same type in a list each writer replaces whole would flap.
-fn writes_waypoint_accepted() -> bool {
-    false
-}
-
 /// The apply body for `c` on a policy, or `None` when the object already shows it.
+///
+/// Our condition type is our own, [`WAYPOINT_ENFORCED`](gateway_api_bindings::well_known::WAYPOINT_ENFORCED): istiod writes
+/// `WaypointAccepted` itself, and Istio's `status.conditions` has no schema, so each server-side
+/// apply replaces the whole list. Two writers of one type would each put back their own version
+/// forever. With a type of our own, istiod's apply only drops our condition from the list; we
+/// put it back once beside istiod's unchanged condition, and istiod, finding its condition as it
+/// wants it, writes nothing more. `WaypointAccepted` we write only where
+/// [`status::writes_waypoint_accepted`] says no one else does.
 fn policy_write(
     kind: Kind,
     key: &ObjectKey,
     c: &Condition,
     observed: &[IstioCondition],
 ) -> Option<Write> {
-    let as_type = |type_: &str| IstioCondition {
-        type_: type_.to_owned(),
-        status: if c.status { "True" } else { "False" }.to_owned(),
-        reason: Some(c.reason.as_str().to_owned()),
-        message: Some(c.message.clone()),
-        observed_generation: c.observed_generation,
-        last_transition_time: None,
-    };
-    let mut ours = vec![as_type(ENFORCED_CONDITION)];
-    if writes_waypoint_accepted() {
-        ours.push(as_type(well_known::WAYPOINT_ACCEPTED));
-    }
-    let mut changed = false;
-    for o in &mut ours {
-        let Some(e) = observed.iter().find(|e| e.type_ == o.type_) else {
-            changed = true;
-            continue;
-        };
-        let mut e = e.clone();
-        let time = e.last_transition_time.take();
-        if e != *o {
-            changed = true;
-        }
-        // Same status: the transition time stays.
-        if e.status == o.status {
-            o.last_transition_time = time;
-        }
-    }
-    changed.then(|| body(kind, key, observed, ours))
+    let conditions = status::policy_conditions(observed, c);
+    (conditions.as_slice() != observed).then(|| body(kind, key, conditions))
 }
 
-/// Other writers' conditions (istiod's `ZtunnelAccepted`, `WaypointAccepted`) as last seen,
-/// then ours: the list is replaced whole by this apply.
-fn body(
-    kind: Kind,
-    key: &ObjectKey,
-    observed: &[IstioCondition],
-    ours: Vec<IstioCondition>,
-) -> Write {
-    let mut conditions: Vec<IstioCondition> = observed
-        .iter()
-        .filter(|o| !ours.iter().any(|c| c.type_ == o.type_))
-        .cloned()
-        .collect();
-    conditions.extend(ours);
+/// The whole list (other writers' conditions as last seen, and ours): the apply replaces it.
+fn body(kind: Kind, key: &ObjectKey, conditions: Vec<IstioCondition>) -> Write {
     let (group, k) = kind.group_kind();
     Write {
         kind,

@@ -10,7 +10,7 @@
 //!
 //! Objects are kept as JSON, keyed by API group (any version is served) and plural.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,6 +60,8 @@ struct State {
     list_pages: BTreeMap<Resource, u64>,
     /// `(apiVersion, kind)` per resource, for bookmarks (clients decode them as the type).
     types: BTreeMap<Resource, (String, String)>,
+    /// Server-side apply ownership of status fields: object -> field manager -> field paths.
+    managed: BTreeMap<(Resource, String, String), BTreeMap<String, BTreeSet<String>>>,
 }
 
 /// A status patch the server received.
@@ -294,6 +296,49 @@ impl FakeApiServer {
             .cloned()
     }
 
+    /// A server-side apply of `body` (apiVersion, kind, metadata name/namespace and status) on
+    /// the object's status as `field_manager`: what another controller (istiod) writing beside
+    /// the waypoint does. Recorded in [`Self::patches`].
+    pub fn apply_status(
+        &self,
+        field_manager: &str,
+        force: bool,
+        body: Value,
+    ) -> anyhow::Result<Value> {
+        let resource = resource_of(&body)?;
+        let (namespace, name) = ns_name(&body);
+        let target = Target {
+            resource,
+            namespace: (!namespace.is_empty()).then_some(namespace),
+            name: Some(name.clone()),
+            status: true,
+        };
+        self.inner
+            .apply_status(&target, &name, field_manager, force, body)
+            .map_err(|(code, m)| anyhow::anyhow!("{code}: {m}"))
+    }
+
+    /// Which status fields each field manager owns on an object.
+    pub fn managers(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> BTreeMap<String, BTreeSet<String>> {
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let key = (
+            (group.to_owned(), plural(kind)),
+            namespace.to_owned(),
+            name.to_owned(),
+        );
+        lock(&self.inner.state)
+            .managed
+            .get(&key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Status patches received so far.
     pub fn patches(&self) -> Vec<Patch> {
         lock(&self.inner.state).patches.clone()
@@ -475,6 +520,88 @@ fn matches(q: &Query, ns_filter: Option<&str>, object: &Value) -> bool {
             .all(|(k, v)| object["metadata"]["labels"][k.as_str()].as_str() == Some(v.as_str()))
 }
 
+/// The field paths of a status with their values: `conditions[<type>]` for each condition when
+/// conditions are keyed by type (Gateway API), else one path per top-level key.
+fn status_fields(keyed_conditions: bool, status: &Value) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for (k, v) in status.as_object().into_iter().flatten() {
+        match (k.as_str(), v.as_array()) {
+            ("conditions", Some(conds)) if keyed_conditions => {
+                for c in conds {
+                    let t = c["type"].as_str().unwrap_or("");
+                    out.push((format!("conditions[{t}]"), c.clone()));
+                }
+            }
+            _ => out.push((k.clone(), v.clone())),
+        }
+    }
+    out
+}
+
+fn condition_type(path: &str) -> Option<&str> {
+    path.strip_prefix("conditions[")?.strip_suffix(']')
+}
+
+fn set_status_field(status: &mut Value, path: &str, value: Value) {
+    let Some(t) = condition_type(path) else {
+        status[path] = value;
+        return;
+    };
+    if !status["conditions"].is_array() {
+        status["conditions"] = json!([]);
+    }
+    if let Some(conds) = status["conditions"].as_array_mut() {
+        match conds.iter_mut().find(|c| c["type"] == t) {
+            Some(c) => *c = value,
+            None => conds.push(value),
+        }
+    }
+}
+
+fn remove_status_field(status: &mut Value, path: &str) {
+    match condition_type(path) {
+        Some(t) => {
+            if let Some(conds) = status["conditions"].as_array_mut() {
+                conds.retain(|c| c["type"] != t);
+            }
+        }
+        None => {
+            if let Some(m) = status.as_object_mut() {
+                m.remove(path);
+            }
+        }
+    }
+}
+
+/// `metadata.managedFields` as the API server shows it (status subresource, Apply).
+fn managed_fields(owners: &BTreeMap<String, BTreeSet<String>>) -> Value {
+    let entries: Vec<Value> = owners
+        .iter()
+        .map(|(manager, fields)| {
+            let mut f = serde_json::Map::new();
+            for path in fields {
+                match condition_type(path) {
+                    Some(t) => {
+                        let conds = f.entry("f:conditions").or_insert_with(|| json!({}));
+                        conds[format!("k:{{\"type\":\"{t}\"}}")] = json!({});
+                    }
+                    None => {
+                        f.insert(format!("f:{path}"), json!({}));
+                    }
+                }
+            }
+            json!({
+                "manager": manager,
+                "operation": "Apply",
+                "subresource": "status",
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:status": f},
+            })
+        })
+        .collect();
+    entries.into()
+}
+
 impl Inner {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         lock(&self.state).requests += 1;
@@ -625,6 +752,17 @@ impl Inner {
                 o["status"] = s.clone();
             }
         }
+        match &existing {
+            // Status ownership survives updates of the main resource.
+            Some(e) if e["metadata"].get("managedFields").is_some() => {
+                o["metadata"]["managedFields"] = e["metadata"]["managedFields"].clone();
+            }
+            Some(_) => {}
+            None => {
+                st.managed
+                    .remove(&(resource.clone(), key.0.clone(), key.1.clone()));
+            }
+        }
         let kind = if existing.is_some() {
             "MODIFIED"
         } else {
@@ -644,6 +782,8 @@ impl Inner {
             .objects
             .get_mut(resource)?
             .remove(&(ns.to_owned(), name.to_owned()))?;
+        st.managed
+            .remove(&(resource.clone(), ns.to_owned(), name.to_owned()));
         st.rv += 1;
         let rv = st.rv;
         o["metadata"]["resourceVersion"] = rv.to_string().into();
@@ -674,48 +814,87 @@ impl Inner {
     }
 
     fn patch_status(&self, target: &Target, name: &str, q: &Query, patch: Value) -> Response<Body> {
+        if q.field_manager.is_empty() {
+            return error(422, "Invalid", "fieldManager is required for apply patches");
+        }
+        match self.apply_status(target, name, &q.field_manager, q.force, patch) {
+            Ok(o) => full(StatusCode::OK, &o),
+            Err((404, m)) => error(404, "NotFound", &m),
+            Err((409, m)) => error(409, "Conflict", &m),
+            Err((code, m)) => error(code, "Invalid", &m),
+        }
+    }
+
+    /// Server-side apply on `status` (see the module docs for the ownership rules).
+    fn apply_status(
+        &self,
+        target: &Target,
+        name: &str,
+        manager: &str,
+        force: bool,
+        patch: Value,
+    ) -> Result<Value, (u16, String)> {
         let ns = target.namespace.clone().unwrap_or_default();
         let mut st = lock(&self.state);
-        let Some(existing) = st
+        let Some(mut o) = st
             .objects
             .get(&target.resource)
             .and_then(|m| m.get(&(ns.clone(), name.to_owned())))
             .cloned()
         else {
-            return error(
-                404,
-                "NotFound",
-                &format!("{} \"{name}\" not found", target.resource.1),
-            );
+            return Err((404, format!("{} \"{name}\" not found", target.resource.1)));
         };
-        if q.field_manager.is_empty() {
-            return error(422, "Invalid", "fieldManager is required for apply patches");
-        }
         st.patches.push(Patch {
             resource: target.resource.1.clone(),
             namespace: ns.clone(),
             name: name.to_owned(),
-            field_manager: q.field_manager.clone(),
-            force: q.force,
+            field_manager: manager.to_owned(),
+            force,
             body: patch.clone(),
         });
-        let mut o = existing;
-        let new_status = patch.get("status").cloned().unwrap_or(Value::Null);
-        if target.resource.0 == "gateway.networking.k8s.io" {
-            // Gateway API declares conditions a list-map keyed by type: apply merges by type.
-            let mut conds: Vec<Value> = o["status"]["conditions"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            for c in new_status["conditions"].as_array().into_iter().flatten() {
-                conds.retain(|e| e["type"] != c["type"]);
-                conds.push(c.clone());
-            }
-            o["status"]["conditions"] = conds.into();
-        } else {
-            // Istio's status has no schema: lists are atomic and replaced.
-            o["status"] = new_status;
+        let keyed = target.resource.0 == "gateway.networking.k8s.io";
+        let applied = status_fields(keyed, patch.get("status").unwrap_or(&Value::Null));
+        let object_key = (target.resource.clone(), ns.clone(), name.to_owned());
+        let mut owners = st.managed.get(&object_key).cloned().unwrap_or_default();
+        if !o["status"].is_object() {
+            o["status"] = json!({});
         }
+        let current = status_fields(keyed, &o["status"]);
+        if !force {
+            for (path, value) in &applied {
+                let other = owners
+                    .iter()
+                    .find(|(m, fields)| m.as_str() != manager && fields.contains(path));
+                let same = current.iter().any(|(p, v)| p == path && v == value);
+                if let (Some((m, _)), false) = (other, same) {
+                    return Err((
+                        409,
+                        format!(
+                            "Apply failed with 1 conflict: conflict with \"{m}\": .status.{path}"
+                        ),
+                    ));
+                }
+            }
+        }
+        let mine: BTreeSet<String> = applied.iter().map(|(p, _)| p.clone()).collect();
+        let before = owners.remove(manager).unwrap_or_default();
+        for fields in owners.values_mut() {
+            fields.retain(|f| !mine.contains(f));
+        }
+        for dropped in before.difference(&mine) {
+            if !owners.values().any(|fields| fields.contains(dropped)) {
+                remove_status_field(&mut o["status"], dropped);
+            }
+        }
+        for (path, value) in applied {
+            set_status_field(&mut o["status"], &path, value);
+        }
+        owners.retain(|_, fields| !fields.is_empty());
+        if !mine.is_empty() {
+            owners.insert(manager.to_owned(), mine);
+        }
+        o["metadata"]["managedFields"] = managed_fields(&owners);
+        st.managed.insert(object_key, owners);
         st.rv += 1;
         let rv = st.rv;
         o["metadata"]["resourceVersion"] = rv.to_string().into();
@@ -724,7 +903,7 @@ impl Inner {
             .or_default()
             .insert((ns, name.to_owned()), o.clone());
         self.record(&mut st, rv, target.resource.clone(), "MODIFIED", o.clone());
-        full(StatusCode::OK, &o)
+        Ok(o)
     }
 
     fn list(&self, target: &Target, q: &Query) -> Response<Body> {

@@ -26,6 +26,8 @@ const FORWARDED: &str = "for=\"10.244.1.9:51000\"";
 fn kube_opts(api: &FakeApiServer, identity: &str) -> KubeSettings {
     let mut k = KubeSettings::new(ObjectKey::new("ambient-demo", "waypoint"));
     k.kubeconfig = Some(api.kubeconfig.clone());
+    // As the release owning the class runs: only classes naming our controller are touched.
+    k.gateway_status.class_status = true;
     if let Some(lease) = &mut k.status {
         lease.identity = identity.to_owned();
         lease.duration = Duration::from_secs(1);
@@ -112,9 +114,12 @@ fn condition(api: &FakeApiServer, name: &str) -> Option<Value> {
     ap["status"]["conditions"]
         .as_array()?
         .iter()
-        .find(|c| c["type"] == "WaypointAccepted")
+        .find(|c| c["type"] == ENFORCED)
         .cloned()
 }
+
+/// Our own condition type on policies (istiod keeps `WaypointAccepted`).
+const ENFORCED: &str = "rust-waypoint.io/WaypointEnforced";
 
 fn policy(name: &str, spec: &str) -> String {
     format!(
@@ -134,7 +139,7 @@ async fn policies_apply_change_and_go_with_status() {
         api.apply_yaml(&policy("deny-curl", DENY_CURL)).unwrap();
         until("the DENY applies", || async { call(mesh, &mesh.curl, HTTPBIN_VIP, "GET").await == 403 }).await;
         assert_eq!(call(mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await, 200);
-        until("WaypointAccepted on the policy", || async {
+        until("WaypointEnforced on the policy", || async {
             condition(api, "deny-curl").is_some_and(|c| c["status"] == "True" && c["observedGeneration"] == 1)
         })
         .await;
@@ -144,12 +149,8 @@ async fn policies_apply_change_and_go_with_status() {
         assert!(cond["lastTransitionTime"].is_string());
         let patches = api.patches();
         assert!(patches.iter().all(|p| p.field_manager == "rust-waypoint" && p.force), "{patches:?}");
-        until("Programmed on the Gateway", || async {
-            api.get("gateway.networking.k8s.io/v1", "Gateway", "ambient-demo", "waypoint")
-                .and_then(|g| g["status"]["conditions"].as_array().cloned())
-                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Programmed" && c["status"] == "True"))
-        })
-        .await;
+        // The Gateway's class is istiod's (`istio-waypoint`): its status is istiod's to write.
+        assert!(patches.iter().all(|p| p.resource != "gateways"), "{patches:?}");
 
         // Changed: only POST is denied now.
         let post_only = "{targetRefs: [{kind: Service, group: '', name: httpbin}], action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/ambient-demo/sa/curl]}}], to: [{operation: {methods: [POST]}}]}]}";
@@ -579,16 +580,178 @@ async fn request_authentication_applies_and_goes() {
         until("the token's principal is allowed", || async { with_token(alice.clone()).await == 200 }).await;
         assert_eq!(with_token(bad.clone()).await, 401, "a token signed by another key");
         assert_eq!(call(mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await, 403, "no token: no principal");
-        until("WaypointAccepted on the RequestAuthentication", || async {
+        until("WaypointEnforced on the RequestAuthentication", || async {
             api.get("security.istio.io/v1", "RequestAuthentication", "ambient-demo", "jwt")
                 .and_then(|o| o["status"]["conditions"].as_array().cloned())
-                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "WaypointAccepted" && c["status"] == "True"))
+                .is_some_and(|cs| cs.iter().any(|c| c["type"] == ENFORCED && c["status"] == "True"))
         })
         .await;
         assert!(api.delete("security.istio.io/v1", "RequestAuthentication", "ambient-demo", "jwt"));
         // Without rules the token is not read at all: no principal, so the ALLOW fails (403),
         // and a token nobody can check is not a 401 any more.
         until("the rules are gone", || async { with_token(bad.clone()).await == 403 }).await;
+    })
+    .await
+    .unwrap();
+}
+
+/// One reconcile of istiod's `WaypointAccepted` writer as istiod runs it
+/// (`statusqueue.translateToPatch`): compare its own condition with the object, and when it is
+/// missing or different apply, with force, a list holding only its own type. The list has no
+/// schema, so that apply replaces it whole, dropping everyone else's conditions. Returns whether
+/// it wrote.
+fn istiod_reconcile(api: &FakeApiServer, name: &str) -> bool {
+    let Some(ap) = api.get(
+        "security.istio.io/v1",
+        "AuthorizationPolicy",
+        "ambient-demo",
+        name,
+    ) else {
+        return false;
+    };
+    let generation = ap["metadata"]["generation"].clone();
+    let message = "bound to ambient-demo/waypoint (istiod)";
+    let current = ap["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let as_wanted = current.iter().any(|c| {
+        c["type"] == "WaypointAccepted"
+            && c["status"] == "True"
+            && c["reason"] == "Accepted"
+            && c["message"] == message
+            && c["observedGeneration"] == generation
+    });
+    if as_wanted {
+        return false;
+    }
+    let body = serde_json::json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": "ambient-demo"},
+        "status": {"conditions": [{
+            "type": "WaypointAccepted", "status": "True", "reason": "Accepted",
+            "message": message, "observedGeneration": generation,
+            "lastTransitionTime": "2026-12-01T00:00:00Z",
+        }]},
+    });
+    api.apply_status("istio-ambient-waypoint-policy", true, body)
+        .unwrap();
+    true
+}
+
+/// istiod writes `WaypointAccepted` on the same policies we write our condition on, each apply
+/// replacing the whole list: both conditions end up present and the writes stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istiod_beside_us_neither_loops_nor_loses_a_condition() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster("", true).await;
+        let api = &c.api;
+        let types = || {
+            let ap = api.get("security.istio.io/v1", "AuthorizationPolicy", "ambient-demo", "deny-curl");
+            let mut t: Vec<String> = ap
+                .and_then(|a| a["status"]["conditions"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c["type"].as_str().unwrap_or("").to_owned())
+                .collect();
+            t.sort();
+            t
+        };
+        let mut both = vec![ENFORCED.to_owned(), "WaypointAccepted".to_owned()];
+        both.sort();
+        let converged = |generation: i64| {
+            istiod_reconcile(api, "deny-curl");
+            types() == both && condition(api, "deny-curl").is_some_and(|c| c["observedGeneration"] == generation)
+        };
+        let quiet = || async {
+            // Long enough for several rounds of watch echoes; each round istiod reconciles too.
+            let before = api.patches().len();
+            for _ in 0..40 {
+                assert!(!istiod_reconcile(api, "deny-curl"), "istiod had to write again: {:#?}", api.patches());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(api.patches().len(), before, "writes after convergence: {:#?}", &api.patches()[before..]);
+        };
+
+        api.apply_yaml(&policy("deny-curl", DENY_CURL)).unwrap();
+        let start = api.patches().len();
+        until("both conditions present", || async { converged(1) }).await;
+        quiet().await;
+        let writes = api.patches().len() - start;
+        assert!(writes <= 4, "{writes} writes to converge: {:#?}", &api.patches()[start..]);
+        let ours = condition(api, "deny-curl").unwrap();
+        assert_eq!((ours["status"].as_str(), ours["reason"].as_str()), (Some("True"), Some("Accepted")));
+
+        // A spec change: both writers move to generation 2, again without a loop.
+        let start = api.patches().len();
+        let post_only = "{targetRefs: [{kind: Service, group: '', name: httpbin}], action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/ambient-demo/sa/curl]}}], to: [{operation: {methods: [POST]}}]}]}";
+        api.apply_yaml(&policy("deny-curl", post_only)).unwrap();
+        until("both at generation 2", || async {
+            converged(2)
+                && api
+                    .get("security.istio.io/v1", "AuthorizationPolicy", "ambient-demo", "deny-curl")
+                    .and_then(|a| a["status"]["conditions"].as_array().cloned())
+                    .is_some_and(|cs| cs.iter().all(|c| c["observedGeneration"] == 2))
+        })
+        .await;
+        quiet().await;
+        let writes = api.patches().len() - start;
+        assert!(writes <= 4, "{writes} writes to converge: {:#?}", &api.patches()[start..]);
+        let managers: Vec<String> = api.patches()[start..].iter().map(|p| p.field_manager.clone()).collect();
+        assert!(managers.iter().all(|m| m == "rust-waypoint" || m == "istio-ambient-waypoint-policy"), "{managers:?}");
+    })
+    .await
+    .unwrap();
+}
+
+/// "Default DENY at all waypoints": a policy in the root namespace targeting our GatewayClass
+/// binds to every waypoint of that class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_namespace_policy_on_our_class_binds() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster("", true).await;
+        let (mesh, api) = (&c.mesh, &c.api);
+        api.apply_yaml(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: rust-waypoint}\n\
+             spec: {controllerName: rust-waypoint.io/controller}\n",
+        )
+        .unwrap();
+        let mut gw = api.get("gateway.networking.k8s.io/v1", "Gateway", "ambient-demo", "waypoint").unwrap();
+        gw["spec"]["gatewayClassName"] = "rust-waypoint".into();
+        gw.as_object_mut().unwrap().remove("status");
+        api.apply(gw).unwrap();
+        let deny_all = |class: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-{class}, namespace: istio-system}}\n\
+                 spec: {{targetRefs: [{{kind: GatewayClass, group: gateway.networking.k8s.io, name: {class}}}], action: DENY, rules: [{{}}]}}\n"
+            )
+        };
+        // Istio's class is not ours any more: its root policy does not bind here.
+        api.apply_yaml(&deny_all("istio-waypoint")).unwrap();
+        until("the Gateway's class change applies", || async {
+            mesh.running().config.load().waypoint.class == "rust-waypoint"
+        })
+        .await;
+        assert_eq!(call(mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await, 200);
+        api.apply_yaml(&deny_all("rust-waypoint")).unwrap();
+        until("the root DENY on our class applies", || async {
+            call(mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await == 403
+        })
+        .await;
+        assert_eq!(call(mesh, &mesh.curl, HTTPBIN_VIP, "GET").await, 403);
+        // --gateway-class-status: Accepted on our class (and only there).
+        until("Accepted on our GatewayClass", || async {
+            api.get("gateway.networking.k8s.io/v1", "GatewayClass", "", "rust-waypoint")
+                .and_then(|g| g["status"]["conditions"].as_array().cloned())
+                .is_some_and(|cs| cs.iter().any(|c| {
+                    c["type"] == "Accepted" && c["status"] == "True" && c["reason"] == "Accepted" && c["observedGeneration"] == 1
+                }))
+        })
+        .await;
+        assert!(api.patches().iter().filter(|p| p.resource == "gatewayclasses").all(|p| p.name == "rust-waypoint"));
+        assert!(api.delete("security.istio.io/v1", "AuthorizationPolicy", "istio-system", "deny-rust-waypoint"));
+        until("allowed again", || async { call(mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await == 200 }).await;
     })
     .await
     .unwrap();

@@ -56,6 +56,13 @@ pub(crate) struct RunArgs {
     /// Do not write policy and Gateway status (no Lease either).
     #[arg(long)]
     no_status: bool,
+    /// Kubernetes' cluster domain: the Gateway's status address is `<svc>.<ns>.svc.<domain>`.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Also write `Accepted` on the GatewayClasses whose controllerName is
+    /// `rust-waypoint.io/controller` (set by the release that owns the class).
+    #[arg(long, requires = "kubernetes")]
+    gateway_class_status: bool,
     /// Istio's root namespace [default: the mesh config's, else istio-system].
     #[arg(long)]
     root_namespace: Option<String>,
@@ -219,6 +226,8 @@ fn settings(args: RunArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Resu
             if let (Some(lease), Some(pod)) = (&mut k.status, env("POD_NAME")) {
                 lease.identity = pod;
             }
+            k.gateway_status.cluster_domain = args.cluster_domain.clone();
+            k.gateway_status.class_status = args.gateway_class_status;
             Source::Kubernetes(Box::new(k))
         }
         (None, None) => bail!("give --config PATH or --kubernetes"),

@@ -3,7 +3,9 @@
 //!
 //! * [`watch`]: one kube-runtime watcher per kind (backoff on errors, relist after a 410).
 //! * [`sync`]: debounced, incremental snapshot builds; readiness after the first full sync.
-//! * [`status_writer`] and [`lease`]: `WaypointAccepted` / `Programmed` written by the Lease holder.
+//! * [`status_writer`] and [`lease`]: policy conditions written by the Lease holder;
+//!   [`gateway_status`]: its Gateway's `Accepted`, `Programmed` and addresses, and `Accepted` on
+//!   our GatewayClass.
 //! * [`mesh_config`]: root namespace, trust domain and path normalization from Istio's mesh
 //!   ConfigMap, unless flags say otherwise.
 //!
@@ -13,6 +15,7 @@
 //!
 //! [`Store`]: gateway_api_bindings::Store
 
+pub mod gateway_status;
 pub mod lease;
 pub mod mesh_config;
 pub mod status_writer;
@@ -27,6 +30,7 @@ use gateway_api_bindings::ObjectKey;
 use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
 
+use self::gateway_status::GatewayStatusOptions;
 use self::lease::LeaseOptions;
 use self::mesh_config::MeshOverrides;
 use crate::authn::jwks::JwksRegistry;
@@ -52,6 +56,8 @@ pub struct KubeSettings {
     pub max_delay: Duration,
     /// `None`: never write status (a read-only replica, or RBAC without status rights).
     pub status: Option<LeaseOptions>,
+    /// The cluster domain and whether to write GatewayClass status.
+    pub gateway_status: GatewayStatusOptions,
 }
 
 impl KubeSettings {
@@ -70,6 +76,7 @@ impl KubeSettings {
                 duration: Duration::from_secs(15),
                 renew_every: Duration::from_secs(2),
             }),
+            gateway_status: GatewayStatusOptions::default(),
             gateway,
         }
     }
@@ -143,12 +150,19 @@ pub async fn start(
             leader_tx,
             metrics.clone(),
         )));
+        let (pods_task, pods) =
+            gateway_status::watch_own_pods(client.clone(), &opts.gateway, metrics.clone());
+        tasks.push(pods_task);
         let writer = status_writer::StatusWriter {
             client,
             gateway: opts.gateway.clone(),
             field_manager: FIELD_MANAGER.to_owned(),
             handle,
             metrics,
+            own: gateway_status::OwnGateway {
+                options: opts.gateway_status.clone(),
+                pods,
+            },
         };
         tasks.push(tokio::spawn(writer.run(status_rx, leader_rx)));
     }

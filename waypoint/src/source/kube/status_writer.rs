@@ -1,10 +1,11 @@
-//! Writes the `WaypointAccepted` condition on the policies that concern this waypoint, and
-//! `Programmed` on its Gateway, with server-side apply under our own field manager. Only the
-//! Lease holder writes.
+//! Writes our condition (`rust-waypoint.io/WaypointEnforced`) on the policies that concern this waypoint,
+//! and (through [`gateway_status`]) its Gateway's status, with server-side apply under our own
+//! field manager. Only the Lease holder writes.
 //!
 //! Istio declares policy `status` without a schema, so its `conditions` list is replaced as a
-//! whole by an apply: we carry over conditions of other types (istiod's `ZtunnelAccepted`) from
-//! the object as last seen. Writes are skipped when the object already shows the condition.
+//! whole by an apply: we carry over conditions of other types (istiod's `ZtunnelAccepted` and
+//! `WaypointAccepted`) from the object as last seen. Writes are skipped when the object already
+//! shows the condition.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,12 +15,13 @@ use futures::StreamExt;
 use gateway_api_bindings::attachment::Targeting;
 use gateway_api_bindings::istio::IstioCondition;
 use gateway_api_bindings::status::{self, Condition};
-use gateway_api_bindings::{Kind, Object, ObjectKey, Store, well_known};
+use gateway_api_bindings::{Kind, Object, ObjectKey, Store};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::gateway_status;
 use super::sync::StatusInput;
 use crate::metrics::Metrics;
 use crate::state::StateHandle;
@@ -40,10 +42,11 @@ impl std::fmt::Debug for StatusWriter {
 
 /// One status write.
 #[derive(Debug, Clone, PartialEq)]
-struct Write {
-    kind: Kind,
-    key: ObjectKey,
-    body: serde_json::Value,
+pub(super) struct Write {
+    pub(super) kind: Kind,
+    /// `namespace` empty for a cluster-scoped object (a GatewayClass).
+    pub(super) key: ObjectKey,
+    pub(super) body: serde_json::Value,
 }
 
 pub struct StatusWriter {
@@ -52,6 +55,8 @@ pub struct StatusWriter {
     pub field_manager: String,
     pub handle: Arc<StateHandle>,
     pub metrics: Arc<Metrics>,
+    /// The Gateway's (and GatewayClass's) status: [`gateway_status`].
+    pub own: gateway_status::OwnGateway,
 }
 
 impl StatusWriter {
@@ -64,10 +69,12 @@ impl StatusWriter {
         // repeated. Not the bodies themselves: at 10,000 policies they would cost tens of MB.
         let mut written: HashMap<(Kind, ObjectKey), u64> = HashMap::new();
         let mut retry = false;
+        let mut pods = self.own.pods.clone();
         loop {
             let changed = tokio::select! {
                 r = input.changed() => r.is_ok(),
                 r = leader.changed() => r.is_ok(),
+                r = pods.changed() => r.is_ok(),
                 _ = tokio::time::sleep(RETRY), if retry => true,
             };
             if !changed {
@@ -83,7 +90,15 @@ impl StatusWriter {
             }
             let writes: Vec<Write> = {
                 let store = self.handle.objects();
-                desired(&store, &current, &self.gateway)
+                let own = pods.borrow_and_update().clone();
+                let mut writes = desired(&store, &current, &self.gateway);
+                writes.extend(gateway_status::desired(
+                    &store,
+                    &self.gateway,
+                    &own,
+                    &self.own.options,
+                ));
+                writes
                     .into_iter()
                     .filter(|w| {
                         written.get(&(w.kind, w.key.clone())) != Some(&fingerprint(&w.body))
@@ -122,12 +137,19 @@ impl StatusWriter {
 
     async fn write(&self, w: &Write) -> bool {
         let (group, kind) = w.kind.group_kind();
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk(group, "v1", kind),
-            &format!("{}s", kind.to_ascii_lowercase()),
-        );
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &w.key.namespace, &ar);
+        let lower = kind.to_ascii_lowercase();
+        let plural = if lower.ends_with('s') {
+            format!("{lower}es")
+        } else {
+            format!("{lower}s")
+        };
+        let ar =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), &plural);
+        let api: Api<DynamicObject> = if w.key.namespace.is_empty() {
+            Api::all_with(self.client.clone(), &ar)
+        } else {
+            Api::namespaced_with(self.client.clone(), &w.key.namespace, &ar)
+        };
         let params = PatchParams::apply(&self.field_manager).force();
         let mut body = w.body.clone();
         stamp_transition_times(&mut body);
@@ -284,41 +306,6 @@ fn desired(store: &Store, input: &StatusInput, gateway: &ObjectKey) -> Vec<Write
         };
         out.extend(policy_write(*kind, key, &c, &observed));
     }
-    if let Some(gw) = store.gateways.get(gateway) {
-        let generation = gw.object.metadata.generation;
-        let observed = gw
-            .object
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == "Programmed"));
-        let message = "the waypoint has synced its configuration and is serving";
-        let current = observed.is_some_and(|c| {
-            c.status == "True"
-                && c.reason == "Programmed"
-                && c.message == message
-                && c.observed_generation == generation
-        });
-        if !current {
-            let (group, kind) = Kind::Gateway.group_kind();
-            out.push(Write {
-                kind: Kind::Gateway,
-                key: gateway.clone(),
-                body: json!({
-                    "apiVersion": format!("{group}/v1"),
-                    "kind": kind,
-                    "metadata": {"name": gateway.name, "namespace": gateway.namespace},
-                    "status": {"conditions": [{
-                        "type": "Programmed",
-                        "status": "True",
-                        "reason": "Programmed",
-                        "message": message,
-                        "observedGeneration": generation,
-                    }]},
-                }),
-            });
-        }
-    }
     out
 }
 
@@ -337,46 +324,26 @@ fn store_status(store: &Store, kind: Kind, key: &ObjectKey) -> Option<Vec<IstioC
 }
 
 /// The apply body for `c` on a policy, or `None` when the object already shows it.
+///
+/// Our condition type is our own, [`WAYPOINT_ENFORCED`](gateway_api_bindings::well_known::WAYPOINT_ENFORCED): istiod writes
+/// `WaypointAccepted` itself, and Istio's `status.conditions` has no schema, so each server-side
+/// apply replaces the whole list. Two writers of one type would each put back their own version
+/// forever. With a type of our own, istiod's apply only drops our condition from the list; we
+/// put it back once beside istiod's unchanged condition, and istiod, finding its condition as it
+/// wants it, writes nothing more. `WaypointAccepted` we write only where
+/// [`status::writes_waypoint_accepted`] says no one else does.
 fn policy_write(
     kind: Kind,
     key: &ObjectKey,
     c: &Condition,
     observed: &[IstioCondition],
 ) -> Option<Write> {
-    let ours = IstioCondition {
-        type_: well_known::WAYPOINT_ACCEPTED.to_owned(),
-        status: if c.status { "True" } else { "False" }.to_owned(),
-        reason: Some(c.reason.as_str().to_owned()),
-        message: Some(c.message.clone()),
-        observed_generation: c.observed_generation,
-        last_transition_time: None,
-    };
-    let existing = observed
-        .iter()
-        .find(|o| o.type_ == well_known::WAYPOINT_ACCEPTED);
-    if let Some(e) = existing {
-        let mut e = e.clone();
-        let time = e.last_transition_time.take();
-        if e == ours {
-            return None;
-        }
-        // Same status: the transition time stays.
-        if e.status == ours.status {
-            let mut keep = ours.clone();
-            keep.last_transition_time = time;
-            return Some(body(kind, key, observed, keep));
-        }
-    }
-    Some(body(kind, key, observed, ours))
+    let conditions = status::policy_conditions(observed, c);
+    (conditions.as_slice() != observed).then(|| body(kind, key, conditions))
 }
 
-fn body(kind: Kind, key: &ObjectKey, observed: &[IstioCondition], ours: IstioCondition) -> Write {
-    let mut conditions: Vec<IstioCondition> = observed
-        .iter()
-        .filter(|o| o.type_ != well_known::WAYPOINT_ACCEPTED)
-        .cloned()
-        .collect();
-    conditions.push(ours);
+/// The whole list (other writers' conditions as last seen, and ours): the apply replaces it.
+fn body(kind: Kind, key: &ObjectKey, conditions: Vec<IstioCondition>) -> Write {
     let (group, k) = kind.group_kind();
     Write {
         kind,

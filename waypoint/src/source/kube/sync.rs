@@ -46,6 +46,10 @@ impl Dirty {
     fn any(&self) -> bool {
         self.status || self.snapshot.any()
     }
+
+    fn status_only(&self) -> bool {
+        self.status && !self.snapshot.any()
+    }
 }
 
 #[allow(missing_debug_implementations)] // holds channels and handles only
@@ -259,8 +263,12 @@ impl State {
                     }),
                     _ => false,
                 };
-                // Status writes (our own `Programmed` among them) change nothing we read.
+                // Status writes change nothing the snapshot reads; on our own Gateway they are
+                // what the status writer compares with (addresses must never go missing).
                 if same && !delete {
+                    if *key == self.cfg.gateway {
+                        d.status = true;
+                    }
                     return;
                 }
                 d.status = true;
@@ -324,11 +332,13 @@ impl State {
                         .is_some_and(|old| old.object.spec == ap.spec),
                     _ => false,
                 };
-                // A status-only change (our own writes among them) compiles nothing.
+                // A status-only change (our own writes among them) compiles nothing, but the
+                // status writer looks again: another writer's apply replaces the whole
+                // conditions list and may have dropped ours.
                 if !same || delete {
                     d.snapshot.policies = true;
-                    d.status = true;
                 }
+                d.status = true;
             }
             Kind::RequestAuthentication => {
                 let same = match new {
@@ -340,8 +350,8 @@ impl State {
                 };
                 if !same || delete {
                     d.snapshot.authn = true;
-                    d.status = true;
                 }
+                d.status = true;
             }
         }
     }
@@ -366,6 +376,11 @@ impl State {
             return;
         }
         let dirty = std::mem::take(&mut self.dirty);
+        if !first && dirty.status_only() {
+            // Nothing the snapshot reads changed (status echoes): only the status writer looks.
+            self.publish_status();
+            return;
+        }
         let started = Instant::now();
         let store = self.store.clone();
         let store = store.lock().unwrap_or_else(|p| p.into_inner());
@@ -409,15 +424,19 @@ impl State {
             self.cfg.handle.mark_synced();
         }
         if first || dirty.status {
-            self.epoch += 1;
-            let input = StatusInput {
-                synced: true,
-                settings: self.settings.clone(),
-                invalid: self.invalid.clone(),
-                epoch: self.epoch,
-            };
-            self.cfg.status.send_replace(Arc::new(input));
+            self.publish_status();
         }
+    }
+
+    fn publish_status(&mut self) {
+        self.epoch += 1;
+        let input = StatusInput {
+            synced: true,
+            settings: self.settings.clone(),
+            invalid: self.invalid.clone(),
+            epoch: self.epoch,
+        };
+        self.cfg.status.send_replace(Arc::new(input));
     }
 }
 
@@ -497,20 +516,30 @@ spec:
         assert!(st.dirty.snapshot.policies && st.dirty.status);
         st.publish(Instant::now());
         assert_eq!(st.cfg.handle.load().authorizer.policies().len(), 1);
-        // Our own status write comes back as an update with the same spec: nothing to do.
+        // Our own status write comes back as an update with the same spec: nothing to rebuild,
+        // only the status writer looks again (another writer's apply replaces the whole
+        // conditions list and may have dropped ours; issue 16).
         let echo = format!("{POLICY}status: {{conditions: []}}\n");
         st.update(Update::Apply(
             Kind::AuthorizationPolicy,
             Ok(object(Kind::AuthorizationPolicy, &echo)),
         ));
-        assert!(!st.dirty.any(), "{:?}", st.dirty);
+        assert!(
+            !st.dirty.snapshot.any() && st.dirty.status,
+            "{:?}",
+            st.dirty
+        );
         // So is a status-only change to our Gateway.
         let gw_echo = format!("{GATEWAY}status: {{conditions: []}}\n");
         st.update(Update::Apply(
             Kind::Gateway,
             Ok(object(Kind::Gateway, &gw_echo)),
         ));
-        assert!(!st.dirty.any(), "{:?}", st.dirty);
+        assert!(
+            !st.dirty.snapshot.any() && st.dirty.status,
+            "{:?}",
+            st.dirty
+        );
         // A delete recompiles.
         st.update(Update::Delete(
             Kind::AuthorizationPolicy,

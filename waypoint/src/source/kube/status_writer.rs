@@ -356,3 +356,129 @@ fn body(kind: Kind, key: &ObjectKey, conditions: Vec<IstioCondition>) -> Write {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use gateway_api_bindings::well_known::{WAYPOINT_ACCEPTED, WAYPOINT_ENFORCED};
+
+    use super::*;
+    use crate::state::MeshSettings;
+
+    const CLUSTER: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: demo}
+spec: {gatewayClassName: rust-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ours, namespace: demo, generation: 3}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {methods: [POST]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: elsewhere, namespace: other}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{}]
+";
+
+    fn gateway() -> ObjectKey {
+        ObjectKey::new("demo", "waypoint")
+    }
+
+    fn input() -> StatusInput {
+        StatusInput {
+            synced: true,
+            settings: MeshSettings::default(),
+            invalid: BTreeMap::new(),
+            epoch: 1,
+        }
+    }
+
+    fn store(extra: &str) -> Store {
+        let mut s = Store::default();
+        let errs = s.load_str(&format!("{CLUSTER}{extra}"), None);
+        assert!(errs.is_empty(), "{errs:?}");
+        s
+    }
+
+    fn conditions(w: &Write) -> Vec<IstioCondition> {
+        serde_json::from_value(w.body["status"]["conditions"].clone()).unwrap()
+    }
+
+    fn policy_writes(writes: &[Write]) -> Vec<&Write> {
+        writes
+            .iter()
+            .filter(|w| w.kind == Kind::AuthorizationPolicy)
+            .collect()
+    }
+
+    #[test]
+    fn a_policy_on_our_gateway_gets_our_condition_and_no_other() {
+        let writes = desired(&store(""), &input(), &gateway());
+        let policies = policy_writes(&writes);
+        // Only the policy in the Gateway's namespace concerns it; `other/elsewhere` names a
+        // Gateway `waypoint` of its own namespace.
+        assert_eq!(policies.len(), 1, "{writes:?}");
+        assert_eq!(policies[0].key, ObjectKey::new("demo", "ours"));
+        let cs = conditions(policies[0]);
+        let ours = cs.iter().find(|c| c.type_ == WAYPOINT_ENFORCED).unwrap();
+        assert_eq!(ours.status, "True");
+        assert_eq!(ours.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_policy_already_showing_our_condition_is_not_written_again() {
+        let first = desired(&store(""), &input(), &gateway());
+        let written = conditions(policy_writes(&first)[0]);
+        // The echo of our apply: the object now shows exactly what we wrote.
+        let mut echoed = store("");
+        let ap = echoed
+            .authorization_policies
+            .get_mut(&ObjectKey::new("demo", "ours"))
+            .unwrap();
+        ap.object.status = Some(serde_json::from_value(json!({ "conditions": written })).unwrap());
+        let again = desired(&echoed, &input(), &gateway());
+        assert!(policy_writes(&again).is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn istiods_conditions_are_carried_over_and_its_type_left_to_it() {
+        let mut s = store("");
+        let ap = s
+            .authorization_policies
+            .get_mut(&ObjectKey::new("demo", "ours"))
+            .unwrap();
+        ap.object.status = Some(
+            serde_json::from_value(json!({"conditions": [
+                {"type": "ZtunnelAccepted", "status": "False", "reason": "UnsupportedValue",
+                 "message": "L7 rules are not enforced by ztunnel"},
+                {"type": WAYPOINT_ACCEPTED, "status": "True", "reason": "Accepted",
+                 "message": "bound to demo/waypoint"},
+            ]}))
+            .unwrap(),
+        );
+        let writes = desired(&s, &input(), &gateway());
+        let cs = conditions(policy_writes(&writes)[0]);
+        let types: Vec<&str> = cs.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(
+            types,
+            ["ZtunnelAccepted", WAYPOINT_ACCEPTED, WAYPOINT_ENFORCED],
+            "{cs:?}"
+        );
+        // istiod's own condition goes back exactly as istiod wrote it.
+        let istiods = cs.iter().find(|c| c.type_ == WAYPOINT_ACCEPTED).unwrap();
+        assert_eq!(istiods.message.as_deref(), Some("bound to demo/waypoint"));
+    }
+}

@@ -31,7 +31,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::status_writer::Write;
+use super::status_write::Write;
 use crate::metrics::Metrics;
 
 /// The label tying a pod (and the Service) to its Gateway.

@@ -18,6 +18,7 @@
 pub mod gateway_status;
 pub mod lease;
 pub mod mesh_config;
+mod status_write;
 pub mod status_writer;
 pub mod sync;
 pub mod watch;

@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::gateway_status;
+use super::status_write::Write;
 use super::sync::StatusInput;
 use crate::metrics::Metrics;
 use crate::state::StateHandle;
@@ -38,15 +39,6 @@ impl std::fmt::Debug for StatusWriter {
             .field("field_manager", &self.field_manager)
             .finish_non_exhaustive()
     }
-}
-
-/// One status write.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct Write {
-    pub(super) kind: Kind,
-    /// `namespace` empty for a cluster-scoped object (a GatewayClass).
-    pub(super) key: ObjectKey,
-    pub(super) body: serde_json::Value,
 }
 
 pub struct StatusWriter {

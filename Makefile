@@ -58,7 +58,8 @@ fuzz-smoke:
 # template` of each charts/waypoint/ci/*-values.yaml against its golden file in ci/golden/, the
 # rendered core objects against Kubernetes' schemas, and values.schema.json refusing
 # ci/invalid/*.yaml with their messages (charts/check.sh says how). The Gateway and GatewayClass
-# documents are checked against the Gateway API CRD schema by `unit` (tests/tests/chart.rs).
+# documents are checked against the Gateway API CRD schema, and every pod against the `restricted`
+# Pod Security Standard, by `unit` (tests/tests/chart.rs).
 # helm and kubernetes-validate are in $(WAYPOINT_TOOLS)/bin, put there by .ci/deps.sh.
 export WAYPOINT_TOOLS ?= $(HOME)/.cache/waypoint-tools
 chart:

@@ -5,7 +5,8 @@
 #   2. `helm lint --strict` with every values file of charts/waypoint/ci/;
 #   3. `helm template` of each of them equals its golden file in ci/golden/ (a diff otherwise);
 #   4. the rendered core kinds against Kubernetes' own schemas (kubernetes-validate --strict); the
-#      Gateway API kinds are checked against their CRD schema by tests/tests/chart.rs instead;
+#      Gateway API kinds are checked against their CRD schema by tests/tests/chart.rs instead, which
+#      also checks every pod against the `restricted` Pod Security Standard;
 #   5. every file of ci/invalid/ is refused by values.schema.json with the message its first
 #      line (`# expect: ...`) names.
 # helm and kubernetes-validate come from .ci/deps.sh (group test), in $WAYPOINT_TOOLS/bin.

@@ -59,23 +59,34 @@ impl Backoff {
     }
 }
 
-/// Modification times of a set of files, to notice when any of them changes (a Secret or
-/// ConfigMap volume swaps a symlink, which changes the target's mtime as seen through it).
+/// Which version of each of a set of files is there, to notice when any of them changes. A
+/// Secret, ConfigMap or projected volume is updated by swapping a symlink to a new directory, so
+/// the file seen through the link is a new one: another inode, and usually another mtime. The
+/// inode and size count as well as the mtime because file times come from the kernel's coarse
+/// clock: a replacement within the same tick keeps the mtime.
 #[derive(Debug)]
 pub(super) struct FileWatch {
     files: Vec<PathBuf>,
-    seen: Vec<Option<SystemTime>>,
+    seen: Vec<Option<FileVersion>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct FileVersion {
+    modified: SystemTime,
+    len: u64,
+    /// (device, inode) on Unix; nothing elsewhere.
+    file: Option<(u64, u64)>,
 }
 
 impl FileWatch {
-    /// Takes the times now, so a change after this call is seen.
+    /// Takes the versions now, so a change after this call is seen.
     pub(super) fn new(files: Vec<PathBuf>) -> FileWatch {
-        let seen = mtimes(&files);
+        let seen = versions(&files);
         FileWatch { files, seen }
     }
 
     pub(super) fn changed(&mut self) -> bool {
-        let now = mtimes(&self.files);
+        let now = versions(&self.files);
         if now == self.seen {
             return false;
         }
@@ -84,10 +95,24 @@ impl FileWatch {
     }
 }
 
-fn mtimes(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+fn versions(files: &[PathBuf]) -> Vec<Option<FileVersion>> {
     files
         .iter()
-        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .map(|f| {
+            let m = std::fs::metadata(f).ok()?;
+            #[cfg(unix)]
+            let file = {
+                use std::os::unix::fs::MetadataExt;
+                Some((m.dev(), m.ino()))
+            };
+            #[cfg(not(unix))]
+            let file = None;
+            Some(FileVersion {
+                modified: m.modified().ok()?,
+                len: m.len(),
+                file,
+            })
+        })
         .collect()
 }
 
@@ -105,6 +130,48 @@ mod tests {
         }
         b.reset();
         assert!(b.next() < Duration::from_millis(151));
+    }
+
+    /// The mesh root as the kubelet mounts it, from a ConfigMap or from a projected
+    /// ClusterTrustBundle alike: `root-cert.pem -> ..data/root-cert.pem`, `..data` a symlink to a
+    /// timestamped directory, replaced whole by re-pointing `..data`. The watch follows the
+    /// links, so the swap is seen, and the file reads as every root it holds.
+    #[cfg(unix)]
+    #[test]
+    fn a_kubelet_volume_update_is_seen_and_read_whole() {
+        use crate::tls::dev_ca::DevCa;
+        use std::os::unix::fs::symlink;
+
+        let dir = std::env::temp_dir().join(format!("waypoint-rotation-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (old, new) = (
+            dir.join("..2026_01_01_00_00_00.1"),
+            dir.join("..2026_01_02_00_00_00.2"),
+        );
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::create_dir_all(&new).unwrap();
+        let (r1, r2) = (DevCa::new("root 1").unwrap(), DevCa::new("root 2").unwrap());
+        std::fs::write(old.join("root-cert.pem"), r1.root_pem()).unwrap();
+        symlink(old.file_name().unwrap(), dir.join("..data")).unwrap();
+        symlink("..data/root-cert.pem", dir.join("root-cert.pem")).unwrap();
+        let file = dir.join("root-cert.pem");
+        let mut watch = FileWatch::new(vec![file.clone()]);
+        assert!(!watch.changed());
+        assert_eq!(super::super::read_pem_certs(&file).unwrap().len(), 1);
+
+        // A rotation: the bundle holds the old and the new root; the kubelet writes the new
+        // directory, then renames a fresh `..data` link over the old one.
+        std::fs::write(
+            new.join("root-cert.pem"),
+            format!("{}{}", r1.root_pem(), r2.root_pem()),
+        )
+        .unwrap();
+        symlink(new.file_name().unwrap(), dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        assert!(watch.changed());
+        assert!(!watch.changed());
+        assert_eq!(super::super::read_pem_certs(&file).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -32,7 +32,7 @@
 //! Known limit: once istiod has written a `WaypointAccepted` we disagree with, we leave that
 //! type alone even if istiod is later removed; our `WaypointEnforced` still says what we do.
 
-use policy_engine::FieldIssue;
+use policy_engine::{Action, FieldIssue};
 
 use crate::attachment::Targeting;
 use crate::istio::{
@@ -40,6 +40,7 @@ use crate::istio::{
 };
 use crate::key::{Kind, ObjectKey};
 use crate::store::Store;
+use crate::translate;
 use crate::validation;
 use crate::waypoint::{is_waypoint, waypoint_of};
 use crate::well_known::{
@@ -127,7 +128,18 @@ pub fn authorization_policy(
 ) -> PolicyStatus {
     let f = validation::authorization_policy(ap);
     let t = Targeting::of_authorization_policy(ap);
-    conclude(store, &t, f.errors, f.warnings, root_namespace)
+    let in_force = match translate::policy_spec(ap).map(|s| s.action()) {
+        Err(_) => "never enforced: the CRD's enum keeps the API server from storing this action",
+        Ok(Action::Allow) => {
+            "in a cluster it is enforced as istiod builds it: a rule holding a value that cannot \
+             be used is left out, and the policy still counts as an ALLOW policy"
+        }
+        Ok(_) => {
+            "in a cluster it is enforced as istiod builds it: a value that cannot be used is \
+             ignored, which widens its rule"
+        }
+    };
+    conclude(store, &t, f.errors, f.warnings, root_namespace, in_force)
 }
 
 /// The same for a RequestAuthentication: targetRefs bind it exactly like an AuthorizationPolicy.
@@ -138,7 +150,9 @@ pub fn request_authentication(
 ) -> PolicyStatus {
     let f = validation::request_authentication(ra);
     let t = Targeting::of_request_authentication(ra);
-    conclude(store, &t, f.errors, f.warnings, root_namespace)
+    let in_force = "in a cluster it is enforced as istiod builds it, except that a jwtRule this \
+                    waypoint cannot use is left out, so tokens of its issuer get 401";
+    conclude(store, &t, f.errors, f.warnings, root_namespace, in_force)
 }
 
 fn conclude(
@@ -147,6 +161,7 @@ fn conclude(
     errors: Vec<FieldIssue>,
     warnings: Vec<FieldIssue>,
     root_namespace: &str,
+    in_force: &str,
 ) -> PolicyStatus {
     let refs = t.refs();
     if refs.is_empty() {
@@ -163,12 +178,13 @@ fn conclude(
         .collect();
     let mut condition = flatten(&results, generation);
     if !errors.is_empty() {
-        // istiod's webhook would have refused the object; say why instead of a binding result.
+        // istiod's webhook would have refused the object: say why instead of a binding
+        // result, and what a cluster that holds it anyway enforces.
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         condition = Condition {
             status: false,
             reason: Reason::Invalid,
-            message: format!("invalid policy: {}", list.join("; ")),
+            message: format!("invalid policy: {}; {in_force}", list.join("; ")),
             observed_generation: generation,
         };
     }

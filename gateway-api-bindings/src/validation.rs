@@ -1,14 +1,19 @@
 //! The checks istiod's validating webhook makes on AuthorizationPolicy and RequestAuthentication,
-//! as findings naming each field. A file source has no webhook in front of it, and an object
-//! the API server took from an older Istio can still break today's rules: either way the
-//! waypoint reports what the webhook would have refused instead of guessing what was meant.
+//! as findings naming each field. A file source has no webhook in front of it: it refuses a
+//! config holding such an object, as the webhook would refuse applying those files. A cluster
+//! can hold one all the same (the webhook was down, or the object is older than it): istiod
+//! compiles it anyway, and so does the Kubernetes source (see `crate::translate`); these
+//! findings are what its status reports.
 
-use policy_engine::{FieldIssue, Findings, validate};
+use kube::ResourceExt;
+use policy_engine::{Action, FieldIssue, Findings, validate};
 
 use crate::attachment::Targeting;
 use crate::istio::{AuthorizationPolicy, RequestAuthentication};
 use crate::translate;
-use crate::well_known::{GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, canonical_group};
+use crate::well_known::{
+    DRY_RUN_ANNOTATION, GATEWAY_GROUP, ISTIO_NETWORKING_GROUP, canonical_group,
+};
 
 /// What the webhook would say about `ap`: its targetRefs, then its rules.
 pub(crate) fn authorization_policy(ap: &AuthorizationPolicy) -> Findings {
@@ -16,6 +21,7 @@ pub(crate) fn authorization_policy(ap: &AuthorizationPolicy) -> Findings {
     let mut warnings = Vec::new();
     match translate::policy_spec(ap) {
         Ok(spec) => {
+            errors.extend(dry_run_error(ap, spec.action()));
             let f = validate(&spec);
             errors.extend(f.errors);
             warnings.extend(f.warnings);
@@ -26,6 +32,26 @@ pub(crate) fn authorization_policy(ap: &AuthorizationPolicy) -> Findings {
         }),
     }
     Findings { errors, warnings }
+}
+
+/// The webhook's `checkDryRunAnnotation`: a value Go's `ParseBool` reads, on ALLOW or DENY only.
+fn dry_run_error(ap: &AuthorizationPolicy, action: Action) -> Option<FieldIssue> {
+    let value = ap.annotations().get(DRY_RUN_ANNOTATION)?;
+    let message = match action {
+        Action::Allow | Action::Deny if translate::parse_go_bool(value).is_none() => format!(
+            "invalid value \"{}\": expected true or false (Go's ParseBool spellings); istiod \
+             enforces the policy",
+            crate::limits::shown(value)
+        ),
+        Action::Allow | Action::Deny => return None,
+        Action::Audit | Action::Custom => {
+            format!("only supported with action ALLOW or DENY, found {action}")
+        }
+    };
+    Some(FieldIssue {
+        field: format!("metadata.annotations[{DRY_RUN_ANNOTATION}]"),
+        message,
+    })
 }
 
 /// What the webhook would say about `ra`: its targetRefs, then its `jwtRules`.
@@ -49,8 +75,11 @@ fn jwt_rule_errors(ra: &RequestAuthentication) -> Vec<FieldIssue> {
     };
     for (i, r) in ra.spec.jwt_rules.iter().enumerate() {
         let f = format!("spec.jwtRules[{i}]");
-        if r.issuer.is_empty() {
-            issue(format!("{f}.issuer"), "issuer must be set");
+        if r.issuer.is_empty() && r.jwks_uri.as_deref().is_none_or(str::is_empty) {
+            issue(
+                format!("{f}.issuer"),
+                "issuer or jwksUri must be a non-empty string",
+            );
         }
         if r.audiences.iter().any(String::is_empty) {
             issue(format!("{f}.audiences"), "audience must be non-empty");
@@ -83,6 +112,22 @@ fn jwt_rule_errors(ra: &RequestAuthentication) -> Vec<FieldIssue> {
                 issue(
                     format!("{f}.fromHeaders[{j}].name"),
                     "header name must be set",
+                );
+            }
+        }
+        for (j, p) in r.from_params.iter().enumerate() {
+            if p.is_empty() {
+                issue(
+                    format!("{f}.fromParams[{j}]"),
+                    "location query must be a non-empty string",
+                );
+            }
+        }
+        for (j, c) in r.from_cookies.iter().enumerate() {
+            if c.is_empty() {
+                issue(
+                    format!("{f}.fromCookies[{j}]"),
+                    "cookie name must be a non-empty string",
                 );
             }
         }

@@ -105,7 +105,8 @@ pub struct Metrics {
     /// Kubernetes source: watch events received, watch errors (each followed by a backoff).
     pub kube_events: Counter,
     pub kube_watch_errors: Counter,
-    /// Kubernetes objects rejected as invalid (kept out of the snapshot).
+    /// New or changed Kubernetes objects found invalid: enforced as istiod builds them, or kept
+    /// out when they cannot be read (see `source::kube::sync`).
     pub kube_invalid_objects: Counter,
     /// Status subresource writes, and those that failed.
     pub status_writes: Counter,
@@ -261,7 +262,7 @@ impl Default for Metrics {
             kube_invalid_objects: counter(
                 r,
                 "waypoint_kube_invalid_objects",
-                "Kubernetes objects rejected as invalid",
+                "New or changed Kubernetes objects istiod's webhook would refuse, or that cannot be read",
             ),
             status_writes: counter(
                 r,

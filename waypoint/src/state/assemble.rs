@@ -20,10 +20,11 @@ pub enum Validation {
     /// Any invalid one refuses the whole config, as applying the files to a cluster would fail;
     /// the last good snapshot keeps serving (the file source).
     RefuseConfig,
-    /// The source keeps invalid objects out of the store as they arrive, with their previous
-    /// valid version in force, and reports them in status; what the store holds is assembled
-    /// as it is (the Kubernetes source).
-    KeptOut,
+    /// What the store holds is compiled as istiod compiles it, invalid or not: a cluster can
+    /// hold objects the webhook never saw, and istiod builds them (dropping what it cannot use,
+    /// see `docs/authz.md`, "Invalid objects in a cluster"). The source reports them in status
+    /// and keeps out only what it cannot read (the Kubernetes source).
+    AsIstiod,
 }
 
 /// What changed since the previous snapshot, so the assembler rebuilds only that.
@@ -154,5 +155,141 @@ fn our_gateway(store: &Store, settings: &MeshSettings) -> Result<ObjectKey, Conf
         (Some(g), None) => Ok(g),
         (None, _) => Err(ConfigError::NoGateway),
         (Some(a), Some(b)) => Err(ConfigError::AmbiguousGateway(format!("{a}, {b}, ..."))),
+    }
+}
+
+/// The RequestAuthentication rows of `docs/authz.md` ("Invalid objects in a cluster"): which
+/// jwtRules the webhook refuses, and which of them a cluster's waypoint still builds.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    const GATEWAY: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: foo}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+";
+
+    fn request_authentication(name: &str, rule: &str) -> String {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\n\
+             metadata: {{name: {name}, namespace: foo}}\nspec:\n  targetRefs: [{{kind: Gateway, \
+             group: gateway.networking.k8s.io, name: waypoint}}]\n  jwtRules: [{rule}]\n"
+        )
+    }
+
+    #[test]
+    fn request_authentications_the_webhook_refuses_are_built_as_far_as_they_can_be() {
+        let keys = r#"jwks: '{"keys": []}'"#;
+        // (name, jwtRule, the field the webhook names, built here)
+        let rows = [
+            ("no-issuer", keys.to_owned(), Some("issuer"), true),
+            (
+                "uri-only",
+                "jwksUri: https://keys.example/jwks".into(),
+                None,
+                true,
+            ),
+            (
+                "bad-uri",
+                "issuer: a, jwksUri: ftp://keys.example".into(),
+                Some("jwksUri"),
+                true,
+            ),
+            (
+                "empty-audience",
+                format!("issuer: b, {keys}, audiences: [\"\"]"),
+                Some("audiences"),
+                true,
+            ),
+            (
+                "empty-param",
+                format!("issuer: c, {keys}, fromParams: [\"\"]"),
+                Some("fromParams[0]"),
+                true,
+            ),
+            (
+                "bad-jwks",
+                "issuer: d, jwks: not-json".into(),
+                Some("jwks"),
+                false,
+            ),
+            (
+                "empty-header",
+                format!("issuer: e, {keys}, fromHeaders: [{{name: \"\"}}]"),
+                Some("fromHeaders[0].name"),
+                false,
+            ),
+            (
+                "bad-payload-header",
+                format!("issuer: f, {keys}, outputPayloadToHeader: \"x y\""),
+                Some("outputPayloadToHeader"),
+                false,
+            ),
+            (
+                "bad-claim-header",
+                format!(
+                    "issuer: g, {keys}, outputClaimToHeaders: [{{header: \"x y\", claim: sub}}]"
+                ),
+                Some("outputClaimToHeaders[0]"),
+                false,
+            ),
+            (
+                "bad-timeout",
+                format!("issuer: h, {keys}, timeout: soon"),
+                Some("timeout"),
+                false,
+            ),
+        ];
+        let mut yaml = GATEWAY.to_owned();
+        for (name, rule, _, _) in &rows {
+            yaml.push_str(&request_authentication(name, &format!("{{{rule}}}")));
+        }
+        let mut store = Store::default();
+        let errs = store.load_str(&yaml, None);
+        assert!(errs.is_empty(), "{errs:?}");
+        let settings = MeshSettings {
+            gateway: Some(ObjectKey::new("foo", "waypoint")),
+            ..MeshSettings::default()
+        };
+        let registry = JwksRegistry::new(Default::default(), None, Arc::new(Metrics::default()));
+
+        let refused = match Assembler::new(Validation::RefuseConfig)
+            .assemble_all(&store, &settings, &registry)
+        {
+            Err(ConfigError::Objects(lines)) => lines,
+            other => panic!("a file config with these is refused: {other:?}"),
+        };
+        let snapshot = Assembler::new(Validation::AsIstiod)
+            .assemble_all(&store, &settings, &registry)
+            .unwrap();
+        let dump = snapshot.authn.dump();
+        let built: Vec<&str> = dump
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["rule"].as_str())
+            .collect();
+        for (name, _, field, is_built) in rows {
+            let rule = format!("foo/{name} jwtRules[0]");
+            assert_eq!(
+                built.contains(&rule.as_str()),
+                is_built,
+                "{name}: {built:?}"
+            );
+            let named = refused
+                .iter()
+                .filter(|l| l.contains(&format!("RequestAuthentication foo/{name}:")))
+                .collect::<Vec<_>>();
+            match field {
+                Some(f) => assert!(
+                    named.len() == 1 && named[0].contains(&format!("spec.jwtRules[0].{f}:")),
+                    "{name}: {named:?}"
+                ),
+                None => assert!(named.is_empty(), "{name}: {named:?}"),
+            }
+        }
     }
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use gateway_api_bindings::destinations::ServiceRef;
 use gateway_api_bindings::well_known::SERVICE_NAME_LABEL;
-use gateway_api_bindings::{Kind, LoadError, Object, ObjectKey, Origin, Store, status};
+use gateway_api_bindings::{Kind, LoadError, Object, ObjectKey, Origin, Store, limits, status};
+use policy_engine::Action;
 
 use super::mesh_config::MeshConfig;
 use super::mesh_config::MeshOverrides;
@@ -116,7 +117,7 @@ impl State {
             mesh_pending: true,
             synced: false,
             invalid: BTreeMap::new(),
-            assembler: Assembler::new(Validation::KeptOut),
+            assembler: Assembler::new(Validation::AsIstiod),
             dirty: Dirty::default(),
             epoch: 0,
             cfg,
@@ -186,7 +187,7 @@ impl State {
 
     /// Applies one object. `fine`: mark exactly what it touches (a relist marks its whole kind).
     fn apply(&mut self, store: &mut Store, kind: Kind, parsed: Parsed, fine: bool) {
-        let object = match parsed.and_then(|o| self.validate(store, o)) {
+        let object = match parsed.and_then(|o| self.readable(o)) {
             Ok(o) => o,
             Err(inv) => {
                 self.cfg.metrics.kube_invalid_objects.inc();
@@ -201,6 +202,9 @@ impl State {
         if self.invalid.remove(&(kind, key.clone())).is_some() {
             self.dirty.status = true;
         }
+        if !unchanged(store, &object) {
+            self.report_refused(store, &object);
+        }
         if fine {
             self.mark(store, kind, &key, Some(&object), false);
         }
@@ -211,37 +215,69 @@ impl State {
         }
     }
 
-    /// Rejects what istiod's webhook would: such an object never reaches an Istio proxy, so
-    /// the last valid version (if any) stays in force.
-    fn validate(&self, store: &Store, o: Object) -> Result<Object, Box<Invalid>> {
-        let root = &self.settings.root_namespace;
-        let (errors, generation) = match &o {
-            Object::AuthorizationPolicy(ap) => (
-                status::authorization_policy(store, ap, root).errors,
-                ap.metadata.generation,
-            ),
-            Object::RequestAuthentication(ra) => (
-                status::request_authentication(store, ra, root).errors,
-                ra.metadata.generation,
-            ),
-            _ => return Ok(o),
-        };
-        if errors.is_empty() {
+    /// Keeps out what no Istio proxy could ever be given, as an object that cannot be read: an
+    /// AuthorizationPolicy whose action is none of Istio's (the CRD's enum keeps the API server
+    /// from storing it, and istiod's protobuf decoder cannot read it). Everything else is
+    /// applied, whatever istiod's webhook would say: istiod compiles such objects anyway, so
+    /// keeping one out (or keeping its previous version) would make this waypoint more
+    /// permissive than Istio's (`docs/authz.md`, "Invalid objects in a cluster").
+    fn readable(&self, o: Object) -> Result<Object, Box<Invalid>> {
+        let Object::AuthorizationPolicy(ap) = &o else {
             return Ok(o);
-        }
+        };
+        let Some(action) = ap
+            .spec
+            .action
+            .as_deref()
+            .filter(|a| Action::parse(a).is_none())
+        else {
+            return Ok(o);
+        };
         let key = o.key();
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         Err(Box::new(Invalid {
             error: LoadError {
                 origin: Origin::default(),
                 object: format!("{} {key}", o.kind()),
-                field: format!(" field {}", errors[0].field),
-                message: list.join("; "),
+                field: " field spec.action".into(),
+                message: format!(
+                    "unknown action \"{}\" (expected ALLOW, DENY, AUDIT or CUSTOM): outside the \
+                     CRD's enum, never enforced by Istio",
+                    limits::shown(action)
+                ),
             },
             key,
-            generation,
+            generation: ap.metadata.generation,
             object: Some(Box::new(o)),
         }))
+    }
+
+    /// Counts and logs a new or changed policy that istiod's webhook would have refused. It is
+    /// applied all the same; its status names the fields (the status writer computes it from
+    /// the store).
+    fn report_refused(&self, store: &Store, o: &Object) {
+        let root = &self.settings.root_namespace;
+        let errors = match o {
+            Object::AuthorizationPolicy(ap) => status::authorization_policy(store, ap, root).errors,
+            Object::RequestAuthentication(ra) => {
+                status::request_authentication(store, ra, root).errors
+            }
+            _ => return,
+        };
+        if errors.is_empty() {
+            return;
+        }
+        self.cfg.metrics.kube_invalid_objects.inc();
+        let list: Vec<String> = errors
+            .iter()
+            .take(limits::MAX_ERRORS_PER_OBJECT)
+            .map(|e| format!("{}: {}", e.field, limits::shown(&e.message)))
+            .collect();
+        tracing::warn!(
+            kind = %o.kind(),
+            object = %o.key(),
+            errors = %list.join("; "),
+            "object istiod's webhook would refuse: applied as istiod builds it"
+        );
     }
 
     /// Marks what a change to `key` touches. `new`: the incoming object (for Apply), or `None`
@@ -325,13 +361,7 @@ impl State {
                 d.snapshot.destinations.workload_entries.insert(key.clone());
             }
             Kind::AuthorizationPolicy => {
-                let same = match new {
-                    Some(Object::AuthorizationPolicy(ap)) => store
-                        .authorization_policies
-                        .get(key)
-                        .is_some_and(|old| old.object.spec == ap.spec),
-                    _ => false,
-                };
+                let same = new.is_some_and(|o| unchanged(store, o));
                 // A status-only change (our own writes among them) compiles nothing, but the
                 // status writer looks again: another writer's apply replaces the whole
                 // conditions list and may have dropped ours.
@@ -341,13 +371,7 @@ impl State {
                 d.status = true;
             }
             Kind::RequestAuthentication => {
-                let same = match new {
-                    Some(Object::RequestAuthentication(ra)) => store
-                        .request_authentications
-                        .get(key)
-                        .is_some_and(|old| old.object.spec == ra.spec),
-                    _ => false,
-                };
+                let same = new.is_some_and(|o| unchanged(store, o));
                 if !same || delete {
                     d.snapshot.authn = true;
                 }
@@ -394,8 +418,8 @@ impl State {
         } = match assembled {
             Ok(a) => a,
             Err(e) => {
-                // Cannot happen with our Gateway named and invalid objects kept out; should it,
-                // the last snapshot keeps serving.
+                // Cannot happen with our Gateway named (this source refuses no object at
+                // assembly); should it, the last snapshot keeps serving.
                 self.cfg.metrics.config_reload_failures.inc();
                 tracing::error!(error = %e, "config snapshot not assembled");
                 return;
@@ -437,6 +461,29 @@ impl State {
             epoch: self.epoch,
         };
         self.cfg.status.send_replace(Arc::new(input));
+    }
+}
+
+/// Whether `new` holds what the stored version of the same policy already holds: its spec and
+/// its annotations (`istio.io/dry-run` is one). Our own status writes come back as such
+/// updates. Always false for other kinds.
+fn unchanged(store: &Store, new: &Object) -> bool {
+    match new {
+        Object::AuthorizationPolicy(ap) => store
+            .authorization_policies
+            .get(&new.key())
+            .is_some_and(|old| {
+                old.object.spec == ap.spec
+                    && old.object.metadata.annotations == ap.metadata.annotations
+            }),
+        Object::RequestAuthentication(ra) => store
+            .request_authentications
+            .get(&new.key())
+            .is_some_and(|old| {
+                old.object.spec == ra.spec
+                    && old.object.metadata.annotations == ra.metadata.annotations
+            }),
+        _ => false,
     }
 }
 
@@ -609,24 +656,77 @@ status: {podIP: 10.0.0.9}
     }
 
     #[test]
-    fn an_invalid_policy_is_kept_out_and_marks_status() {
+    fn a_policy_the_webhook_would_refuse_is_applied_counted_once_and_reported() {
         let (mut st, rx) = synced(vec![(Kind::Gateway, GATEWAY)]);
+        // istiod ignores `provider` on a DENY: a plain DENY, which denies everything here.
         let invalid = POLICY.replace("action: DENY", "action: DENY\n  provider: {name: x}");
+        let key = ObjectKey::new("demo", "deny-all");
         st.update(Update::Apply(
             Kind::AuthorizationPolicy,
             Ok(object(Kind::AuthorizationPolicy, &invalid)),
         ));
-        let key = ObjectKey::new("demo", "deny-all");
+        assert!(st.invalid.is_empty(), "not kept out: {:?}", st.invalid);
         assert!(
-            st.invalid
-                .contains_key(&(Kind::AuthorizationPolicy, key.clone()))
-        );
-        assert!(
-            !st.store
+            st.store
                 .lock()
                 .unwrap()
                 .contains(Kind::AuthorizationPolicy, &key)
         );
+        assert!(st.dirty.status && st.dirty.snapshot.policies);
+        assert_eq!(st.cfg.metrics.kube_invalid_objects.get(), 1);
+        st.publish(Instant::now());
+        assert_eq!(st.cfg.handle.load().authorizer.policies().len(), 1);
+        assert!(rx.borrow().invalid.is_empty());
+        // The status the writer computes from the store names the field and says what is
+        // enforced.
+        let store = st.store.lock().unwrap();
+        let ap = &store.authorization_policies[&key].object;
+        let c = status::authorization_policy(&store, ap, "istio-system")
+            .condition
+            .unwrap();
+        assert_eq!((c.status, c.reason), (false, status::Reason::Invalid));
+        assert!(c.message.contains("spec.provider"), "{}", c.message);
+        assert!(
+            c.message.contains("enforced as istiod builds it"),
+            "{}",
+            c.message
+        );
+        drop(store);
+        // Our own status write comes back: not counted again, nothing recompiled.
+        let echo = format!("{invalid}status: {{conditions: []}}\n");
+        st.update(Update::Apply(
+            Kind::AuthorizationPolicy,
+            Ok(object(Kind::AuthorizationPolicy, &echo)),
+        ));
+        assert!(!st.dirty.snapshot.policies);
+        assert_eq!(st.cfg.metrics.kube_invalid_objects.get(), 1);
+        // A relist of the same object does not count it again either.
+        st.update(Update::Relist(
+            Kind::AuthorizationPolicy,
+            vec![Ok(object(Kind::AuthorizationPolicy, &invalid))],
+        ));
+        assert_eq!(st.cfg.metrics.kube_invalid_objects.get(), 1);
+    }
+
+    #[test]
+    fn an_unknown_action_is_kept_out_and_the_previous_version_stays() {
+        let (mut st, rx) = synced(vec![
+            (Kind::Gateway, GATEWAY),
+            (Kind::AuthorizationPolicy, POLICY),
+        ]);
+        let key = ObjectKey::new("demo", "deny-all");
+        let unknown = POLICY.replace("action: DENY", "action: REJECT");
+        st.update(Update::Apply(
+            Kind::AuthorizationPolicy,
+            Ok(object(Kind::AuthorizationPolicy, &unknown)),
+        ));
+        let inv = &st.invalid[&(Kind::AuthorizationPolicy, key.clone())];
+        assert!(inv.error.field.contains("spec.action"), "{:?}", inv.error);
+        assert_eq!(st.cfg.metrics.kube_invalid_objects.get(), 1);
+        let store = st.store.lock().unwrap();
+        let kept = &store.authorization_policies[&key].object;
+        assert_eq!(kept.spec.action.as_deref(), Some("DENY"));
+        drop(store);
         assert!(st.dirty.status && !st.dirty.snapshot.policies);
         st.publish(Instant::now());
         assert!(
@@ -634,5 +734,24 @@ status: {podIP: 10.0.0.9}
                 .invalid
                 .contains_key(&(Kind::AuthorizationPolicy, key))
         );
+    }
+
+    #[test]
+    fn a_dry_run_annotation_change_recompiles() {
+        let (mut st, _rx) = synced(vec![
+            (Kind::Gateway, GATEWAY),
+            (Kind::AuthorizationPolicy, POLICY),
+        ]);
+        let shadow = POLICY.replace(
+            "generation: 1}",
+            "generation: 1, annotations: {istio.io/dry-run: \"true\"}}",
+        );
+        st.update(Update::Apply(
+            Kind::AuthorizationPolicy,
+            Ok(object(Kind::AuthorizationPolicy, &shadow)),
+        ));
+        assert!(st.dirty.snapshot.policies, "{:?}", st.dirty);
+        st.publish(Instant::now());
+        assert!(st.cfg.handle.load().authorizer.policies()[0].dry_run);
     }
 }

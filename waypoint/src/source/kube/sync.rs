@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gateway_api_bindings::destinations::ServiceRef;
+use gateway_api_bindings::mesh_rules::WaypointRule;
 use gateway_api_bindings::well_known::SERVICE_NAME_LABEL;
 use gateway_api_bindings::{Kind, LoadError, Object, ObjectKey, Origin, Store, status};
 
@@ -19,7 +20,7 @@ use super::mesh_config::MeshOverrides;
 use super::watch::{Invalid, Parsed, Update};
 use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
-use crate::state::assemble::{Assembled, Assembler, Changes, Validation};
+use crate::state::assemble::{Assembled, Assembler, Changes, Validation, report_findings};
 use crate::state::{MeshSettings, StateHandle};
 
 /// What the status writer needs besides the store, published after each snapshot.
@@ -108,9 +109,17 @@ impl StateUpdater {
 
 impl State {
     fn new(cfg: StateUpdater) -> State {
+        let store = cfg.handle.objects_handle();
+        let settings = cfg.mesh.resolve(None, Some(&cfg.gateway));
+        {
+            let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+            // istiod's rule: only a Gateway with status.addresses is a waypoint.
+            s.rules.waypoints = WaypointRule::StatusAddresses;
+            s.rules.service_entry_visibility = settings.service_entry_visibility.clone();
+        }
         State {
-            store: cfg.handle.objects_handle(),
-            settings: cfg.mesh.resolve(None, Some(&cfg.gateway)),
+            store,
+            settings,
             mesh_config: None,
             pending: Kind::ALL.into_iter().collect(),
             mesh_pending: true,
@@ -173,6 +182,11 @@ impl State {
                         .resolve(self.mesh_config.as_ref(), Some(&self.cfg.gateway));
                     if settings != self.settings {
                         tracing::info!(root_namespace = %settings.root_namespace, trust_domain = %settings.trust_domain, path_normalization = ?settings.path_normalization, "mesh settings changed");
+                        self.store
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .rules
+                            .service_entry_visibility = settings.service_entry_visibility.clone();
                         self.settings = settings;
                         self.dirty.snapshot.settings = true;
                         self.dirty.snapshot.policies = true;
@@ -257,9 +271,21 @@ impl State {
         let d = &mut self.dirty;
         match kind {
             Kind::Gateway => {
+                // What membership reads: spec (listeners, allowedRoutes), labels (waypoint-for),
+                // annotations (inbound binding) and whether status.addresses is empty (istiod's
+                // waypoint rule).
+                let has_addresses = |g: &gateway_api::apis::standard::gateways::Gateway| {
+                    g.status
+                        .as_ref()
+                        .and_then(|s| s.addresses.as_ref())
+                        .is_some_and(|a| !a.is_empty())
+                };
                 let same = match new {
                     Some(Object::Gateway(g)) => store.gateways.get(key).is_some_and(|old| {
-                        old.object.spec == g.spec && old.object.metadata.labels == g.metadata.labels
+                        old.object.spec == g.spec
+                            && old.object.metadata.labels == g.metadata.labels
+                            && old.object.metadata.annotations == g.metadata.annotations
+                            && has_addresses(&old.object) == has_addresses(g)
                     }),
                     _ => false,
                 };
@@ -272,13 +298,16 @@ impl State {
                     return;
                 }
                 d.status = true;
+                // Any waypoint may be a Service's primary while we are its canary.
+                d.snapshot.destinations.everything = true;
                 if *key == self.cfg.gateway {
-                    d.snapshot.destinations.everything = true;
                     d.snapshot.policies = true;
                 }
             }
             Kind::GatewayClass => {
+                // Its `istio.io/waypoint-for` and inbound binding decide attachment too.
                 d.snapshot.policies = true;
+                d.snapshot.destinations.everything = true;
                 d.status = true;
             }
             Kind::Namespace => {
@@ -360,7 +389,11 @@ impl State {
         let d = &mut self.dirty;
         d.status = true;
         match kind {
-            Kind::AuthorizationPolicy | Kind::GatewayClass => d.snapshot.policies = true,
+            Kind::AuthorizationPolicy => d.snapshot.policies = true,
+            Kind::GatewayClass => {
+                d.snapshot.policies = true;
+                d.snapshot.destinations.everything = true;
+            }
             Kind::RequestAuthentication => d.snapshot.authn = true,
             Kind::Gateway => {
                 d.snapshot.policies = true;
@@ -391,6 +424,7 @@ impl State {
         let Assembled {
             snapshot,
             policies_recompiled: recompiled,
+            fresh,
         } = match assembled {
             Ok(a) => a,
             Err(e) => {
@@ -401,6 +435,7 @@ impl State {
                 return;
             }
         };
+        report_findings(&self.cfg.gateway, &fresh, &self.cfg.metrics);
         let version = snapshot.version;
         let d = &snapshot.destinations;
         tracing::info!(

@@ -218,7 +218,20 @@ async fn services_follow_their_labels_across_namespaces() {
         .await;
 
         // A Service in another namespace choosing this waypoint through use-waypoint-namespace,
-        // with endpoints from an EndpointSlice naming the httpbin pods.
+        // with endpoints from an EndpointSlice naming the httpbin pods (addresses only: no
+        // identity). The waypoint's listener must admit that namespace (tests/tests/tenant.rs
+        // checks the default, `Same`, refuses it).
+        let mut gw = api
+            .get(
+                "gateway.networking.k8s.io/v1",
+                "Gateway",
+                "ambient-demo",
+                "waypoint",
+            )
+            .unwrap();
+        gw["spec"]["listeners"][0]["allowedRoutes"] =
+            serde_json::json!({"namespaces": {"from": "All"}});
+        api.apply(gw).unwrap();
         let ip = c.block.ip(11);
         api.apply_yaml(&format!(
             r#"

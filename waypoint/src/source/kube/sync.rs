@@ -643,6 +643,43 @@ status: {podIP: 10.0.0.9}
         );
     }
 
+    /// istiod's rule: only status.addresses makes a Gateway a waypoint, so gaining (or losing)
+    /// them rebuilds what the waypoint serves; a status echo keeping them does not.
+    #[test]
+    fn status_addresses_decide_whether_our_gateway_serves() {
+        let (mut st, _rx) = synced(vec![(Kind::Gateway, GATEWAY)]);
+        assert!(
+            st.cfg.handle.load().findings.not_a_waypoint.is_some(),
+            "no status.addresses: not a waypoint"
+        );
+        let with_addresses =
+            format!("{GATEWAY}status: {{addresses: [{{type: IPAddress, value: 10.96.0.2}}]}}\n");
+        st.update(Update::Apply(
+            Kind::Gateway,
+            Ok(object(Kind::Gateway, &with_addresses)),
+        ));
+        assert!(st.dirty.snapshot.destinations.everything);
+        st.publish(Instant::now());
+        assert!(st.cfg.handle.load().findings.not_a_waypoint.is_none());
+        let echo = format!(
+            "{GATEWAY}status: {{addresses: [{{type: IPAddress, value: 10.96.0.2}}], conditions: []}}\n"
+        );
+        st.update(Update::Apply(
+            Kind::Gateway,
+            Ok(object(Kind::Gateway, &echo)),
+        ));
+        assert!(!st.dirty.snapshot.any(), "{:?}", st.dirty);
+        // A GatewayClass carries istio.io/waypoint-for: what is served may change.
+        st.update(Update::Apply(
+            Kind::GatewayClass,
+            Ok(object(
+                Kind::GatewayClass,
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: istio-waypoint, labels: {istio.io/waypoint-for: all}}\nspec: {controllerName: istio.io/mesh-controller}\n",
+            )),
+        ));
+        assert!(st.dirty.snapshot.destinations.everything);
+    }
+
     #[test]
     fn an_invalid_policy_is_kept_out_and_marks_status() {
         let (mut st, rx) = synced(vec![(Kind::Gateway, GATEWAY)]);

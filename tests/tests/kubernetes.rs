@@ -323,12 +323,22 @@ async fn endpoint_churn_while_requests_flow() {
             })
         };
         let version = || mesh.running().config.load().version;
+        // A Service's endpoints are the Ready pods its selector picks (as istiod builds them):
+        // httpbin-2 goes unready and back.
+        let mut pod = api.get("v1", "Pod", "ambient-demo", "httpbin-2").unwrap();
         for i in 0..20 {
             let before = version();
-            let hosts: &[u8] = if i % 2 == 0 { &[11] } else { &[11, 12] };
-            api.apply_yaml(&slice(&c.block, hosts)).unwrap();
+            let ready = if i % 2 == 0 { "False" } else { "True" };
+            pod["status"]["conditions"] = serde_json::json!([{"type": "Ready", "status": ready}]);
+            api.apply(pod.clone()).unwrap();
+            let want = if ready == "True" { 2 } else { 1 };
             until("the endpoint change applies", || async {
-                version() > before
+                let d = mesh.running().config.load();
+                d.version > before
+                    && d.destinations.services[&HTTPBIN_VIP.parse::<SocketAddr>().unwrap()]
+                        .endpoints
+                        .len()
+                        == want
             })
             .await;
         }

@@ -210,6 +210,10 @@ pub struct ServiceEntrySpec {
     pub workload_selector: Option<LabelSelector>,
     #[serde(default)]
     pub resolution: String,
+    /// The namespaces the ServiceEntry is visible to (`*`, `.`, `~` or names); empty: the mesh
+    /// default, `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -12,14 +12,20 @@
 //! * [`limits`]: the name and size limits Kubernetes and the CRDs declare, and bounded display.
 //! * [`yaml`]: bounded YAML reading (size, depth, no anchors/aliases, located errors).
 //! * [`pod`]: the few fields of a Pod the waypoint keeps.
+//! * [`label_selector`]: Kubernetes label selectors (`matchLabels`, `matchExpressions`).
+//! * [`mesh_rules`]: how the source decides membership (which Gateways are waypoints) and the
+//!   mesh config's ServiceEntry visibility.
 //! * [`store`]: the object index, with `apply`/`remove`, loaded from YAML files or fed by
-//!   watchers.
+//!   watchers, and the [`mesh_rules::MeshRules`] its objects are judged by.
 //! * `translate`: AuthorizationPolicy -> [`policy_engine::PolicySpec`].
-//! * [`waypoint`]: membership: which Gateway is a waypoint, which waypoint an object uses.
+//! * [`waypoint`]: membership, decided by ONE function, [`waypoint::attachment`]: which Gateway
+//!   is a waypoint, which waypoint a Service, ServiceEntry or Pod uses, and why a waypoint it
+//!   names refuses it (istiod's rules: `allowedRoutes`, traffic type, visibility, canary).
 //! * [`attachment`]: `targetRefs` binding: which policies bind to a waypoint, and to which of
 //!   its destinations.
 //! * [`destinations`]: the destinations a waypoint serves (Services, ServiceEntries,
-//!   EndpointSlices, Pods) and the identities of their endpoints.
+//!   EndpointSlices, Pods), the identities of their endpoints, one owner per address, and the
+//!   refusals and address conflicts an operator should see.
 //! * `validation`: the checks istiod's webhook makes, as findings naming each field.
 //! * [`status`]: the `WaypointAccepted` condition istiod would write on a policy, our own
 //!   `WaypointEnforced` beside it, and how the two writers share the `conditions` list.
@@ -31,7 +37,9 @@ pub mod destinations;
 pub mod gateway_status;
 pub mod istio;
 mod key;
+pub mod label_selector;
 pub mod limits;
+pub mod mesh_rules;
 pub mod pod;
 pub mod status;
 pub mod store;

@@ -12,6 +12,8 @@ use crate::key::ObjectKey;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
     pub key: ObjectKey,
+    /// `metadata.uid`: an EndpointSlice's `targetRef` names a pod by namespace, name and uid.
+    pub uid: String,
     pub labels: BTreeMap<String, String>,
     /// `spec.serviceAccountName`, empty when unset (Kubernetes then uses `default`).
     pub service_account: String,
@@ -23,6 +25,11 @@ pub struct PodInfo {
     /// The `Ready` condition is `True`: a waypoint publishes its Gateway's address only once one
     /// of its own pods is ready to take traffic.
     pub ready: bool,
+    /// `status.conditions` lists anything at all. A pod the API server reports always has some
+    /// once scheduled; a pod written in a config file usually has none.
+    pub conditions_reported: bool,
+    /// `metadata.deletionTimestamp` is set: shutting down.
+    pub terminating: bool,
 }
 
 impl PodInfo {
@@ -33,6 +40,13 @@ impl PodInfo {
         } else {
             &self.service_account
         }
+    }
+
+    /// Whether traffic may be sent to it, as istiod marks a pod workload healthy: Ready and not
+    /// terminating. A pod whose status reports no condition at all (a config file) counts as
+    /// Ready, since nothing says otherwise.
+    pub fn serves(&self) -> bool {
+        !self.terminating && (self.ready || !self.conditions_reported)
     }
 
     pub fn named_port(&self, name: &str) -> Option<u16> {
@@ -65,6 +79,10 @@ impl From<Pod> for PodInfo {
                 .flatten()
                 .any(|c| c.type_ == "Ready" && c.status == "True")
         });
+        let conditions_reported = pod
+            .status
+            .as_ref()
+            .is_some_and(|s| s.conditions.as_ref().is_some_and(|c| !c.is_empty()));
         let ips = pod
             .status
             .filter(|s| !matches!(s.phase.as_deref(), Some("Succeeded" | "Failed")))
@@ -85,6 +103,9 @@ impl From<Pod> for PodInfo {
             .unwrap_or_default();
         PodInfo {
             key,
+            uid: meta.uid.unwrap_or_default(),
+            terminating: meta.deletion_timestamp.is_some(),
+            conditions_reported,
             labels: meta.labels.unwrap_or_default(),
             service_account,
             ips,
@@ -123,6 +144,7 @@ status:
         assert_eq!(p.named_port("http"), Some(8080));
         assert_eq!(p.named_port("metrics"), None);
         assert!(p.ready);
+        assert!(p.serves());
     }
 
     #[test]
@@ -135,7 +157,21 @@ status:
             "a finished pod's IP may belong to another pod"
         );
         assert!(!p.ready, "no Ready condition");
+        assert!(p.serves(), "nothing reported: a config file's pod");
         let p = pod("metadata: {name: old, namespace: a}\nstatus: {podIP: 10.0.0.3}\n");
         assert_eq!(p.ips, vec!["10.0.0.3".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn only_ready_pods_that_are_not_shutting_down_serve() {
+        let p = pod(
+            "metadata: {name: a, uid: u-1}\nstatus: {podIP: 10.0.0.4, conditions: [{type: PodScheduled, status: 'True'}, {type: Ready, status: 'False'}]}\n",
+        );
+        assert_eq!(p.uid, "u-1");
+        assert!(!p.serves(), "reported not Ready");
+        let p = pod(
+            "metadata: {name: a, deletionTimestamp: '2026-01-01T00:00:00Z'}\nstatus: {podIP: 10.0.0.4, conditions: [{type: Ready, status: 'True'}]}\n",
+        );
+        assert!(!p.serves(), "terminating");
     }
 }

@@ -42,7 +42,7 @@ use crate::key::{Kind, ObjectKey};
 use crate::store::Store;
 use crate::translate;
 use crate::validation;
-use crate::waypoint::{is_waypoint, waypoint_of};
+use crate::waypoint::{Target, attachment, is_waypoint};
 use crate::well_known::{
     MESH_CONTROLLER, RUST_WAYPOINT_CLASS, RUST_WAYPOINT_CONTROLLER, WAYPOINT_ACCEPTED,
     WAYPOINT_CLASS, WAYPOINT_ENFORCED, canonical_group,
@@ -223,14 +223,15 @@ pub fn concerns(
                         .get(gateway)
                         .is_some_and(|g| g.object.spec.gateway_class_name == r.name)
             }
+            // Named, served or refused: a refusal is this waypoint's to report.
             "Service" => store
                 .services
                 .get(&key)
-                .is_some_and(|s| waypoint_of(store, &s.object.metadata).as_ref() == Some(gateway)),
+                .is_some_and(|s| attachment(store, Target::Service(&s.object)).names(gateway)),
             "ServiceEntry" => store
                 .service_entries
                 .get(&key)
-                .is_some_and(|s| waypoint_of(store, &s.object.metadata).as_ref() == Some(gateway)),
+                .is_some_and(|s| attachment(store, Target::ServiceEntry(&s.object)).names(gateway)),
             _ => false,
         }
     })
@@ -280,7 +281,7 @@ fn ref_result(store: &Store, policy_ns: &str, r: &PolicyTargetReference, root: &
     let (bound, reason, message) = match r.kind.as_str() {
         "GatewayClass" => gateway_class(store, &ns, &r.name, root),
         "Gateway" => match store.gateways.get(&key) {
-            Some(g) if is_waypoint(&g.object) => {
+            Some(g) if is_waypoint(store, &g.object) => {
                 (true, Reason::Accepted, format!("bound to {key}"))
             }
             Some(_) => (
@@ -295,7 +296,7 @@ fn ref_result(store: &Store, policy_ns: &str, r: &PolicyTargetReference, root: &
             ),
         },
         "Service" => match store.services.get(&key) {
-            Some(s) => service_waypoint(store, &s.object.metadata, "Service", &key),
+            Some(s) => service_waypoint(store, Target::Service(&s.object), "Service", &key),
             None => (
                 false,
                 Reason::TargetNotFound,
@@ -303,7 +304,9 @@ fn ref_result(store: &Store, policy_ns: &str, r: &PolicyTargetReference, root: &
             ),
         },
         "ServiceEntry" => match store.service_entries.get(&key) {
-            Some(s) => service_waypoint(store, &s.object.metadata, "ServiceEntry", &key),
+            Some(s) => {
+                service_waypoint(store, Target::ServiceEntry(&s.object), "ServiceEntry", &key)
+            }
             None => (
                 false,
                 Reason::TargetNotFound,
@@ -357,18 +360,18 @@ fn gateway_class(store: &Store, ns: &str, name: &str, root: &str) -> (bool, Reas
 
 fn service_waypoint(
     store: &Store,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    target: Target<'_>,
     kind: &str,
     key: &ObjectKey,
 ) -> (bool, Reason, String) {
-    match waypoint_of(store, meta) {
-        Some(w) => (true, Reason::Accepted, format!("bound to {w}")),
-        None => (
-            false,
-            Reason::AncestorNotBound,
-            format!("{kind} {key} is not bound to a waypoint"),
-        ),
-    }
+    let (bound, message) =
+        crate::waypoint::binding_condition(&attachment(store, target), kind, key);
+    let reason = if bound {
+        Reason::Accepted
+    } else {
+        Reason::AncestorNotBound
+    };
+    (bound, reason, message)
 }
 
 /// Our [`WAYPOINT_ENFORCED`] condition on one policy.

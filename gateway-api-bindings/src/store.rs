@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use crate::istio::{AuthorizationPolicy, RequestAuthentication, ServiceEntry, WorkloadEntry};
 use crate::key::{Kind, ObjectKey};
 use crate::limits;
+use crate::mesh_rules::MeshRules;
 use crate::pod::PodInfo;
 use crate::well_known::SERVICE_NAME_LABEL;
 use crate::yaml;
@@ -154,6 +155,10 @@ pub struct Store {
     pub pods_by_ip: HashMap<IpAddr, ObjectKey>,
     /// Objects of kinds the waypoint does not read, as loaded from files.
     pub ignored: Vec<Ignored>,
+    /// How membership is decided for these objects: set by the source (the Kubernetes source
+    /// follows istiod's `status.addresses` rule; files default to a fallback) and from the mesh
+    /// config.
+    pub rules: MeshRules,
 }
 
 fn key_of<K: kube::Resource>(o: &K) -> ObjectKey {

@@ -35,14 +35,37 @@ pub const RUST_WAYPOINT_CONTROLLER: &str = "rust-waypoint.io/controller";
 pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
 /// Label naming the namespace of the [`USE_WAYPOINT`] Gateway when it is not the object's own.
 pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
-/// Gateway label choosing which traffic a waypoint takes.
+/// Label (on a Service, ServiceEntry or Namespace) naming a second, canary waypoint that takes a
+/// share of a service's traffic (istio/istio#60801); `none` or empty names none.
+pub const USE_WAYPOINT_CANARY: &str = "istio.io/use-waypoint-canary";
+/// Label naming the namespace of the [`USE_WAYPOINT_CANARY`] Gateway.
+pub const USE_WAYPOINT_CANARY_NAMESPACE: &str = "istio.io/use-waypoint-canary-namespace";
+/// Annotation: the canary's share of the traffic, an integer percentage (missing: 0).
+pub const USE_WAYPOINT_CANARY_WEIGHT: &str = "istio.io/use-waypoint-canary-weight";
+/// Gateway (or GatewayClass) label choosing which traffic a waypoint takes: `service` (the
+/// default), `workload`, `all` or `none`.
 pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+/// Gateway (or GatewayClass) annotation `<protocol>[/<port>]`: the listener whose
+/// `allowedRoutes` decide attachment, instead of the HBONE listener.
+pub const WAYPOINT_INBOUND_BINDING: &str = "ambient.istio.io/waypoint-inbound-binding";
+/// The listener protocol a `PROXY` inbound binding looks for.
+pub const WAYPOINT_PROXY_PROTOCOL: &str = "istio.io/PROXY";
+/// The listener istiod reads a waypoint's `allowedRoutes` from: protocol `HBONE`, port 15008.
+pub const HBONE_PROTOCOL: &str = "HBONE";
+pub const HBONE_PORT: i32 = 15008;
+/// Service annotation (and ServiceEntry `spec.exportTo`): the namespaces a service is visible to
+/// (`*` all, `.` its own, `~` none, or names).
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
 /// Namespace or pod label enrolling workloads in ambient.
 pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 /// Label EndpointSlices carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Istio's label on the Deployment, pods and Service it makes for a Gateway (waypoints included).
 pub const GATEWAY_MANAGED: &str = "gateway.istio.io/managed";
+/// [`GATEWAY_MANAGED`] values of a waypoint's and an east-west gateway's own objects: istiod
+/// never gives those a waypoint.
+pub const MANAGED_BY_MESH_CONTROLLER: &str = "istio.io-mesh-controller";
+pub const MANAGED_BY_EAST_WEST_CONTROLLER: &str = "istio.io-eastwest-controller";
 /// Gateway API's label naming the Gateway a pod or Service belongs to.
 pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 

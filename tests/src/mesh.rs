@@ -150,6 +150,9 @@ metadata: {{name: waypoint, namespace: {NAMESPACE}, labels: {{istio.io/waypoint-
 spec:
   gatewayClassName: istio-waypoint
   listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+# What istiod (the controller of istio-waypoint) writes once a waypoint pod is Ready: only a
+# Gateway with status.addresses is a waypoint.
+status: {{addresses: [{{type: Hostname, value: waypoint.{NAMESPACE}.svc.cluster.local}}]}}
 ---
 apiVersion: v1
 kind: Service

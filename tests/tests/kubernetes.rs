@@ -222,7 +222,20 @@ async fn services_follow_their_labels_across_namespaces() {
         .await;
 
         // A Service in another namespace choosing this waypoint through use-waypoint-namespace,
-        // with endpoints from an EndpointSlice naming the httpbin pods.
+        // with endpoints from an EndpointSlice naming the httpbin pods (addresses only: no
+        // identity). The waypoint's listener must admit that namespace (tests/tests/tenant.rs
+        // checks the default, `Same`, refuses it).
+        let mut gw = api
+            .get(
+                "gateway.networking.k8s.io/v1",
+                "Gateway",
+                "ambient-demo",
+                "waypoint",
+            )
+            .unwrap();
+        gw["spec"]["listeners"][0]["allowedRoutes"] =
+            serde_json::json!({"namespaces": {"from": "All"}});
+        api.apply(gw).unwrap();
         let ip = c.block.ip(11);
         api.apply_yaml(&format!(
             r#"
@@ -314,12 +327,22 @@ async fn endpoint_churn_while_requests_flow() {
             })
         };
         let version = || mesh.running().config.load().version;
+        // A Service's endpoints are the Ready pods its selector picks (as istiod builds them):
+        // httpbin-2 goes unready and back.
+        let mut pod = api.get("v1", "Pod", "ambient-demo", "httpbin-2").unwrap();
         for i in 0..20 {
             let before = version();
-            let hosts: &[u8] = if i % 2 == 0 { &[11] } else { &[11, 12] };
-            api.apply_yaml(&slice(&c.block, hosts)).unwrap();
+            let ready = if i % 2 == 0 { "False" } else { "True" };
+            pod["status"]["conditions"] = serde_json::json!([{"type": "Ready", "status": ready}]);
+            api.apply(pod.clone()).unwrap();
+            let want = if ready == "True" { 2 } else { 1 };
             until("the endpoint change applies", || async {
-                version() > before
+                let d = mesh.running().config.load();
+                d.version > before
+                    && d.destinations.services[&HTTPBIN_VIP.parse::<SocketAddr>().unwrap()]
+                        .endpoints
+                        .len()
+                        == want
             })
             .await;
         }

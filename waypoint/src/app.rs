@@ -153,6 +153,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         Source::File { path, .. } => {
             let seen = crate::source::file::fingerprint(path);
             let (snapshot, store) = crate::source::file::load(path, &mesh, &jwks)?;
+            crate::source::file::report_all_findings(&snapshot, &metrics);
             tracing::info!(
                 version = snapshot.version,
                 waypoint = %snapshot.waypoint.gateway,

@@ -167,10 +167,13 @@ async fn main() -> anyhow::Result<()> {
     let api = FakeApiServer::start(&dir).await?;
     let t = Instant::now();
     api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}))?;
+    // A waypoint (status.addresses, as istiod writes it) shared with the app namespaces.
     api.apply(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": {"name": "waypoint", "namespace": "bench"},
-        "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+        "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE",
+                 "allowedRoutes": {"namespaces": {"from": "All"}}}]},
+        "status": {"addresses": [{"type": "Hostname", "value": "waypoint.bench.svc.cluster.local"}]},
     }))?;
     for n in 0..args.namespaces {
         api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns(n, args.namespaces), "labels": {

@@ -22,6 +22,7 @@
 //! 4. Add the family to the exposition test in `tests.rs`, and to `docs/running.md` if operators
 //!    should know it.
 
+mod attachment;
 mod authz;
 mod hbone;
 mod proxy;
@@ -34,6 +35,7 @@ use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::{Metric, Registry};
 
+pub use attachment::AttachmentRefused;
 pub use authz::{PolicyDecision, PolicyDecisions};
 pub use hbone::{Timeout, TimeoutCounters, TimeoutLabels};
 pub use prometheus_client::metrics::counter::Counter;
@@ -108,6 +110,11 @@ pub struct Metrics {
     /// New or changed Kubernetes objects found invalid: enforced as istiod builds them, or kept
     /// out when they cannot be read (see `source::kube::sync`).
     pub kube_invalid_objects: Counter,
+    /// Objects that name this waypoint and are refused (and our Gateway not being a waypoint),
+    /// by reason; each counted once, when it appears.
+    attachment_refused: Family<AttachmentRefused, Counter>,
+    /// Addresses claimed by more than one object (each conflict counted once, when it appears).
+    pub address_conflicts: Counter,
     /// Status subresource writes, and those that failed.
     pub status_writes: Counter,
     pub status_write_failures: Counter,
@@ -264,6 +271,16 @@ impl Default for Metrics {
                 "waypoint_kube_invalid_objects",
                 "New or changed Kubernetes objects istiod's webhook would refuse, or that cannot be read",
             ),
+            attachment_refused: family(
+                r,
+                "waypoint_attachment_refused",
+                "Objects naming this waypoint that it does not serve (istiod's attachment rules), by reason",
+            ),
+            address_conflicts: counter(
+                r,
+                "waypoint_address_conflicts",
+                "Addresses claimed by more than one Service or ServiceEntry of this waypoint",
+            ),
             status_writes: counter(
                 r,
                 "waypoint_status_writes",
@@ -358,6 +375,20 @@ impl Metrics {
     pub fn requests(&self, allowed: bool, code: u16) -> u64 {
         self.requests
             .get(&RequestLabels::new(allowed, code))
+            .map_or(0, |c| c.get())
+    }
+
+    /// Counts one refused attachment (`reason` as `Reason::as_str` spells it).
+    pub fn attachment_refused(&self, reason: &'static str) {
+        self.attachment_refused
+            .get_or_create(&AttachmentRefused { reason })
+            .inc();
+    }
+
+    /// Refused attachments counted for `reason`.
+    pub fn attachment_refusals(&self, reason: &'static str) -> u64 {
+        self.attachment_refused
+            .get(&AttachmentRefused { reason })
             .map_or(0, |c| c.get())
     }
 

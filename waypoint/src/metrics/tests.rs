@@ -58,8 +58,8 @@ fn every_counter_ends_in_total_and_every_gauge_does_not() {
             _ => panic!("unexpected type line {line}"),
         }
     }
-    // 37 families, less the request counter, which has no sample yet.
-    assert_eq!(types, 36);
+    // 39 families, less the request and attachment-refusal counters, which have no sample yet.
+    assert_eq!(types, 37);
     assert!(
         !text.contains("# EOF"),
         "OpenMetrics trailer in a text/plain 0.0.4 body"
@@ -188,4 +188,22 @@ fn counters_and_gauges_show_their_values() {
             .lines()
             .any(|l| l == "waypoint_hbone_connections 0")
     );
+}
+
+#[test]
+fn refused_attachments_are_counted_by_reason() {
+    let m = Metrics::default();
+    assert!(!m.render().contains("waypoint_attachment_refused_total"));
+    m.attachment_refused("AttachmentDenied");
+    m.attachment_refused("AttachmentDenied");
+    m.attachment_refused("WaypointIsNotReady");
+    m.address_conflicts.inc();
+    let text = m.render();
+    assert!(
+        text.contains("waypoint_attachment_refused_total{reason=\"AttachmentDenied\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("waypoint_attachment_refused_total{reason=\"WaypointIsNotReady\"} 1"));
+    assert!(text.contains("waypoint_address_conflicts_total 1"));
+    assert_eq!(m.attachment_refusals("AttachmentDenied"), 2);
 }

@@ -13,7 +13,7 @@ use gateway_api_bindings::store::config_files;
 
 use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
-use crate::state::assemble::{Assembler, Validation};
+use crate::state::assemble::{Assembler, Validation, report_findings};
 use crate::state::{ConfigError, MeshSettings, Snapshot, StateHandle};
 
 /// Errors kept in one rejection (each file already caps its own).
@@ -26,6 +26,7 @@ pub fn load(
     jwks: &JwksRegistry,
 ) -> Result<(Snapshot, Store), ConfigError> {
     let mut store = Store::default();
+    store.rules.service_entry_visibility = settings.service_entry_visibility.clone();
     let errors = store.load_path(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -47,6 +48,13 @@ pub fn load(
     // Each load starts afresh: a change to the files is small next to reading them all again.
     let snapshot = Assembler::new(Validation::RefuseConfig).assemble_all(&store, settings, jwks)?;
     Ok((snapshot, store))
+}
+
+/// Logs and counts every finding of a snapshot loaded from the files: each load starts afresh,
+/// so each is new to it.
+pub fn report_all_findings(snapshot: &Snapshot, metrics: &Metrics) {
+    let gateway = &snapshot.waypoint.gateway;
+    report_findings(gateway, &snapshot.findings.all(gateway), metrics);
 }
 
 /// What identifies a version of the files: names, sizes and modification times.
@@ -91,6 +99,7 @@ pub async fn watch(
         match result {
             Ok(Ok((snapshot, store))) => {
                 tracing::info!(version = snapshot.version, path = %path.display(), "config change applied");
+                report_all_findings(&snapshot, &metrics);
                 *handle.objects() = store;
                 handle.publish(snapshot);
                 metrics.config_reloads.inc();

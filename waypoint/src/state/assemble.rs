@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
-use gateway_api_bindings::destinations::{Changed, DestinationBuilder};
+use gateway_api_bindings::destinations::{Changed, DestinationBuilder, Finding, Findings};
 use gateway_api_bindings::{ObjectKey, Store, WaypointIdentity, authorizer_for};
 use policy_engine::Authorizer;
 
 use super::{ConfigError, MeshSettings, Snapshot, invalid_policies, next_version};
 use crate::authn::Authn;
 use crate::authn::jwks::JwksRegistry;
+use crate::metrics::Metrics;
 
 /// What a source does about AuthorizationPolicies and RequestAuthentications that Istio's
 /// admission webhook would refuse.
@@ -55,6 +56,7 @@ pub struct Assembler {
     destinations: Option<DestinationBuilder>,
     authorizer: Arc<Authorizer>,
     authn: Arc<Authn>,
+    findings: Arc<Findings>,
 }
 
 /// The result of one assembly.
@@ -63,6 +65,9 @@ pub struct Assembled {
     pub snapshot: Snapshot,
     /// Whether the policies were compiled anew (rather than reused).
     pub policies_recompiled: bool,
+    /// Findings that appeared (or changed) since the previous assembly: log and count them
+    /// with [`report_findings`], so each is reported once.
+    pub fresh: Vec<Finding>,
 }
 
 impl Assembler {
@@ -72,6 +77,7 @@ impl Assembler {
             destinations: None,
             authorizer: Arc::new(policy_engine::AuthorizerBuilder::new().build()),
             authn: Arc::new(Authn::none()),
+            findings: Arc::default(),
         }
     }
 
@@ -118,6 +124,10 @@ impl Assembler {
                 slot.insert(b)
             }
         };
+        let fresh = destinations.take_fresh();
+        if *destinations.findings() != *self.findings {
+            self.findings = Arc::new(destinations.findings().clone());
+        }
         let destinations = Arc::new(destinations.destinations().clone());
         let policies_recompiled = first || changes.settings || changes.policies;
         if policies_recompiled {
@@ -135,9 +145,33 @@ impl Assembler {
                 destinations,
                 path_normalization: settings.path_normalization,
                 trust_domains: settings.trust_domains(),
+                findings: self.findings.clone(),
             },
             policies_recompiled,
+            fresh,
         })
+    }
+}
+
+/// Logs each finding and counts it: `waypoint_attachment_refused_total{reason}` for an object
+/// (or our Gateway) refused, `waypoint_address_conflicts_total` for an address claimed twice.
+/// Callers pass each finding once: [`Assembled::fresh`], or every finding of a file load.
+pub fn report_findings(gateway: &ObjectKey, findings: &[Finding], metrics: &Metrics) {
+    for f in findings {
+        match f {
+            Finding::NotAWaypoint { .. } => {
+                tracing::warn!(waypoint = %gateway, finding = f.kind(), "{f}");
+                metrics.attachment_refused(f.kind());
+            }
+            Finding::Refused { subject, refusal } => {
+                tracing::warn!(waypoint = %gateway, object = %subject, named = %refusal.waypoint, finding = f.kind(), "{f}");
+                metrics.attachment_refused(f.kind());
+            }
+            Finding::AddressConflict(c) => {
+                tracing::warn!(waypoint = %gateway, address = %c.address, owner = %c.owner, finding = f.kind(), "{f}");
+                metrics.address_conflicts.inc();
+            }
+        }
     }
 }
 
@@ -149,7 +183,7 @@ fn our_gateway(store: &Store, settings: &MeshSettings) -> Result<ObjectKey, Conf
     let mut wps = store
         .gateways
         .iter()
-        .filter(|(_, g)| gateway_api_bindings::waypoint::is_waypoint(&g.object))
+        .filter(|(_, g)| gateway_api_bindings::waypoint::is_waypoint(store, &g.object))
         .map(|(k, _)| k.clone());
     match (wps.next(), wps.next()) {
         (Some(g), None) => Ok(g),

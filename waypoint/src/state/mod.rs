@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub mod assemble;
 
 use arc_swap::ArcSwap;
-use gateway_api_bindings::destinations::Destinations;
+use gateway_api_bindings::destinations::{Destinations, Findings};
+use gateway_api_bindings::mesh_rules::ServiceEntryVisibility;
 use gateway_api_bindings::{ObjectKey, Origin, Store, WaypointIdentity, limits, status};
 use policy_engine::Authorizer;
 
@@ -31,6 +32,9 @@ pub struct MeshSettings {
     /// trust domain migration). A peer's SPIFFE ID must be in `trust_domain` or one of these.
     pub trust_domain_aliases: Vec<String>,
     pub path_normalization: PathNormalization,
+    /// Mesh config `serviceEntryVisibility`: which ServiceEntries may bind to another
+    /// namespace's waypoint (see `gateway_api_bindings::waypoint`).
+    pub service_entry_visibility: ServiceEntryVisibility,
 }
 
 impl Default for MeshSettings {
@@ -41,6 +45,7 @@ impl Default for MeshSettings {
             trust_domain: "cluster.local".into(),
             trust_domain_aliases: Vec::new(),
             path_normalization: PathNormalization::Base,
+            service_entry_visibility: ServiceEntryVisibility::default(),
         }
     }
 }
@@ -111,6 +116,9 @@ pub struct Snapshot {
     pub path_normalization: PathNormalization,
     /// The trust domain and its aliases: the only ones a peer's SPIFFE ID may be in.
     pub trust_domains: Arc<[String]>,
+    /// Objects that name this waypoint and are refused, and addresses claimed twice: what
+    /// `/config_dump` shows an operator (each was logged once and counted when it appeared).
+    pub findings: Arc<Findings>,
 }
 
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
@@ -139,6 +147,7 @@ impl Snapshot {
             destinations: Arc::default(),
             path_normalization: settings.path_normalization,
             trust_domains: settings.trust_domains(),
+            findings: Arc::default(),
         }
     }
 
@@ -190,6 +199,12 @@ impl Snapshot {
                 "requestAuthentications": keys(store.request_authentications.keys().map(ToString::to_string).collect()),
             },
             "destinations": {"services": services, "workloads": workloads},
+            "attachment": self
+                .findings
+                .all(&self.waypoint.gateway)
+                .iter()
+                .map(|f| serde_json::json!({"finding": f.kind(), "message": f.to_string()}))
+                .collect::<Vec<_>>(),
             "requestAuthentication": self.authn.dump(),
             "policies": self.authorizer.policies().iter().map(|p| serde_json::json!({
                 "policy": p.to_string(),

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
+use gateway_api_bindings::destinations::Destinations;
+use gateway_api_bindings::waypoint::{Attachment, Target, attachment};
 use gateway_api_bindings::{
     ObjectKey, Store, WaypointIdentity, authorizer_for, service_entry_target, service_target,
 };
@@ -197,7 +199,7 @@ pub(crate) fn run(
     }
     let text = std::fs::read_to_string(requests)
         .with_context(|| format!("reading {}", requests.display()))?;
-    let mut authorizers: HashMap<(String, String), (Authorizer, Authn)> = HashMap::new();
+    let mut authorizers: HashMap<(String, String), Compiled> = HashMap::new();
     // Remote JWKS are fetched on first use, with the rule's timeout; nothing refreshes.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -219,37 +221,101 @@ pub(crate) fn run(
         let req: EvalRequest = serde_path_to_error::deserialize(value)
             .with_context(|| format!("{}: request {}", requests.display(), i + 1))?;
         let wp_key = (req.waypoint.namespace.clone(), req.waypoint.name.clone());
-        let (authorizer, authn) = authorizers.entry(wp_key).or_insert_with(|| {
+        let compiled = authorizers.entry(wp_key).or_insert_with(|| {
             let gw = ObjectKey::new(&req.waypoint.namespace, &req.waypoint.name);
             if !store.gateways.contains_key(&gw) {
                 tracing::warn!(waypoint = %gw, "no such Gateway in the config: assuming class istio-waypoint");
             }
             let wp = WaypointIdentity::from_store(&store, gw, root_ns);
-            (authorizer_for(&store, &wp), Authn::compile(&store, &wp, &jwks))
+            Compiled {
+                authorizer: authorizer_for(&store, &wp),
+                authn: Authn::compile(&store, &wp, &jwks),
+                // The cluster's trust domain does not matter here: only targets are read.
+                destinations: Destinations::build(&store, &wp.gateway, "cluster.local"),
+                waypoint: wp,
+            }
         });
-        let line = decide(&store, authorizer, authn, &rt, &req, mode)
+        let line = decide(&store, compiled, &rt, &req, mode)
             .with_context(|| format!("{}: request {}", requests.display(), i + 1))?;
         writeln!(out, "{line}")?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// What one waypoint of the config compiles to.
+struct Compiled {
+    waypoint: WaypointIdentity,
+    authorizer: Authorizer,
+    authn: Authn,
+    destinations: Destinations,
+}
+
+/// The engine target of the request's destination, as the waypoint finds it; `Err` with the
+/// reason when the config holds the named Service or ServiceEntry and the waypoint does not
+/// serve it (the cluster would send it no such traffic, and the waypoint answers a CONNECT for
+/// it with 503).
+///
+/// * `service` named: that Service (else ServiceEntry) of the config, if the waypoint serves it
+///   ([`attachment`], the data path's rule). One the config does not hold is taken by name, so
+///   a config of policies alone can still be evaluated.
+/// * else `ip` and `port`: the owner of that address among the destinations the waypoint
+///   serves (one owner per address, as on the data path); none: the waypoint's own policies.
+fn target_of(store: &Store, c: &Compiled, d: &Destination) -> Result<Option<String>, String> {
+    let gw = &c.waypoint.gateway;
+    let Some(s) = &d.service else {
+        let addr =
+            d.ip.zip(d.port)
+                .map(|(ip, port)| std::net::SocketAddr::new(ip, port));
+        return Ok(addr
+            .and_then(|a| c.destinations.services.get(&a))
+            .map(|dest| dest.target.clone()));
+    };
+    let key = ObjectKey::new(&s.namespace, &s.name);
+    let (kind, target, att): (&str, String, Attachment) =
+        if let Some(svc) = store.services.get(&key) {
+            (
+                "Service",
+                service_target(&key),
+                attachment(store, Target::Service(&svc.object)),
+            )
+        } else if let Some(se) = store.service_entries.get(&key) {
+            (
+                "ServiceEntry",
+                service_entry_target(&key),
+                attachment(store, Target::ServiceEntry(&se.object)),
+            )
+        } else {
+            return Ok(Some(service_target(&key)));
+        };
+    if att.serves(gw) {
+        return Ok(Some(target));
+    }
+    let why = match (att.refusal_for(gw), att.waypoint()) {
+        (Some(r), _) => r.to_string(),
+        (None, Some(other)) => format!("it uses waypoint {other}"),
+        (None, None) => match att.refusals().next() {
+            Some(r) => r.to_string(),
+            None => "it uses no waypoint".to_owned(),
+        },
+    };
+    Err(format!(
+        "{kind} {key} is not served by waypoint {gw}: {why}"
+    ))
+}
+
 fn decide(
     store: &Store,
-    authorizer: &Authorizer,
-    authn: &Authn,
+    compiled: &Compiled,
     rt: &tokio::runtime::Runtime,
     req: &EvalRequest,
     mode: PathNormalization,
 ) -> anyhow::Result<String> {
-    let target = req.destination.service.as_ref().map(|s| {
-        let key = ObjectKey::new(&s.namespace, &s.name);
-        if store.service_entries.contains_key(&key) && !store.services.contains_key(&key) {
-            service_entry_target(&key)
-        } else {
-            service_target(&key)
-        }
-    });
+    let (authorizer, authn) = (&compiled.authorizer, &compiled.authn);
+    let target = match target_of(store, compiled, &req.destination) {
+        Ok(t) => t,
+        // What the waypoint answers a CONNECT for a destination it does not serve.
+        Err(reason) => return Line::local(503, format!("not served: {reason}")),
+    };
     let peer = req.source.principal.as_deref().map(PeerIdentity::new);
     if req.jwt.is_some() && req.token.is_some() {
         bail!("give jwt.claims or token, not both");

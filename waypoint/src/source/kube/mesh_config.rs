@@ -4,6 +4,9 @@ use policy_engine::path::PathNormalization;
 use serde::Deserialize;
 
 use gateway_api_bindings::ObjectKey;
+use gateway_api_bindings::mesh_rules::{
+    ServiceEntryVisibility, ServiceEntryVisibilityConfig, VisibilityError,
+};
 
 use crate::state::MeshSettings;
 
@@ -42,6 +45,8 @@ pub struct MeshConfig {
     pub trust_domain: Option<String>,
     pub trust_domain_aliases: Vec<String>,
     pub path_normalization: Option<PathNormalization>,
+    /// `serviceEntryVisibility` (unset: every ServiceEntry public).
+    pub service_entry_visibility: ServiceEntryVisibility,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +60,8 @@ struct Raw {
     trust_domain_aliases: Option<Vec<String>>,
     #[serde(default)]
     path_normalization: Option<RawNormalization>,
+    #[serde(default)]
+    service_entry_visibility: Option<ServiceEntryVisibilityConfig>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +78,8 @@ pub enum MeshConfigError {
     Decode(#[from] serde_json::Error),
     #[error("unknown pathNormalization.normalization {0:?}")]
     Normalization(String),
+    #[error("serviceEntryVisibility: {0}")]
+    Visibility(#[from] VisibilityError),
 }
 
 impl MeshConfig {
@@ -86,7 +95,19 @@ impl MeshConfig {
             Some(n) => Some(PathNormalization::parse(&n).ok_or(MeshConfigError::Normalization(n))?),
             None => None,
         };
+        let service_entry_visibility = match &raw.service_entry_visibility {
+            Some(c) => {
+                let (v, unusable) = ServiceEntryVisibility::compile(c)?;
+                for e in unusable {
+                    // As istiod compiles it on a fresh start: the rule never matches.
+                    tracing::warn!(error = %e, "serviceEntryVisibility: a namespaceSelector Kubernetes would refuse never matches");
+                }
+                v
+            }
+            None => ServiceEntryVisibility::default(),
+        };
         Ok(MeshConfig {
+            service_entry_visibility,
             root_namespace: raw.root_namespace.filter(|s| !s.is_empty()),
             trust_domain: raw.trust_domain.filter(|s| !s.is_empty()),
             trust_domain_aliases: raw
@@ -123,6 +144,7 @@ impl MeshConfig {
                 .path_normalization
                 .or(self.path_normalization)
                 .unwrap_or(defaults.path_normalization),
+            service_entry_visibility: self.service_entry_visibility.clone(),
         }
     }
 }
@@ -158,5 +180,27 @@ mod tests {
         assert_eq!(empty.root_namespace, "istio-system");
         assert_eq!(empty.path_normalization, PathNormalization::Base);
         assert!(MeshConfig::parse("pathNormalization: {normalization: SOMETIMES}").is_err());
+    }
+
+    #[test]
+    fn service_entry_visibility_is_read() {
+        use gateway_api_bindings::mesh_rules::Visibility;
+        let s = MeshConfig::parse(
+            "serviceEntryVisibility:\n  defaultVisibility: NAMESPACE\n  policies:\n  - visibility: PUBLIC\n    matchingRules:\n    - namespaceSelector: {matchLabels: {se-visibility: public}}\n",
+        )
+        .unwrap()
+        .settings(&MeshOverrides::default(), None);
+        let v = &s.service_entry_visibility;
+        let public = [("se-visibility".to_owned(), "public".to_owned())].into();
+        assert_eq!(v.of_namespace(&public), Visibility::Public);
+        assert_eq!(v.of_namespace(&Default::default()), Visibility::Namespace);
+        assert!(MeshConfig::parse("serviceEntryVisibility: {defaultVisibility: SECRET}").is_err());
+        assert_eq!(
+            MeshConfig::parse("")
+                .unwrap()
+                .service_entry_visibility
+                .of_namespace(&Default::default()),
+            Visibility::Public
+        );
     }
 }

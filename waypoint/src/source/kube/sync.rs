@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gateway_api_bindings::destinations::ServiceRef;
+use gateway_api_bindings::mesh_rules::WaypointRule;
 use gateway_api_bindings::well_known::SERVICE_NAME_LABEL;
 use gateway_api_bindings::{Kind, LoadError, Object, ObjectKey, Origin, Store, limits, status};
 use policy_engine::Action;
@@ -20,7 +21,7 @@ use super::mesh_config::MeshOverrides;
 use super::watch::{Invalid, Parsed, Update};
 use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
-use crate::state::assemble::{Assembled, Assembler, Changes, Validation};
+use crate::state::assemble::{Assembled, Assembler, Changes, Validation, report_findings};
 use crate::state::{MeshSettings, StateHandle};
 
 /// What the status writer needs besides the store, published after each snapshot.
@@ -109,9 +110,17 @@ impl StateUpdater {
 
 impl State {
     fn new(cfg: StateUpdater) -> State {
+        let store = cfg.handle.objects_handle();
+        let settings = cfg.mesh.resolve(None, Some(&cfg.gateway));
+        {
+            let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+            // istiod's rule: only a Gateway with status.addresses is a waypoint.
+            s.rules.waypoints = WaypointRule::StatusAddresses;
+            s.rules.service_entry_visibility = settings.service_entry_visibility.clone();
+        }
         State {
-            store: cfg.handle.objects_handle(),
-            settings: cfg.mesh.resolve(None, Some(&cfg.gateway)),
+            store,
+            settings,
             mesh_config: None,
             pending: Kind::ALL.into_iter().collect(),
             mesh_pending: true,
@@ -174,6 +183,11 @@ impl State {
                         .resolve(self.mesh_config.as_ref(), Some(&self.cfg.gateway));
                     if settings != self.settings {
                         tracing::info!(root_namespace = %settings.root_namespace, trust_domain = %settings.trust_domain, path_normalization = ?settings.path_normalization, "mesh settings changed");
+                        self.store
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .rules
+                            .service_entry_visibility = settings.service_entry_visibility.clone();
                         self.settings = settings;
                         self.dirty.snapshot.settings = true;
                         self.dirty.snapshot.policies = true;
@@ -293,9 +307,21 @@ impl State {
         let d = &mut self.dirty;
         match kind {
             Kind::Gateway => {
+                // What membership reads: spec (listeners, allowedRoutes), labels (waypoint-for),
+                // annotations (inbound binding) and whether status.addresses is empty (istiod's
+                // waypoint rule).
+                let has_addresses = |g: &gateway_api::apis::standard::gateways::Gateway| {
+                    g.status
+                        .as_ref()
+                        .and_then(|s| s.addresses.as_ref())
+                        .is_some_and(|a| !a.is_empty())
+                };
                 let same = match new {
                     Some(Object::Gateway(g)) => store.gateways.get(key).is_some_and(|old| {
-                        old.object.spec == g.spec && old.object.metadata.labels == g.metadata.labels
+                        old.object.spec == g.spec
+                            && old.object.metadata.labels == g.metadata.labels
+                            && old.object.metadata.annotations == g.metadata.annotations
+                            && has_addresses(&old.object) == has_addresses(g)
                     }),
                     _ => false,
                 };
@@ -308,13 +334,16 @@ impl State {
                     return;
                 }
                 d.status = true;
+                // Any waypoint may be a Service's primary while we are its canary.
+                d.snapshot.destinations.everything = true;
                 if *key == self.cfg.gateway {
-                    d.snapshot.destinations.everything = true;
                     d.snapshot.policies = true;
                 }
             }
             Kind::GatewayClass => {
+                // Its `istio.io/waypoint-for` and inbound binding decide attachment too.
                 d.snapshot.policies = true;
+                d.snapshot.destinations.everything = true;
                 d.status = true;
             }
             Kind::Namespace => {
@@ -384,7 +413,11 @@ impl State {
         let d = &mut self.dirty;
         d.status = true;
         match kind {
-            Kind::AuthorizationPolicy | Kind::GatewayClass => d.snapshot.policies = true,
+            Kind::AuthorizationPolicy => d.snapshot.policies = true,
+            Kind::GatewayClass => {
+                d.snapshot.policies = true;
+                d.snapshot.destinations.everything = true;
+            }
             Kind::RequestAuthentication => d.snapshot.authn = true,
             Kind::Gateway => {
                 d.snapshot.policies = true;
@@ -415,6 +448,7 @@ impl State {
         let Assembled {
             snapshot,
             policies_recompiled: recompiled,
+            fresh,
         } = match assembled {
             Ok(a) => a,
             Err(e) => {
@@ -425,6 +459,7 @@ impl State {
                 return;
             }
         };
+        report_findings(&self.cfg.gateway, &fresh, &self.cfg.metrics);
         let version = snapshot.version;
         let d = &snapshot.destinations;
         tracing::info!(
@@ -653,6 +688,43 @@ status: {podIP: 10.0.0.9}
             !rx.has_changed().unwrap(),
             "status pass for a change status does not read"
         );
+    }
+
+    /// istiod's rule: only status.addresses makes a Gateway a waypoint, so gaining (or losing)
+    /// them rebuilds what the waypoint serves; a status echo keeping them does not.
+    #[test]
+    fn status_addresses_decide_whether_our_gateway_serves() {
+        let (mut st, _rx) = synced(vec![(Kind::Gateway, GATEWAY)]);
+        assert!(
+            st.cfg.handle.load().findings.not_a_waypoint.is_some(),
+            "no status.addresses: not a waypoint"
+        );
+        let with_addresses =
+            format!("{GATEWAY}status: {{addresses: [{{type: IPAddress, value: 10.96.0.2}}]}}\n");
+        st.update(Update::Apply(
+            Kind::Gateway,
+            Ok(object(Kind::Gateway, &with_addresses)),
+        ));
+        assert!(st.dirty.snapshot.destinations.everything);
+        st.publish(Instant::now());
+        assert!(st.cfg.handle.load().findings.not_a_waypoint.is_none());
+        let echo = format!(
+            "{GATEWAY}status: {{addresses: [{{type: IPAddress, value: 10.96.0.2}}], conditions: []}}\n"
+        );
+        st.update(Update::Apply(
+            Kind::Gateway,
+            Ok(object(Kind::Gateway, &echo)),
+        ));
+        assert!(!st.dirty.snapshot.any(), "{:?}", st.dirty);
+        // A GatewayClass carries istio.io/waypoint-for: what is served may change.
+        st.update(Update::Apply(
+            Kind::GatewayClass,
+            Ok(object(
+                Kind::GatewayClass,
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: istio-waypoint, labels: {istio.io/waypoint-for: all}}\nspec: {controllerName: istio.io/mesh-controller}\n",
+            )),
+        ));
+        assert!(st.dirty.snapshot.destinations.everything);
     }
 
     #[test]

@@ -172,6 +172,15 @@ pub(crate) struct RunArgs {
     /// keys (401), at most the fetch's own timeout.
     #[arg(long, default_value_t = 5)]
     jwks_max_wait_seconds: u64,
+    /// Enforce, at HBONE termination, the selector, namespace-wide and root-namespace
+    /// AuthorizationPolicies a ztunnel would enforce for the waypoint's own pod (L4 only), as
+    /// istiod's ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES.
+    #[arg(
+        long,
+        env = "ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    layered_authorization_policies: bool,
     /// Largest JWKS (or OIDC discovery document) read.
     #[arg(long, default_value_t = waypoint::authn::jwks::DEFAULT_MAX_BYTES)]
     jwks_max_bytes: usize,
@@ -197,7 +206,8 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
 
 /// The process's settings from the flags and `env`, the environment variables clap does not
 /// read for a flag: `GATEWAY_NAME` and `POD_NAMESPACE` (our Gateway with --kubernetes) and
-/// `POD_NAME` (the Lease holder's name). Empty values count as unset.
+/// `POD_NAME` (the Lease holder's name, and the Pod whose labels layered L4 policy matches).
+/// Empty values count as unset.
 fn settings(args: RunArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
     let path_normalization = match &args.path_normalization {
         Some(p) => Some(
@@ -228,6 +238,11 @@ fn settings(args: RunArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Resu
         trust_domain_aliases: (!args.trust_domain_aliases.is_empty())
             .then(|| args.trust_domain_aliases.clone()),
         path_normalization,
+        layered: args.layered_authorization_policies.then(|| {
+            waypoint::state::layered::LayeredSettings {
+                pod_name: env("POD_NAME"),
+            }
+        }),
     };
     let source = match (&args.config, gateway) {
         (Some(path), gateway) => Source::File {
@@ -392,6 +407,10 @@ mod tests {
     use clap::Parser as _;
 
     fn settings_from(flags: &[&str]) -> anyhow::Result<Settings> {
+        settings_with_env(flags, &[])
+    }
+
+    fn settings_with_env(flags: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Settings> {
         let mut argv = vec![
             "waypoint",
             "run",
@@ -408,7 +427,31 @@ mod tests {
         let Command::Run(args) = Cli::try_parse_from(argv)?.command else {
             unreachable!("parsed `run`")
         };
-        settings(*args, |_| None)
+        settings(*args, |k| {
+            env.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn layered_l4_is_off_unless_asked_and_knows_our_pod() {
+        assert_eq!(
+            settings_from(&[]).unwrap().mesh.layered,
+            None,
+            "istiod's default"
+        );
+        let s = settings_with_env(
+            &["--layered-authorization-policies"],
+            &[("POD_NAME", "waypoint-7d9f")],
+        )
+        .unwrap();
+        assert_eq!(
+            s.mesh.layered,
+            Some(waypoint::state::layered::LayeredSettings {
+                pod_name: Some("waypoint-7d9f".into())
+            })
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub mod assemble;
+pub mod layered;
 
 use arc_swap::ArcSwap;
 use gateway_api_bindings::destinations::Destinations;
@@ -18,6 +19,7 @@ use gateway_api_bindings::{ObjectKey, Origin, Store, WaypointIdentity, limits, s
 use policy_engine::Authorizer;
 
 use crate::authn::Authn;
+use layered::{Layered, LayeredSettings};
 use policy_engine::path::PathNormalization;
 
 /// Mesh-wide settings that do not come from the objects themselves.
@@ -31,6 +33,8 @@ pub struct MeshSettings {
     /// trust domain migration). A peer's SPIFFE ID must be in `trust_domain` or one of these.
     pub trust_domain_aliases: Vec<String>,
     pub path_normalization: PathNormalization,
+    /// Layered L4 policy at HBONE termination; `None` (the default, as istiod's) leaves it off.
+    pub layered: Option<LayeredSettings>,
 }
 
 impl Default for MeshSettings {
@@ -41,6 +45,7 @@ impl Default for MeshSettings {
             trust_domain: "cluster.local".into(),
             trust_domain_aliases: Vec::new(),
             path_normalization: PathNormalization::Base,
+            layered: None,
         }
     }
 }
@@ -111,6 +116,9 @@ pub struct Snapshot {
     pub path_normalization: PathNormalization,
     /// The trust domain and its aliases: the only ones a peer's SPIFFE ID may be in.
     pub trust_domains: Arc<[String]>,
+    /// The policies a ztunnel in front of the waypoint would enforce; `None` when layered L4
+    /// policy is off.
+    pub layered: Option<Arc<Layered>>,
 }
 
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
@@ -139,6 +147,7 @@ impl Snapshot {
             destinations: Arc::default(),
             path_normalization: settings.path_normalization,
             trust_domains: settings.trust_domains(),
+            layered: None,
         }
     }
 
@@ -191,6 +200,7 @@ impl Snapshot {
             },
             "destinations": {"services": services, "workloads": workloads},
             "requestAuthentication": self.authn.dump(),
+            "layeredL4": self.layered.as_ref().map(|l| l.dump()),
             "policies": self.authorizer.policies().iter().map(|p| serde_json::json!({
                 "policy": p.to_string(),
                 "action": p.action.as_str(),

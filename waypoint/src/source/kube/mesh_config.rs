@@ -18,6 +18,8 @@ pub struct MeshOverrides {
     /// absent leaves it `None`).
     pub trust_domain_aliases: Option<Vec<String>>,
     pub path_normalization: Option<PathNormalization>,
+    /// Layered L4 policy at HBONE termination (a flag only; the mesh config has no such field).
+    pub layered: Option<crate::state::layered::LayeredSettings>,
 }
 
 impl MeshOverrides {
@@ -123,6 +125,7 @@ impl MeshConfig {
                 .path_normalization
                 .or(self.path_normalization)
                 .unwrap_or(defaults.path_normalization),
+            layered: overrides.layered.clone(),
         }
     }
 }

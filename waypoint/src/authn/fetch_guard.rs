@@ -261,6 +261,23 @@ mod tests {
         let accepted =
             tokio::time::timeout(std::time::Duration::from_millis(50), listener.accept()).await;
         assert!(accepted.is_err(), "a blocked address was dialled");
+        // Numeric spellings the system resolver turns into the metadata address (inet_aton's
+        // hex and 32-bit forms) are judged by the address they resolve to.
+        for spelled in [
+            "0xa9fea9fe",
+            "2852039166",
+            "169.254.43518",
+            "0251.0376.0251.0376",
+        ] {
+            let e = FetchGuard::default()
+                .connect(spelled, 80)
+                .await
+                .unwrap_err();
+            assert!(
+                e.contains("169.254.169.254 is link-local") || e.starts_with("resolving"),
+                "{spelled}: {e}"
+            );
+        }
         // The same listener without the extra ranges: reachable.
         assert!(
             FetchGuard::default()

@@ -18,6 +18,8 @@
 //! * [`store`]: the object index, with `apply`/`remove`, loaded from YAML files or fed by
 //!   watchers, and the [`mesh_rules::MeshRules`] its objects are judged by.
 //! * `translate`: AuthorizationPolicy -> [`policy_engine::PolicySpec`].
+//! * [`ztunnel`]: the second enforcement point: which policies the destination's ztunnel
+//!   enforces for a workload, converted to its L4 form as istiod converts them, and evaluated.
 //! * [`waypoint`]: membership, decided by ONE function, [`waypoint::attachment`]: which Gateway
 //!   is a waypoint, which waypoint a Service, ServiceEntry or Pod uses, and why a waypoint it
 //!   names refuses it (istiod's rules: `allowedRoutes`, traffic type, visibility, canary).
@@ -48,6 +50,7 @@ mod validation;
 pub mod waypoint;
 pub mod well_known;
 pub mod yaml;
+pub mod ztunnel;
 
 pub use attachment::{authorizer_for, binding, service_entry_target, service_target};
 pub use key::{Kind, ObjectKey};

@@ -31,6 +31,7 @@ fn registry_trusting(
             retry: Duration::from_millis(100),
             min_refetch: Duration::from_secs(2),
             extra_roots,
+            ..JwksOptions::default()
         },
         Some(tokio::runtime::Handle::current()),
         metrics.clone(),

@@ -6,6 +6,14 @@
 //! after a failure, as istiod does; a token whose `kid` is unknown triggers at most one extra fetch
 //! per `min_refetch`. Until a fetch succeeds the set is empty and every token that needs it is
 //! rejected: fail closed.
+//!
+//! What a tenant's rule can make the waypoint do is bounded ([`JwksOptions`]): every connection
+//! passes the [`FetchGuard`] (no link-local or metadata address, nor the operator's ranges,
+//! checked after DNS on every connect); redirects are not followed; a fetch ends after the
+//! rule's `timeout` or `max_fetch_time`, whichever is shorter, and reads at most `max_bytes`.
+//! One fetch per set runs at a time, in its own task: requests that need it join it and wait at
+//! most `max_wait`, then are answered as if no key matched (401), while the fetch goes on for
+//! the next ones.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,12 +24,12 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
 use rustls::pki_types::{CertificateDer, ServerName};
+use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::fetch_guard::FetchGuard;
 use crate::metrics::Metrics;
-
-/// A JWKS or discovery document larger than this is refused.
-const MAX_BODY: usize = 1 << 20;
 
 /// The algorithms this build verifies (`alg` of a token's header). jwt_verify_lib also does
 /// ES512 (P-521), which ring cannot verify: such tokens are refused ("Jwt header [alg] is not
@@ -166,35 +174,98 @@ pub struct Parsed {
 /// outside 2048..=8192 bits, P-521, OKP curves other than Ed25519. Keys published with
 /// `use: enc` are left out too (RFC 7517 §4.2: not for signatures), which jwt_verify_lib does
 /// not check.
+///
+/// The document is read as a stream: one key's JSON tree at a time is held, never the whole
+/// document's, so a large set costs its text plus its usable keys.
 pub fn parse(text: &[u8]) -> Result<Parsed, String> {
-    let doc: serde_json::Value =
-        serde_json::from_slice(text).map_err(|e| format!("JWKS is not JSON: {e}"))?;
-    let Some(keys) = doc.get("keys") else {
-        return Err("JWKS has no \"keys\" field".into());
-    };
-    let Some(keys) = keys.as_array() else {
-        return Err("\"keys\" in the JWKS is not an array".into());
-    };
-    let mut out = Parsed::default();
-    for (i, k) in keys.iter().enumerate() {
-        match key(k) {
-            Ok(key) => out.keys.push(key),
-            Err(e) => {
-                let kid = k.get("kid").and_then(|v| v.as_str());
-                out.unusable.push(match kid {
-                    Some(kid) => format!("keys[{i}] (kid {kid:?}): {e}"),
-                    None => format!("keys[{i}]: {e}"),
-                });
-            }
-        }
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let doc = de
+        .deserialize_map(DocVisitor)
+        .and_then(|doc| de.end().map(|()| doc));
+    match doc {
+        Ok(Some(parsed)) => Ok(parsed),
+        Ok(None) => Err("JWKS has no \"keys\" field".into()),
+        Err(e) if e.is_data() => Err(format!("JWKS is not a key set: {e}")),
+        Err(e) => Err(format!("JWKS is not JSON: {e}")),
     }
-    Ok(out)
 }
 
-/// Reports what [`parse`] left out: a warning per key and the metric.
+/// The top-level object: `keys` parsed (the last one, if repeated, as a JSON object model
+/// reads it), every other member skipped.
+struct DocVisitor;
+
+impl<'de> Visitor<'de> for DocVisitor {
+    type Value = Option<Parsed>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut keys = None;
+        while let Some(name) = map.next_key::<String>()? {
+            if name == "keys" {
+                keys = Some(map.next_value_seed(KeysSeed)?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(keys)
+    }
+}
+
+struct KeysSeed;
+
+impl<'de> DeserializeSeed<'de> for KeysSeed {
+    type Value = Parsed;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Parsed, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeysSeed {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"keys\" to be an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
+        let mut out = Parsed::default();
+        let mut i = 0usize;
+        while let Some(k) = seq.next_element::<serde_json::Value>()? {
+            match key(&k) {
+                Ok(key) => out.keys.push(key),
+                Err(e) => {
+                    let kid = k.get("kid").and_then(|v| v.as_str());
+                    out.unusable.push(match kid {
+                        Some(kid) => format!("keys[{i}] (kid {kid:?}): {e}"),
+                        None => format!("keys[{i}]: {e}"),
+                    });
+                }
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// At most this many unusable keys are logged one by one per load; the rest are summed up, so
+/// a set of thousands of junk keys cannot flood the log at every refresh.
+const UNUSABLE_LOGGED: usize = 16;
+
+/// Reports what [`parse`] left out: a warning per key (the first few) and the metric.
 pub fn report_unusable(source: &dyn std::fmt::Display, unusable: &[String], metrics: &Metrics) {
-    for u in unusable {
+    for u in unusable.iter().take(UNUSABLE_LOGGED) {
         tracing::warn!(source = %source, "JWKS key unusable, left out: {u}");
+    }
+    if unusable.len() > UNUSABLE_LOGGED {
+        tracing::warn!(
+            source = %source,
+            more = unusable.len() - UNUSABLE_LOGGED,
+            "more JWKS keys unusable, left out"
+        );
     }
     metrics.jwks_keys_unusable.inc_by(unusable.len() as u64);
 }
@@ -353,16 +424,78 @@ pub struct KeySet {
     keys: ArcSwapOption<Vec<Key>>,
     /// Bumped on every successful fetch: lets a waiter see that someone else already refetched.
     version: AtomicU64,
+    /// Why the last fetch failed; cleared by a successful one.
+    last_error: ArcSwapOption<String>,
+}
+
+/// What a fetched set holds now, for `/config_dump`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// Usable keys held; `None` until a fetch succeeded.
+    pub keys: Option<usize>,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug)]
 struct Remote {
     source: Source,
-    timeout: Duration,
+    /// The rule's `timeout`, capped by [`JwksOptions::max_fetch_time`].
+    fetch_timeout: Duration,
+    /// How long a request waits for a fetch ([`JwksOptions::max_wait`]); a fetch that ends
+    /// sooner, by its own timeout or not, ends the wait.
+    wait: Duration,
     fetcher: Arc<Fetcher>,
     min_refetch: Duration,
-    /// Serializes fetches and remembers when the last one started.
-    last: tokio::sync::Mutex<Option<Instant>>,
+    /// Where fetches run; the caller's runtime when `None`.
+    runtime: Option<tokio::runtime::Handle>,
+    flight: Mutex<Flight>,
+    /// Changes whenever a fetch ends, successful or not.
+    done: tokio::sync::watch::Sender<Done>,
+}
+
+/// Whether a fetch is running and when the last ones started.
+#[derive(Debug, Default)]
+struct Flight {
+    running: bool,
+    /// The last fetch of any kind.
+    last_start: Option<Instant>,
+    /// The last fetch for a token whose `kid` the keys held lack.
+    last_unknown_kid: Option<Instant>,
+}
+
+/// Why a fetch is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// The schedule: always.
+    Scheduled,
+    /// No keys yet: at most once per `min_refetch` after any fetch.
+    NoKeys,
+    /// A `kid` the keys held lack: at most once per `min_refetch` after the last such fetch,
+    /// so that a rotation right after a scheduled fetch is still picked up.
+    UnknownKid,
+}
+
+/// The outcome of the latest fetch.
+#[derive(Debug, Default, Clone, Copy)]
+struct Done {
+    ok: bool,
+}
+
+/// A fetch in flight: when dropped (finished, failed, or its task cancelled), the set may fetch
+/// again and everyone waiting hears of it.
+struct InFlight {
+    set: Arc<KeySet>,
+    ok: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(r) = &self.set.remote {
+            r.flight.lock().unwrap_or_else(|p| p.into_inner()).running = false;
+            let ok = self.ok.load(Ordering::Acquire);
+            r.done.send_modify(|d| d.ok = ok);
+        }
+    }
 }
 
 impl KeySet {
@@ -371,7 +504,17 @@ impl KeySet {
             remote: None,
             keys: ArcSwapOption::from_pointee(keys),
             version: AtomicU64::new(1),
+            last_error: ArcSwapOption::empty(),
         }
+    }
+
+    /// For a fetched set, what it holds and how the last fetch went; `None` for inline keys.
+    pub fn fetched(&self) -> Option<Fetched> {
+        self.remote.as_ref()?;
+        Some(Fetched {
+            keys: self.current().map(|k| k.len()),
+            last_error: self.last_error.load_full().map(|e| (*e).clone()),
+        })
     }
 
     /// The keys, or `None` when they were never fetched.
@@ -387,37 +530,104 @@ impl KeySet {
         self.remote.as_ref().map(|r| &r.source)
     }
 
-    /// Fetches now unless another fetch happened since the caller saw `seen`, or the last one
-    /// started less than `min_refetch` ago. Returns whether the keys changed since `seen`.
-    pub async fn refetch(&self, seen: u64) -> bool {
+    /// For a request whose token found no key in the version `seen`: joins the fetch in flight,
+    /// or starts one unless the last started less than `min_refetch` ago, and waits for it at
+    /// most the set's wait bound. Returns whether the keys changed since `seen`.
+    pub async fn refetch(self: &Arc<Self>, seen: u64) -> bool {
         let Some(remote) = &self.remote else {
             return false;
         };
-        let mut last = remote.last.lock().await;
+        // Subscribed before looking, so a fetch that ends in between is not missed.
+        let mut done = remote.done.subscribe();
         if self.version() != seen {
             return true;
         }
-        if last.is_some_and(|t| t.elapsed() < remote.min_refetch) {
+        let want = if self.keys.load().is_some() {
+            Want::UnknownKid
+        } else {
+            Want::NoKeys
+        };
+        if !self.start(want) {
             return false;
         }
-        *last = Some(Instant::now());
-        self.fetch(remote).await
+        if tokio::time::timeout(remote.wait, done.changed())
+            .await
+            .is_err()
+        {
+            tracing::debug!(source = %remote.source, wait = ?remote.wait, "JWKS fetch still running; request answered without it");
+        }
+        self.version() != seen
     }
 
-    /// The periodic fetch: always runs, whatever the rate limit says.
-    async fn scheduled_fetch(&self) -> bool {
+    /// The periodic fetch: starts one whatever the rate limit says (or joins the one running)
+    /// and waits for its outcome, which the fetch's own timeout bounds.
+    async fn scheduled_fetch(self: &Arc<Self>) -> bool {
         let Some(remote) = &self.remote else {
             return true;
         };
-        let mut last = remote.last.lock().await;
-        *last = Some(Instant::now());
-        self.fetch(remote).await
+        let mut done = remote.done.subscribe();
+        self.start(Want::Scheduled);
+        // The sender lives in `self`, which this holds: `changed` cannot fail.
+        let _ = done.changed().await;
+        done.borrow().ok
     }
 
-    async fn fetch(&self, remote: &Remote) -> bool {
-        let fetched = tokio::time::timeout(remote.timeout, remote.fetcher.jwks(&remote.source))
-            .await
-            .unwrap_or_else(|_| Err(format!("timed out after {:?}", remote.timeout)));
+    /// Starts a fetch in its own task unless one is running or `want` is rate-limited. Returns
+    /// whether a fetch is running now.
+    fn start(self: &Arc<Self>, want: Want) -> bool {
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        {
+            let mut f = remote.flight.lock().unwrap_or_else(|p| p.into_inner());
+            if f.running {
+                return true;
+            }
+            let recent = |t: Option<Instant>| t.is_some_and(|t| t.elapsed() < remote.min_refetch);
+            let limited = match want {
+                Want::Scheduled => false,
+                Want::NoKeys => recent(f.last_start),
+                Want::UnknownKid => recent(f.last_unknown_kid),
+            };
+            if limited {
+                return false;
+            }
+            let now = Instant::now();
+            f.running = true;
+            f.last_start = Some(now);
+            if want == Want::UnknownKid {
+                f.last_unknown_kid = Some(now);
+            }
+        }
+        // Made before the task, so that a task that never runs (its runtime shutting down)
+        // still ends the flight when it is dropped.
+        let flight = InFlight {
+            set: self.clone(),
+            ok: std::sync::atomic::AtomicBool::new(false),
+        };
+        let job = async move {
+            let ok = flight.set.fetch().await;
+            flight.ok.store(ok, Ordering::Release);
+        };
+        match remote
+            .runtime
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+        {
+            Some(rt) => drop(rt.spawn(job)),
+            None => drop(job),
+        }
+        true
+    }
+
+    async fn fetch(&self) -> bool {
+        let Some(remote) = &self.remote else {
+            return true;
+        };
+        let fetched =
+            tokio::time::timeout(remote.fetch_timeout, remote.fetcher.jwks(&remote.source))
+                .await
+                .unwrap_or_else(|_| Err(format!("timed out after {:?}", remote.fetch_timeout)));
         let parsed = fetched.and_then(|body| parse(&body));
         match parsed {
             Ok(Parsed { keys, unusable }) => {
@@ -425,6 +635,7 @@ impl KeySet {
                 tracing::debug!(source = %remote.source, keys = keys.len(), "JWKS fetched");
                 remote.fetcher.metrics.jwks_fetches.inc();
                 self.keys.store(Some(Arc::new(keys)));
+                self.last_error.store(None);
                 self.version.fetch_add(1, Ordering::AcqRel);
                 true
             }
@@ -437,13 +648,15 @@ impl KeySet {
                     keeping_previous_keys = have,
                     "JWKS fetch failed"
                 );
+                self.last_error.store(Some(Arc::new(e)));
                 false
             }
         }
     }
 }
 
-/// Timing of JWKS fetches; the defaults are istiod's.
+/// Timing, limits and reach of JWKS fetches. `refresh` and `retry` are istiod's; the bounds
+/// are ours (istiod has none but the rule's `timeout`), each a flag of `waypoint run`.
 #[derive(Debug, Clone)]
 pub struct JwksOptions {
     pub refresh: Duration,
@@ -452,7 +665,28 @@ pub struct JwksOptions {
     pub min_refetch: Duration,
     /// Trusted in addition to the system's roots (e.g. a private issuer's CA).
     pub extra_roots: Vec<CertificateDer<'static>>,
+    /// The longest one fetch (discovery document and keys, connect to last byte) may take,
+    /// whatever a rule's `timeout` says.
+    pub max_fetch_time: Duration,
+    /// The longest a request waits for a fetch in flight (the fetch's own timeout may end it
+    /// sooner); then it is answered as with no key.
+    pub max_wait: Duration,
+    /// The largest JWKS or discovery document read; a larger one fails the fetch.
+    pub max_bytes: usize,
+    /// Ranges no fetch may connect to, besides link-local and metadata addresses (istiod's
+    /// `BLOCKED_CIDRS_IN_JWKS_URIS`).
+    pub blocked: Vec<IpNet>,
 }
+
+/// Istio's default `timeout`: the longest Envoy's remote-JWKS mode holds a request for a fetch
+/// under a rule that sets none.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(5);
+/// Twice Istio's default `timeout`.
+pub const DEFAULT_MAX_FETCH_TIME: Duration = Duration::from_secs(10);
+/// 16 MiB: a set of some 35,000 RSA-2048 keys. Istio sets no limit of its own (istiod reads the
+/// whole body, and the xDS stream that carries it inline to Envoy takes messages up to 2 GiB);
+/// real sets hold a handful of keys.
+pub const DEFAULT_MAX_BYTES: usize = 16 << 20;
 
 impl Default for JwksOptions {
     fn default() -> Self {
@@ -461,6 +695,10 @@ impl Default for JwksOptions {
             retry: Duration::from_secs(60),
             min_refetch: Duration::from_secs(10),
             extra_roots: Vec::new(),
+            max_fetch_time: DEFAULT_MAX_FETCH_TIME,
+            max_wait: DEFAULT_MAX_WAIT,
+            max_bytes: DEFAULT_MAX_BYTES,
+            blocked: Vec::new(),
         }
     }
 }
@@ -470,7 +708,8 @@ impl Default for JwksOptions {
 pub struct JwksRegistry {
     opts: JwksOptions,
     fetcher: Arc<Fetcher>,
-    /// Where refresh tasks run; `None` means sets are fetched only on demand.
+    /// Where refresh tasks and fetches run; `None` means sets are fetched only on demand, on
+    /// the caller's runtime.
     runtime: Option<tokio::runtime::Handle>,
     sets: Mutex<HashMap<(Source, Duration), Weak<KeySet>>>,
 }
@@ -481,7 +720,7 @@ impl JwksRegistry {
         runtime: Option<tokio::runtime::Handle>,
         metrics: Arc<Metrics>,
     ) -> Arc<JwksRegistry> {
-        let fetcher = Arc::new(Fetcher::new(&opts.extra_roots, metrics));
+        let fetcher = Arc::new(Fetcher::new(&opts, metrics));
         Arc::new(JwksRegistry {
             opts,
             fetcher,
@@ -503,16 +742,29 @@ impl JwksRegistry {
         if let Some(set) = sets.get(&key).and_then(Weak::upgrade) {
             return set;
         }
+        let fetch_timeout = timeout.min(self.opts.max_fetch_time);
+        if fetch_timeout < timeout {
+            tracing::info!(
+                source = %source,
+                timeout = ?timeout,
+                max = ?fetch_timeout,
+                "jwtRule timeout above the fetch ceiling (--jwks-max-fetch-seconds); fetches stop at the ceiling"
+            );
+        }
         let set = Arc::new(KeySet {
             remote: Some(Remote {
                 source,
-                timeout,
+                fetch_timeout,
+                wait: self.opts.max_wait,
                 fetcher: self.fetcher.clone(),
                 min_refetch: self.opts.min_refetch,
-                last: tokio::sync::Mutex::new(None),
+                runtime: self.runtime.clone(),
+                flight: Mutex::default(),
+                done: tokio::sync::watch::Sender::new(Done::default()),
             }),
             keys: ArcSwapOption::empty(),
             version: AtomicU64::new(0),
+            last_error: ArcSwapOption::empty(),
         });
         sets.insert(key, Arc::downgrade(&set));
         if let Some(rt) = &self.runtime {
@@ -533,13 +785,15 @@ impl JwksRegistry {
     }
 }
 
-/// A minimal HTTP/1.1 GET client: one connection per fetch (fetches are minutes apart), no
-/// redirects, bounded body.
+/// A minimal HTTP/1.1 GET client: one connection per fetch (fetches are minutes apart), only
+/// to addresses the [`FetchGuard`] allows, no redirects, bounded body.
 struct Fetcher {
     /// Built on the first HTTPS fetch: reading the system's roots takes a while and most configs
     /// never need them.
     tls: std::sync::OnceLock<tokio_rustls::TlsConnector>,
     extra_roots: Vec<CertificateDer<'static>>,
+    guard: FetchGuard,
+    max_bytes: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -550,10 +804,12 @@ impl std::fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    fn new(extra_roots: &[CertificateDer<'static>], metrics: Arc<Metrics>) -> Fetcher {
+    fn new(opts: &JwksOptions, metrics: Arc<Metrics>) -> Fetcher {
         Fetcher {
             tls: std::sync::OnceLock::new(),
-            extra_roots: extra_roots.to_vec(),
+            extra_roots: opts.extra_roots.clone(),
+            guard: FetchGuard::new(opts.blocked.clone()),
+            max_bytes: opts.max_bytes,
             metrics,
         }
     }
@@ -610,9 +866,11 @@ impl Fetcher {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         // IPv6 literals come bracketed in URIs.
         let dial_host = host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = tokio::net::TcpStream::connect((dial_host, port))
+        let tcp = self
+            .guard
+            .connect(dial_host, port)
             .await
-            .map_err(|e| format!("{url}: connect: {e}"))?;
+            .map_err(|e| format!("{url}: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let authority = uri
             .authority()
@@ -632,14 +890,19 @@ impl Fetcher {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("{url}: TLS: {e}"))?;
-            send(url, TokioIo::new(tls), req).await
+            send(url, TokioIo::new(tls), req, self.max_bytes).await
         } else {
-            send(url, TokioIo::new(tcp), req).await
+            send(url, TokioIo::new(tcp), req, self.max_bytes).await
         }
     }
 }
 
-async fn send<T>(url: &str, io: T, req: http::Request<Empty<Bytes>>) -> Result<Bytes, String>
+async fn send<T>(
+    url: &str,
+    io: T,
+    req: http::Request<Empty<Bytes>>,
+    max_bytes: usize,
+) -> Result<Bytes, String>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -652,15 +915,24 @@ where
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     let status = resp.status();
-    let body = Limited::new(resp.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| format!("{url}: body: {e}"))?
-        .to_bytes();
-    conn.abort();
+    // Refused before reading a byte of the body: a redirect (never followed, whatever it
+    // points at) or an error.
     if !status.is_success() {
+        conn.abort();
         return Err(format!("{url}: HTTP {status}"));
     }
+    let body = Limited::new(resp.into_body(), max_bytes)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                format!("{url}: body larger than {max_bytes} bytes (--jwks-max-bytes)")
+            } else {
+                format!("{url}: body: {e}")
+            }
+        })?
+        .to_bytes();
+    conn.abort();
     Ok(body)
 }
 
@@ -708,6 +980,30 @@ mod tests {
         assert!(parse(b"{}").is_err());
         assert!(parse(br#"{"keys": {}}"#).is_err());
         assert!(parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn documents_that_are_no_key_set() {
+        let err = |doc: &str| parse(doc.as_bytes()).err().unwrap_or_default();
+        assert!(err("[]").starts_with("JWKS is not a key set: invalid type: sequence"));
+        assert!(err(r#"{"keys": {}}"#).contains("expected \"keys\" to be an array"));
+        assert!(err(r#"{"keys": null}"#).contains("expected \"keys\" to be an array"));
+        assert_eq!(err(r#"{"other": []}"#), "JWKS has no \"keys\" field");
+        assert!(err(r#"{"keys": []} trailing"#).starts_with("JWKS is not JSON"));
+        assert!(err(r#"{"keys": [}"#).starts_with("JWKS is not JSON"));
+        assert!(err("").starts_with("JWKS is not JSON"));
+        // Other members are skipped whatever they hold; a repeated `keys` counts once, the last.
+        let doc = format!(
+            r#"{{"keys": [{{"kty": "EC", "crv": "P-256", "kid": "a", "x": "{P256_X}", "y": "{P256_Y}"}}],
+                "nested": {{"keys": 1, "deep": [[[]]]}},
+                "keys": [{{"kty": "EC", "crv": "P-256", "kid": "b", "x": "{P256_X}", "y": "{P256_Y}"}}]}}"#
+        );
+        let p = parse(doc.as_bytes()).unwrap();
+        assert_eq!(p.keys.len(), 1);
+        assert_eq!(p.keys[0].kid.as_deref(), Some("b"));
+        // Nesting past serde_json's recursion limit is an error, not a stack overflow.
+        let deep = format!(r#"{{"x": {}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(deep.as_bytes()).is_err());
     }
 
     #[test]

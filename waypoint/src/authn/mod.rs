@@ -33,6 +33,7 @@
 //! and one token is checked against at most [`provider::MAX_KEYS_TRIED`] keys.
 
 pub mod cache;
+pub mod fetch_guard;
 pub mod jwks;
 pub mod location;
 pub mod provider;
@@ -426,8 +427,9 @@ impl Authenticator {
 pub struct Authn {
     waypoint: Option<Arc<Authenticator>>,
     targets: HashMap<String, Arc<Authenticator>>,
-    /// For `/config_dump`: per rule, its origin, issuer, key source and binding.
-    summary: Vec<serde_json::Value>,
+    /// For `/config_dump`: per rule, its origin, issuer, key source and binding, and the rule
+    /// itself for the state of its fetched keys.
+    summary: Vec<(serde_json::Value, Arc<Provider>)>,
 }
 
 impl Authn {
@@ -467,13 +469,16 @@ impl Authn {
                         serde_json::json!(ts)
                     }
                 };
-                summary.push(serde_json::json!({
-                    "rule": p.origin,
-                    "issuer": p.issuer,
-                    "keys": p.key_source(),
-                    "locations": p.locations.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "binding": bound,
-                }));
+                summary.push((
+                    serde_json::json!({
+                        "rule": p.origin,
+                        "issuer": p.issuer,
+                        "keys": p.key_source(),
+                        "locations": p.locations.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "binding": bound,
+                    }),
+                    p.clone(),
+                ));
             }
         }
         let metrics = registry.metrics();
@@ -501,7 +506,19 @@ impl Authn {
     }
 
     pub fn dump(&self) -> serde_json::Value {
-        serde_json::Value::from(self.summary.clone())
+        self.summary
+            .iter()
+            .map(|(rule, p)| {
+                let mut rule = rule.clone();
+                if let Some(fetched) = p.fetched() {
+                    // What the waypoint holds now, and why the last fetch failed: what an
+                    // operator needs when every token of an issuer gets 401.
+                    rule["fetchedKeys"] = fetched.keys.into();
+                    rule["lastFetchError"] = fetched.last_error.into();
+                }
+                rule
+            })
+            .collect()
     }
 }
 

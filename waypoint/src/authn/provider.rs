@@ -127,6 +127,11 @@ impl Provider {
             .map_or_else(|| "inline".to_owned(), ToString::to_string)
     }
 
+    /// The state of fetched keys; `None` for inline ones.
+    pub fn fetched(&self) -> Option<jwks::Fetched> {
+        self.keys.fetched()
+    }
+
     /// The output headers this rule sets from a valid token: removed from every request
     /// before any token is read, so a client can never send them itself.
     pub fn output_headers(&self) -> impl Iterator<Item = &HeaderName> {

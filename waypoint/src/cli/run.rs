@@ -157,6 +157,33 @@ pub(crate) struct RunArgs {
     /// PEM CA certificates trusted for fetching JWKS over HTTPS, besides the system's roots.
     #[arg(long)]
     jwks_ca: Option<PathBuf>,
+    /// A range JWKS fetches may not connect to, besides link-local and cloud metadata addresses
+    /// (repeatable, or comma-separated as istiod's BLOCKED_CIDRS_IN_JWKS_URIS), e.g. 10.0.0.0/8.
+    #[arg(
+        long = "jwks-blocked-cidr",
+        env = "BLOCKED_CIDRS_IN_JWKS_URIS",
+        value_delimiter = ','
+    )]
+    jwks_blocked_cidrs: Vec<String>,
+    /// Seconds any one JWKS fetch may take, whatever a jwtRule's `timeout` says.
+    #[arg(long, default_value_t = 10)]
+    jwks_max_fetch_seconds: u64,
+    /// Seconds a request waits for a JWKS fetch in flight before it is answered without the
+    /// keys (401), at most the fetch's own timeout.
+    #[arg(long, default_value_t = 5)]
+    jwks_max_wait_seconds: u64,
+    /// Enforce, at HBONE termination, the selector, namespace-wide and root-namespace
+    /// AuthorizationPolicies a ztunnel would enforce for the waypoint's own pod (L4 only), as
+    /// istiod's ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES.
+    #[arg(
+        long,
+        env = "ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    layered_authorization_policies: bool,
+    /// Largest JWKS (or OIDC discovery document) read.
+    #[arg(long, default_value_t = waypoint::authn::jwks::DEFAULT_MAX_BYTES)]
+    jwks_max_bytes: usize,
 }
 
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -179,7 +206,8 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
 
 /// The process's settings from the flags and `env`, the environment variables clap does not
 /// read for a flag: `GATEWAY_NAME` and `POD_NAMESPACE` (our Gateway with --kubernetes) and
-/// `POD_NAME` (the Lease holder's name). Empty values count as unset.
+/// `POD_NAME` (the Lease holder's name, and the Pod whose labels layered L4 policy matches).
+/// Empty values count as unset.
 fn settings(args: RunArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
     let path_normalization = match &args.path_normalization {
         Some(p) => Some(
@@ -210,6 +238,11 @@ fn settings(args: RunArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Resu
         trust_domain_aliases: (!args.trust_domain_aliases.is_empty())
             .then(|| args.trust_domain_aliases.clone()),
         path_normalization,
+        layered: args.layered_authorization_policies.then(|| {
+            waypoint::state::layered::LayeredSettings {
+                pod_name: env("POD_NAME"),
+            }
+        }),
     };
     let source = match (&args.config, gateway) {
         (Some(path), gateway) => Source::File {
@@ -333,7 +366,27 @@ fn settings(args: RunArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Resu
             .collect::<Result<_, _>>()
             .with_context(|| format!("--jwks-ca {}: not PEM certificates", path.display()))?;
     }
+    settings.jwks.blocked = blocked_cidrs(&args.jwks_blocked_cidrs)?;
+    settings.jwks.max_fetch_time = secs(args.jwks_max_fetch_seconds);
+    // 0 is allowed: never hold a request for a fetch (what istiod's inlined keys amount to).
+    settings.jwks.max_wait = Duration::from_secs(args.jwks_max_wait_seconds);
+    settings.jwks.max_bytes = args.jwks_max_bytes.max(1);
     Ok(settings)
+}
+
+/// `--jwks-blocked-cidr` values: CIDRs, or single addresses. istiod skips a range it cannot
+/// parse with a warning; here it stops the start, since a block list missing a range fails open.
+fn blocked_cidrs(values: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<ipnet::IpNet>()
+                .or_else(|_| v.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .with_context(|| format!("--jwks-blocked-cidr {v:?} is not a CIDR range"))
+        })
+        .collect()
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
@@ -344,4 +397,97 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser as _;
+
+    fn settings_from(flags: &[&str]) -> anyhow::Result<Settings> {
+        settings_with_env(flags, &[])
+    }
+
+    fn settings_with_env(flags: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let mut argv = vec![
+            "waypoint",
+            "run",
+            "--config",
+            "/nonexistent",
+            "--cert-chain",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "--trust-bundle",
+            "r.pem",
+        ];
+        argv.extend_from_slice(flags);
+        let Command::Run(args) = Cli::try_parse_from(argv)?.command else {
+            unreachable!("parsed `run`")
+        };
+        settings(*args, |k| {
+            env.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn layered_l4_is_off_unless_asked_and_knows_our_pod() {
+        assert_eq!(
+            settings_from(&[]).unwrap().mesh.layered,
+            None,
+            "istiod's default"
+        );
+        let s = settings_with_env(
+            &["--layered-authorization-policies"],
+            &[("POD_NAME", "waypoint-7d9f")],
+        )
+        .unwrap();
+        assert_eq!(
+            s.mesh.layered,
+            Some(waypoint::state::layered::LayeredSettings {
+                pod_name: Some("waypoint-7d9f".into())
+            })
+        );
+    }
+
+    #[test]
+    fn jwks_fetch_bounds_default_and_parse() {
+        let s = settings_from(&[]).unwrap();
+        assert_eq!(s.jwks.max_fetch_time, Duration::from_secs(10));
+        assert_eq!(s.jwks.max_wait, Duration::from_secs(5));
+        assert_eq!(s.jwks.max_bytes, 16 << 20);
+        assert!(
+            s.jwks.blocked.is_empty(),
+            "istiod blocks no extra range by default"
+        );
+
+        let s = settings_from(&[
+            "--jwks-blocked-cidr",
+            "10.0.0.0/8, fd00::/8",
+            "--jwks-blocked-cidr",
+            "192.0.2.1",
+            "--jwks-max-fetch-seconds",
+            "3",
+            "--jwks-max-wait-seconds",
+            "1",
+            "--jwks-max-bytes",
+            "65536",
+        ])
+        .unwrap();
+        let blocked: Vec<String> = s.jwks.blocked.iter().map(ToString::to_string).collect();
+        assert_eq!(blocked, ["10.0.0.0/8", "fd00::/8", "192.0.2.1/32"]);
+        assert_eq!(s.jwks.max_fetch_time, Duration::from_secs(3));
+        assert_eq!(s.jwks.max_wait, Duration::from_secs(1));
+        assert_eq!(s.jwks.max_bytes, 65536);
+
+        let e = settings_from(&["--jwks-blocked-cidr", "10.0.0.0/33"]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("--jwks-blocked-cidr \"10.0.0.0/33\" is not a CIDR range"),
+            "{e:#}"
+        );
+    }
 }

@@ -79,6 +79,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     /// Authorization decisions (HTTP and TCP) by deciding policy.
     pub policy_decisions: PolicyDecisions,
+    /// Layered L4 decisions on CONNECTs (code 401: refused), by deciding policy.
+    pub layered_decisions: PolicyDecisions,
     pub tcp_allowed: Counter,
     pub tcp_denied: Counter,
     pub hbone_connections: Gauge,
@@ -178,6 +180,11 @@ impl Default for Metrics {
                 r,
                 "waypoint_policy_decisions",
                 "Authorization decisions by deciding policy, its action, the decision and the status it gives",
+            )),
+            layered_decisions: PolicyDecisions(family(
+                r,
+                "waypoint_layered_l4_decisions",
+                "Layered L4 policy decisions on CONNECTs by deciding policy; code 401 when refused",
             )),
             timeouts: TimeoutCounters::register(r),
             tcp_allowed: counter(

@@ -67,6 +67,9 @@ impl TunnelHandler for Inbound {
 
     async fn handle(self: Arc<Self>, tunnel: Tunnel) {
         let snapshot = self.config.load();
+        let Some(tunnel) = super::layered::admit(tunnel, &snapshot, &self.metrics) else {
+            return;
+        };
         if let Some(refusal) = self.leads_to_us(&tunnel, &snapshot) {
             self.metrics.tunnels_rejected.inc();
             self.metrics.self_destination_refused.inc();

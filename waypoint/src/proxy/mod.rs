@@ -1,4 +1,5 @@
-//! The data path, in the order traffic takes it: a CONNECT arrives ([`inbound`]) and becomes a
+//! The data path, in the order traffic takes it: a CONNECT arrives ([`inbound`]), passes layered
+//! L4 policy when that is on ([`layered`]), and becomes a
 //! [`tunnel`], its destination is resolved ([`destination`]), the inner protocol is chosen or
 //! sniffed ([`sniff`]); HTTP goes through the Pingora app ([`http`]), which reads each request
 //! as Envoy would ([`request`]), and opaque TCP through the relay ([`tcp`]); both are decided by
@@ -8,6 +9,7 @@ pub(crate) mod destination;
 pub(crate) mod http;
 pub(crate) mod idle;
 pub(crate) mod inbound;
+pub(crate) mod layered;
 pub(crate) mod own;
 pub mod policy;
 pub mod request;

@@ -9,6 +9,7 @@ use gateway_api_bindings::destinations::{Changed, DestinationBuilder, Finding, F
 use gateway_api_bindings::{ObjectKey, Store, WaypointIdentity, authorizer_for};
 use policy_engine::Authorizer;
 
+use super::layered::Layered;
 use super::{ConfigError, MeshSettings, Snapshot, invalid_policies, next_version};
 use crate::authn::Authn;
 use crate::authn::jwks::JwksRegistry;
@@ -57,6 +58,7 @@ pub struct Assembler {
     authorizer: Arc<Authorizer>,
     authn: Arc<Authn>,
     findings: Arc<Findings>,
+    layered: Option<Arc<Layered>>,
 }
 
 /// The result of one assembly.
@@ -78,6 +80,7 @@ impl Assembler {
             authorizer: Arc::new(policy_engine::AuthorizerBuilder::new().build()),
             authn: Arc::new(Authn::none()),
             findings: Arc::default(),
+            layered: None,
         }
     }
 
@@ -136,6 +139,21 @@ impl Assembler {
         if policies_recompiled || changes.authn {
             self.authn = Arc::new(Authn::compile(store, &waypoint, jwks));
         }
+        // Layered L4 policy reads the policies and the waypoint's own Pod (its labels).
+        self.layered = match &settings.layered {
+            None => None,
+            Some(l) => match &self.layered {
+                Some(prev)
+                    if !policies_recompiled
+                        && !l
+                            .pod(&waypoint.gateway)
+                            .is_some_and(|p| changes.destinations.pods.contains(&p)) =>
+                {
+                    Some(prev.clone())
+                }
+                _ => Some(Arc::new(Layered::compile(store, &waypoint, l))),
+            },
+        };
         Ok(Assembled {
             snapshot: Snapshot {
                 version: next_version(),
@@ -146,6 +164,7 @@ impl Assembler {
                 path_normalization: settings.path_normalization,
                 trust_domains: settings.trust_domains(),
                 findings: self.findings.clone(),
+                layered: self.layered.clone(),
             },
             policies_recompiled,
             fresh,

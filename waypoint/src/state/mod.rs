@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub mod assemble;
+pub mod layered;
 
 use arc_swap::ArcSwap;
 use gateway_api_bindings::destinations::{Destinations, Findings};
@@ -19,6 +20,7 @@ use gateway_api_bindings::{ObjectKey, Origin, Store, WaypointIdentity, limits, s
 use policy_engine::Authorizer;
 
 use crate::authn::Authn;
+use layered::{Layered, LayeredSettings};
 use policy_engine::path::PathNormalization;
 
 /// Mesh-wide settings that do not come from the objects themselves.
@@ -35,6 +37,8 @@ pub struct MeshSettings {
     /// Mesh config `serviceEntryVisibility`: which ServiceEntries may bind to another
     /// namespace's waypoint (see `gateway_api_bindings::waypoint`).
     pub service_entry_visibility: ServiceEntryVisibility,
+    /// Layered L4 policy at HBONE termination; `None` (the default, as istiod's) leaves it off.
+    pub layered: Option<LayeredSettings>,
 }
 
 impl Default for MeshSettings {
@@ -46,6 +50,7 @@ impl Default for MeshSettings {
             trust_domain_aliases: Vec::new(),
             path_normalization: PathNormalization::Base,
             service_entry_visibility: ServiceEntryVisibility::default(),
+            layered: None,
         }
     }
 }
@@ -119,6 +124,9 @@ pub struct Snapshot {
     /// Objects that name this waypoint and are refused, and addresses claimed twice: what
     /// `/config_dump` shows an operator (each was logged once and counted when it appeared).
     pub findings: Arc<Findings>,
+    /// The policies a ztunnel in front of the waypoint would enforce; `None` when layered L4
+    /// policy is off.
+    pub layered: Option<Arc<Layered>>,
 }
 
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
@@ -148,6 +156,7 @@ impl Snapshot {
             path_normalization: settings.path_normalization,
             trust_domains: settings.trust_domains(),
             findings: Arc::default(),
+            layered: None,
         }
     }
 
@@ -206,6 +215,7 @@ impl Snapshot {
                 .map(|f| serde_json::json!({"finding": f.kind(), "message": f.to_string()}))
                 .collect::<Vec<_>>(),
             "requestAuthentication": self.authn.dump(),
+            "layeredL4": self.layered.as_ref().map(|l| l.dump()),
             "policies": self.authorizer.policies().iter().map(|p| serde_json::json!({
                 "policy": p.to_string(),
                 "action": p.action.as_str(),

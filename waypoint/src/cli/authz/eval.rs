@@ -200,12 +200,18 @@ pub(crate) fn run(
     let text = std::fs::read_to_string(requests)
         .with_context(|| format!("reading {}", requests.display()))?;
     let mut authorizers: HashMap<(String, String), Compiled> = HashMap::new();
-    // Remote JWKS are fetched on first use, with the rule's timeout; nothing refreshes.
+    // Remote JWKS are fetched on first use, with the rule's timeout; nothing refreshes. Offline,
+    // a request waits for the whole fetch rather than being answered without it.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting a runtime for JWKS fetches")?;
-    let jwks = JwksRegistry::new(JwksOptions::default(), None, Default::default());
+    let opts = JwksOptions::default();
+    let opts = JwksOptions {
+        max_wait: opts.max_fetch_time,
+        ..opts
+    };
+    let jwks = JwksRegistry::new(opts, None, Default::default());
     let mut out = std::io::stdout().lock();
     for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
         let value: serde_yaml::Value = Deserialize::deserialize(doc).with_context(|| {

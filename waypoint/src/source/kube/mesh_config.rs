@@ -21,6 +21,8 @@ pub struct MeshOverrides {
     /// absent leaves it `None`).
     pub trust_domain_aliases: Option<Vec<String>>,
     pub path_normalization: Option<PathNormalization>,
+    /// Layered L4 policy at HBONE termination (a flag only; the mesh config has no such field).
+    pub layered: Option<crate::state::layered::LayeredSettings>,
 }
 
 impl MeshOverrides {
@@ -145,6 +147,7 @@ impl MeshConfig {
                 .or(self.path_normalization)
                 .unwrap_or(defaults.path_normalization),
             service_entry_visibility: self.service_entry_visibility.clone(),
+            layered: overrides.layered.clone(),
         }
     }
 }

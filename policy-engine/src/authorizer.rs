@@ -251,6 +251,8 @@ impl Actions {
 struct Scope {
     enforce: Actions,
     dry_run: Actions,
+    /// A policy bound here has a rule that reads the HTTP request.
+    reads_http: bool,
 }
 
 /// Immutable, shareable evaluator for one waypoint's policies.
@@ -402,6 +404,7 @@ impl Authorizer {
         // (scope, dry_run, action, side) -> rules
         let mut pending: HashMap<PendingKey, Vec<Rule>> = HashMap::new();
         let mut counts: HashMap<(Option<Box<str>>, bool), Counts> = HashMap::new();
+        let mut reads_http: std::collections::HashSet<Option<Box<str>>> = Default::default();
         for (pi, (p, binding)) in policies.iter().enumerate() {
             let action = p.action();
             metas.push(PolicyMeta {
@@ -423,6 +426,11 @@ impl Authorizer {
                 }
             }
             for (ri, rule) in p.rules.iter().flatten().enumerate() {
+                if compile::rule_reads_http(rule, action, &p.namespace) {
+                    for scope in &scopes {
+                        reads_http.insert(scope.clone());
+                    }
+                }
                 let r = rank[&(pi as u32, ri as u32)];
                 for (side, tcp) in [(Side::Http, false), (Side::Tcp, true)] {
                     let Some(parts) = compile::compile_rule(rule, action, side, &p.namespace)
@@ -453,6 +461,9 @@ impl Authorizer {
             };
             a.allow_policies = allow;
             a.policies = total;
+        }
+        for scope in reads_http {
+            auth.scope_mut(scope).reads_http = true;
         }
         for ((scope, dry_run, action, tcp), rules) in pending {
             let s = auth.scope_mut(scope);
@@ -488,6 +499,15 @@ impl Authorizer {
     /// The compiled policies, in the order they were added.
     pub fn policies(&self) -> &[PolicyMeta] {
         &self.policies
+    }
+
+    /// Whether a policy that applies to traffic for `target` (enforced or dry-run) reads the HTTP
+    /// request: then that traffic is decided differently as HTTP and as opaque TCP.
+    pub fn reads_http(&self, target: Option<&str>) -> bool {
+        self.waypoint.reads_http
+            || target
+                .and_then(|t| self.targets.get(t))
+                .is_some_and(|s| s.reads_http)
     }
 
     /// Decides `req`, which is addressed to `target` (the key used in [`Binding::Targets`]).

@@ -247,6 +247,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         timeouts: settings.server.timeouts,
+        detection_timeout: settings.protocol_detection_timeout,
+        http1: settings.http1,
     });
 
     let ready = Arc::new(AtomicBool::new(false));

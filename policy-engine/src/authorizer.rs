@@ -631,3 +631,123 @@ impl Authorizer {
         self.sum_sets(|s| s.rules.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{ConditionSpec, OperationSpec, RuleSpec, SourceSpec};
+
+    fn policy(name: &str, action: Action, rule: RuleSpec) -> PolicySpec {
+        PolicySpec {
+            namespace: "ns".into(),
+            name: name.into(),
+            action: Some(action),
+            rules: Some(vec![rule]),
+            ..PolicySpec::default()
+        }
+    }
+
+    fn to(op: OperationSpec) -> RuleSpec {
+        RuleSpec {
+            to: Some(vec![Some(op)]),
+            ..RuleSpec::default()
+        }
+    }
+
+    fn when(key: &str) -> RuleSpec {
+        RuleSpec {
+            when: vec![ConditionSpec {
+                key: key.into(),
+                values: vec!["x".into()],
+                not_values: vec![],
+            }],
+            ..RuleSpec::default()
+        }
+    }
+
+    #[test]
+    fn reads_http_per_scope() {
+        let l4 = policy(
+            "l4",
+            Action::Allow,
+            RuleSpec {
+                from: Some(vec![Some(SourceSpec {
+                    principals: vec!["cluster.local/ns/a/sa/b".into()],
+                    ..SourceSpec::default()
+                })]),
+                to: Some(vec![Some(OperationSpec {
+                    ports: vec!["80".into()],
+                    ..OperationSpec::default()
+                })]),
+                when: vec![ConditionSpec {
+                    key: "source.ip".into(),
+                    values: vec!["10.0.0.0/8".into()],
+                    not_values: vec![],
+                }],
+            },
+        );
+        let paths = policy(
+            "paths",
+            Action::Deny,
+            to(OperationSpec {
+                paths: vec!["/admin".into()],
+                ..OperationSpec::default()
+            }),
+        );
+        let svc = |t: &str| Binding::Targets(vec![t.into()]);
+        let mut b = AuthorizerBuilder::new();
+        b.add(l4.clone(), Binding::Waypoint)
+            .add(paths, svc("Service/ns/web"))
+            .add(
+                policy("hdr", Action::Audit, when("request.headers[x]")),
+                svc("Service/ns/a"),
+            )
+            .add(
+                policy(
+                    "exp",
+                    Action::Allow,
+                    when("experimental.envoy.filters.x[y]"),
+                ),
+                svc("Service/ns/b"),
+            )
+            .add(
+                policy(
+                    "rp",
+                    Action::Allow,
+                    RuleSpec {
+                        from: Some(vec![Some(SourceSpec {
+                            not_request_principals: vec!["*".into()],
+                            ..SourceSpec::default()
+                        })]),
+                        ..RuleSpec::default()
+                    },
+                ),
+                svc("Service/ns/c"),
+            );
+        let a = b.build();
+        assert!(!a.reads_http(None), "L4 fields only, waypoint-wide");
+        assert!(!a.reads_http(Some("Service/ns/db")));
+        for t in [
+            "Service/ns/web",
+            "Service/ns/a",
+            "Service/ns/b",
+            "Service/ns/c",
+        ] {
+            assert!(a.reads_http(Some(t)), "{t}");
+        }
+        // A waypoint-wide HTTP rule reaches every destination.
+        let mut b = AuthorizerBuilder::new();
+        b.add(
+            policy(
+                "m",
+                Action::Allow,
+                to(OperationSpec {
+                    methods: vec!["GET".into()],
+                    ..OperationSpec::default()
+                }),
+            ),
+            Binding::Waypoint,
+        );
+        assert!(b.build().reads_http(Some("Service/ns/db")));
+    }
+}

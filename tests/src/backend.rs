@@ -6,7 +6,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// Starts an HTTP/1.1 keep-alive server on `addr`. Every response is `200` with a body of
+/// Starts an HTTP/1.1 keep-alive server on `addr` (request bodies framed by Content-Length or
+/// chunked). Every response is `200` with a body of
 /// `name method path` and one `header: value` line per interesting header it received
 /// (`x-forwarded-for`, `traceparent`, `tracestate`, every `authorization` and `cookie`,
 /// `x-jwt-*`), so tests can see what the waypoint forwarded.
@@ -23,7 +24,7 @@ async fn serve_http(mut s: TcpStream, name: &'static str) -> std::io::Result<()>
     let mut buf = Vec::new();
     loop {
         // Read one request head.
-        let (head_len, method, path, content_length, extra) = loop {
+        let (head_len, method, path, content_length, chunked, extra) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut req = httparse::Request::new(&mut headers);
             if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
@@ -61,11 +62,14 @@ async fn serve_http(mut s: TcpStream, name: &'static str) -> std::io::Result<()>
                 let cl = get("content-length")
                     .and_then(|v| v.parse::<usize>().ok())
                     .unwrap_or(0);
+                let chunked =
+                    get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
                 break (
                     n,
                     req.method.unwrap_or("").to_owned(),
                     req.path.unwrap_or("").to_owned(),
                     cl,
+                    chunked,
                     extra,
                 );
             }
@@ -76,15 +80,24 @@ async fn serve_http(mut s: TcpStream, name: &'static str) -> std::io::Result<()>
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        while buf.len() < head_len + content_length {
+        // The request's end: after its Content-Length body, or its last chunk and trailers.
+        let end = loop {
+            let end = if chunked {
+                chunked_end(&buf[head_len..]).map(|n| head_len + n)
+            } else {
+                Some(head_len + content_length).filter(|&e| buf.len() >= e)
+            };
+            if let Some(end) = end {
+                break end;
+            }
             let mut chunk = [0u8; 4096];
             let n = s.read(&mut chunk).await?;
             if n == 0 {
                 return Ok(());
             }
             buf.extend_from_slice(&chunk[..n]);
-        }
-        buf.drain(..head_len + content_length);
+        };
+        buf.drain(..end);
         // `/delay/<ms>` answers late: in-flight requests for drain tests.
         if let Some(ms) = path
             .strip_prefix("/delay/")
@@ -98,6 +111,33 @@ async fn serve_http(mut s: TcpStream, name: &'static str) -> std::io::Result<()>
             body.len()
         );
         s.write_all(resp.as_bytes()).await?;
+    }
+}
+
+/// Where a chunked body at the start of `b` ends (RFC 9112 §7.1), once it is all there.
+fn chunked_end(b: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let httparse::Status::Complete((n, size)) = httparse::parse_chunk_size(&b[at..]).ok()?
+        else {
+            return None;
+        };
+        at += n;
+        if size == 0 {
+            // Trailer fields, then the blank line.
+            let rest = &b[at..];
+            if rest.starts_with(b"\r\n") {
+                return Some(at + 2);
+            }
+            return rest
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| at + i + 4);
+        }
+        at += usize::try_from(size).ok()?.checked_add(2)?;
+        if at > b.len() {
+            return None;
+        }
     }
 }
 

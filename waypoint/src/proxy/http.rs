@@ -10,6 +10,7 @@ use bytes::Bytes;
 use gateway_api_bindings::destinations::Protocol;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::upstreams::peer::ALPN;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -67,12 +68,12 @@ fn tunnel_of(session: &Session) -> Option<Arc<TunnelCtx>> {
 /// HTTP-to-gRPC status mapping).
 fn grpc_status(http: u16) -> u8 {
     match http {
-        400 => 13, // INTERNAL
-        401 => 16, // UNAUTHENTICATED
-        403 => 7,  // PERMISSION_DENIED
-        404 => 12, // UNIMPLEMENTED
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
         429 | 502 | 503 | 504 => 14, // UNAVAILABLE
-        _ => 2,    // UNKNOWN
+        _ => 2,                      // UNKNOWN
     }
 }
 
@@ -102,10 +103,14 @@ async fn reply(
         if let Some((name, value)) = extra {
             resp.insert_header(name, value)?;
         }
-        if !session.as_downstream().is_http2() {
-            resp.insert_header("content-length", "0")?;
+        // Trailers-only on h2: one HEADERS frame ending the stream. Pingora's session-level
+        // write never ends an h2 stream with its headers, so the h2 session writes it.
+        if let ServerSession::H2(h2) = session.as_downstream_mut() {
+            return h2.write_response_header(Box::new(resp), true);
         }
-        return session.write_response_header(Box::new(resp), true).await;
+        resp.insert_header("content-length", "0")?;
+        session.write_response_header(Box::new(resp), false).await?;
+        return session.write_response_body(None, true).await;
     }
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header("content-type", "text/plain")?;

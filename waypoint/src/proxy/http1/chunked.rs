@@ -11,12 +11,21 @@ pub(crate) struct Chunked {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// In the chunk-size hex digits; `any` once one was read.
-    Size { size: u64, any: bool },
+    Size {
+        size: u64,
+        any: bool,
+    },
     /// After the size: extensions (or whitespace) up to the line end.
-    Extension { size: u64 },
+    Extension {
+        size: u64,
+    },
     /// The size line's CR was read; its LF is due.
-    SizeLf { size: u64 },
-    Data { left: u64 },
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
     /// The CRLF that ends a chunk's data.
     DataCr,
     DataLf,

@@ -52,11 +52,14 @@ pub(crate) async fn serve<S: VirtualSocket + 'static>(
     let Ok(header) = ResponseHeader::build(200, None) else {
         return;
     };
-    stream.set_proxy_digest(ProxyDigest::new(Box::new(header), Some(Box::new(ctx.clone()))));
+    stream.set_proxy_digest(ProxyDigest::new(
+        Box::new(header),
+        Some(Box::new(ctx.clone())),
+    ));
     let mut stream: pingora::protocols::Stream = Box::new(stream);
     let mut persistent: Option<HttpPersistentSettings> = None;
     loop {
-        let head = match next_head(&keeper, settings, headers_timeout).await {
+        let head = match next_head(&keeper, settings, headers_timeout, shutdown).await {
             Next::Head(head) => head,
             Next::Closed => return,
             Next::TimedOut => {
@@ -76,7 +79,9 @@ pub(crate) async fn serve<S: VirtualSocket + 'static>(
                     reason = %refusal,
                     "request refused by the HTTP/1 codec"
                 );
-                let _ = keeper.answer_and_close(refusal_bytes(status, phrase).as_bytes()).await;
+                let _ = keeper
+                    .answer_and_close(refusal_bytes(status, phrase).as_bytes())
+                    .await;
                 return;
             }
         };
@@ -111,12 +116,22 @@ fn refusal_bytes(status: u16, phrase: &str) -> String {
     )
 }
 
+/// Resolves once the process is shutting down.
+async fn shutting_down(mut watch: ShutdownWatch) {
+    while !*watch.borrow_and_update() {
+        if watch.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Waits for the next request head: as long as the client likes for its first byte (the stream
-/// idle timeout bounds that), then `limit` for the rest of the head.
+/// idle timeout bounds that; a shutdown ends the wait), then `limit` for the rest of the head.
 async fn next_head<S: VirtualSocket>(
     keeper: &Keeper<S>,
     settings: &Http1Settings,
     limit: Duration,
+    shutdown: &ShutdownWatch,
 ) -> Next {
     let judge = || {
         keeper.with_early(|b| {
@@ -134,7 +149,13 @@ async fn next_head<S: VirtualSocket>(
             Some(Ok(None)) => break,
             None => {}
         }
-        if !matches!(keeper.fill().await, Ok(n) if n > 0) {
+        // An idle keep-alive connection is closed when the process drains, as Pingora's own
+        // loop closes it.
+        let filled = tokio::select! {
+            r = keeper.fill() => r,
+            () = shutting_down(shutdown.clone()) => return Next::Closed,
+        };
+        if !matches!(filled, Ok(n) if n > 0) {
             return Next::Closed;
         }
     }

@@ -128,7 +128,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shared<S> {
     }
 
     /// The codec's read.
-    fn poll_release(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_release(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
@@ -372,7 +376,10 @@ mod tests {
         // Head from the early bytes, then the body arrives with a pipelined request behind it.
         let mut b = [0u8; 64];
         assert_eq!(gate.read(&mut b).await.unwrap(), 1);
-        client.write_all(b"2\r\nok\r\n0\r\n\r\nGET /next").await.unwrap();
+        client
+            .write_all(b"2\r\nok\r\n0\r\n\r\nGET /next")
+            .await
+            .unwrap();
         let got = drain_ready(&mut gate).await;
         assert_eq!(got, b"2\r\nok\r\n0\r\n\r\n");
         keeper.with_early(|e| assert_eq!(e, b"GET /next"));

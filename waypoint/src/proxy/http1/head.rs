@@ -252,7 +252,10 @@ mod tests {
         assert_eq!(status(b"GET /a b HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/1.1\r\nbad name: x\r\n\r\n"), 400);
 
-        let big = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(100 * 1024));
+        let big = format!(
+            "GET / HTTP/1.1\r\nx-big: {}\r\n\r\n",
+            "a".repeat(100 * 1024)
+        );
         assert_eq!(status(big.as_bytes()), 431);
         // Refused as soon as the buffered part is over the limit, without the rest.
         assert_eq!(status(&big.as_bytes()[..61 * 1024]), 431);

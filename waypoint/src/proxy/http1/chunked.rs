@@ -155,9 +155,12 @@ fn after_size(size: u64) -> State {
 mod tests {
     use super::*;
 
+    /// Where a body ended, if it did.
+    type End = Result<Option<usize>, Malformed>;
+
     /// Scans `body` fed in pieces of `step` bytes; the number of bytes the body took, if it
     /// ended.
-    fn end(body: &[u8], step: usize) -> Result<Option<usize>, Malformed> {
+    fn end(body: &[u8], step: usize) -> End {
         let mut c = Chunked::default();
         let mut at = 0;
         for piece in body.chunks(step) {
@@ -172,7 +175,7 @@ mod tests {
 
     #[test]
     fn finds_the_end_whatever_the_pieces() {
-        let cases: &[(&[u8], Result<Option<usize>, Malformed>)] = &[
+        let cases: &[(&[u8], End)] = &[
             (b"0\r\n\r\n", Ok(Some(5))),
             (b"0\r\n\r\nGET / HTTP/1.1\r\n", Ok(Some(5))),
             (b"5\r\nhello\r\n0\r\n\r\nNEXT", Ok(Some(15))),

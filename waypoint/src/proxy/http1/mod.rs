@@ -7,8 +7,9 @@
 //! * `Content-Length` with `Transfer-Encoding`: `400`; a transfer-coding other than `chunked`:
 //!   `501`; a `Content-Length` that is not one number: `400`; a head that does not parse: `400`;
 //! * HTTP/1.0: `426` unless `accept_http10` (Istio's `PILOT_HTTP10`);
-//! * the whole head within the request-headers timeout from its first byte: else `408`;
-//! each of these closes the connection after the answer, as Envoy's codec errors do.
+//! * the whole head within the request-headers timeout from its first byte: else `408`.
+//!
+//! Each of these closes the connection after the answer, as Envoy's codec errors do.
 //!
 //! [`head`] judges bytes, [`chunked`] follows chunked framing, [`gate`] hands Pingora one request
 //! at a time and [`conn`] is the loop.

@@ -156,7 +156,9 @@ pub async fn echo(addr: SocketAddr) -> std::io::Result<JoinHandle<()>> {
 }
 
 /// Starts an HTTP/2 prior-knowledge (h2c) server on `addr`, like a gRPC app: every request gets
-/// `200` with body `name h2c <method> <path>`.
+/// `200` with body `name h2c <method> <path>`. A path under `/trailers/` is answered once its
+/// request has ended, with trailers as gRPC sends them: `grpc-status: 0` and
+/// `x-request-trailers`, the names of the request trailers it received (`none`).
 pub async fn h2c(addr: SocketAddr, name: &'static str) -> std::io::Result<JoinHandle<()>> {
     let l = TcpListener::bind(addr).await?;
     Ok(tokio::spawn(async move {
@@ -166,6 +168,10 @@ pub async fn h2c(addr: SocketAddr, name: &'static str) -> std::io::Result<JoinHa
                     return;
                 };
                 while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    if req.uri().path().starts_with("/trailers/") {
+                        tokio::spawn(answer_with_trailers(req, respond, name));
+                        continue;
+                    }
                     let body = format!("{name} h2c {} {}\n", req.method(), req.uri().path());
                     let resp = http::Response::builder()
                         .status(200)
@@ -179,4 +185,36 @@ pub async fn h2c(addr: SocketAddr, name: &'static str) -> std::io::Result<JoinHa
             });
         }
     }))
+}
+
+/// Reads the request to its end (body, then trailers), then answers with a body and trailers.
+async fn answer_with_trailers(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    name: &'static str,
+) {
+    let path = req.uri().path().to_owned();
+    let mut body = req.into_body();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let names = match body.trailers().await {
+        Ok(Some(t)) if !t.is_empty() => t.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(","),
+        _ => "none".to_owned(),
+    };
+    let resp = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap_or_default();
+    let Ok(mut send) = respond.send_response(resp, false) else {
+        return;
+    };
+    let _ = send.send_data(bytes::Bytes::from(format!("{name} {path}\n")), false);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    if let Ok(v) = http::HeaderValue::from_str(&names) {
+        trailers.insert("x-request-trailers", v);
+    }
+    let _ = send.send_trailers(trailers);
 }

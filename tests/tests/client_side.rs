@@ -694,6 +694,22 @@ fn codec_cases() -> Vec<CodecCase> {
             true,
         ),
         CodecCase {
+            name: "a 4 MiB POST with a GET pipelined behind its body",
+            bytes: {
+                let mut b = format!(
+                    "POST /big HTTP/1.1\r\nhost: httpbin\r\ncontent-length: {}\r\n\r\n",
+                    4 * MIB
+                )
+                .into_bytes();
+                b.resize(b.len() + 4 * MIB, b'x');
+                b.extend_from_slice(b"GET /after HTTP/1.1\r\nhost: httpbin\r\n\r\n");
+                b
+            },
+            want: &["200 /big", "200 /after"],
+            reached: 2,
+            usable: true,
+        },
+        CodecCase {
             name: "a 100 KiB header",
             bytes: big_header(100),
             want: &["431", "closed"],
@@ -823,6 +839,61 @@ async fn every_request_gets_the_request_headers_timeout() {
         );
         assert_eq!(m.timeouts.request_headers.get(), timeouts + 1);
         assert_eq!(second.header("connection"), Some("close"));
+    })
+    .await
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Trailers.
+
+/// gRPC's status travels in response trailers: they reach the h2c client from the h2 app. (The
+/// client's request trailers do not reach the app: Pingora 0.9.1 neither reads nor forwards
+/// request trailers; docs/authz.md lists it. The probe line shows what the app got.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_trailers_reach_the_h2c_client() {
+    tokio::time::timeout(LIMIT, async {
+        let signing = SigningKey::ec("k1");
+        let mesh = mesh(&signing, |_| {}).await;
+        let s = tunnel(&mesh, GRPC_VIP).await;
+        let (send, conn) = h2::client::handshake(s).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let call = async {
+            let mut send = send.ready().await?;
+            let req = http::Request::post("http://grpc/trailers/echo")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let (resp, mut body) = send.send_request(req, false)?;
+            body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false)?;
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-client-trailer", http::HeaderValue::from_static("1"));
+            body.send_trailers(trailers)?;
+            let resp = resp.await?;
+            let status = resp.status().as_u16();
+            let mut rb = resp.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = rb.data().await {
+                text.extend_from_slice(&chunk?);
+            }
+            let trailers = rb.trailers().await?.unwrap_or_default();
+            Ok::<_, h2::Error>((status, String::from_utf8_lossy(&text).into_owned(), trailers))
+        };
+        let (status, body, trailers) = tokio::time::timeout(PER_ANSWER, call)
+            .await
+            .expect("answered")
+            .unwrap();
+        eprintln!(
+            "probe gRPC call with request and response trailers: {status} {body:?} response trailers {trailers:?}"
+        );
+        assert_eq!((status, body.as_str()), (200, "grpc-1 /trailers/echo\n"));
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"0"[..])
+        );
     })
     .await
     .unwrap();

@@ -62,8 +62,12 @@ impl Refusal {
 /// Judges the bytes buffered so far: `Ok(None)` while the head is incomplete and within limits.
 pub(crate) fn parse(buf: &[u8], settings: &Http1Settings) -> Result<Option<Head>, Refusal> {
     let limit = settings.max_request_headers_bytes;
-    let mut fields = vec![httparse::EMPTY_HEADER; settings.max_request_headers_count];
-    let mut req = httparse::Request::new(&mut fields);
+    // On the stack: this runs for every request, and again as more of a head arrives.
+    let mut fields = [httparse::EMPTY_HEADER; super::MAX_FIELDS];
+    let count = settings
+        .max_request_headers_count
+        .clamp(1, super::MAX_FIELDS);
+    let mut req = httparse::Request::new(&mut fields[..count]);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > limit => {

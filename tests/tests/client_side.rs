@@ -766,6 +766,20 @@ fn codec_cases() -> Vec<CodecCase> {
             false,
         ),
         case(
+            "ten empty lines before the request line",
+            b"\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\nGET /get HTTP/1.1\r\nhost: httpbin\r\n\r\n",
+            &["400", "closed"],
+            0,
+            false,
+        ),
+        case(
+            "one empty line before the request line",
+            b"\r\nGET /get HTTP/1.1\r\nhost: httpbin\r\n\r\n",
+            &["200 /get"],
+            1,
+            true,
+        ),
+        case(
             "a space in the request-target",
             b"GET /a b HTTP/1.1\r\nhost: httpbin\r\n\r\n",
             &["400", "closed"],

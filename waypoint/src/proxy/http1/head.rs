@@ -41,7 +41,14 @@ pub(crate) enum Refusal {
     UnsupportedCoding(String),
     #[error("HTTP/1.0 request and HTTP/1.0 is not accepted")]
     Http10,
+    #[error("more than {MAX_EMPTY_LINES} empty lines before the request line")]
+    EmptyLines,
 }
+
+/// Empty lines tolerated before a request line (RFC 9112 §2.2 asks servers to ignore at least
+/// one; some clients send a CRLF after a body). More are refused: every line feed makes the head
+/// be parsed again, and only these lines could grow without limit under the field count.
+const MAX_EMPTY_LINES: usize = 4;
 
 impl Refusal {
     /// Envoy's status and reason phrase (its codec answers with the phrase as the body).
@@ -50,9 +57,10 @@ impl Refusal {
             Refusal::TooLarge { .. } | Refusal::TooManyFields { .. } => {
                 (431, "Request Header Fields Too Large")
             }
-            Refusal::Malformed(_) | Refusal::LengthAndChunked | Refusal::InvalidLength(_) => {
-                (400, "Bad Request")
-            }
+            Refusal::Malformed(_)
+            | Refusal::LengthAndChunked
+            | Refusal::InvalidLength(_)
+            | Refusal::EmptyLines => (400, "Bad Request"),
             Refusal::UnsupportedCoding(_) => (501, "Not Implemented"),
             Refusal::Http10 => (426, "Upgrade Required"),
         }
@@ -62,6 +70,10 @@ impl Refusal {
 /// Judges the bytes buffered so far: `Ok(None)` while the head is incomplete and within limits.
 pub(crate) fn parse(buf: &[u8], settings: &Http1Settings) -> Result<Option<Head>, Refusal> {
     let limit = settings.max_request_headers_bytes;
+    let leading = buf.iter().take_while(|&&c| c == b'\r' || c == b'\n');
+    if leading.filter(|&&c| c == b'\n').count() > MAX_EMPTY_LINES {
+        return Err(Refusal::EmptyLines);
+    }
     // On the stack: this runs for every request, and again as more of a head arrives.
     let mut fields = [httparse::EMPTY_HEADER; super::MAX_FIELDS];
     let count = settings
@@ -243,6 +255,9 @@ mod tests {
     #[test]
     fn limits_version_and_partial_heads() {
         assert_eq!(status(b"GET / HTTP/1.1\r\nhost: a\r\n"), 0);
+        assert_eq!(status(b"\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n"), 200);
+        assert_eq!(status(b"\r\n\r\n\r\n\r\n\r\n"), 400);
+        assert_eq!(status(b"\n\n\n\n\n"), 400);
         assert_eq!(status(b"GET / HTTP/1.0\r\nhost: a\r\n\r\n"), 426);
         let accepting = Http1Settings {
             accept_http10: true,

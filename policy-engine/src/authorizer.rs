@@ -251,6 +251,8 @@ impl Actions {
 struct Scope {
     enforce: Actions,
     dry_run: Actions,
+    /// A policy bound here has a rule that reads the HTTP request.
+    reads_http: bool,
 }
 
 /// Immutable, shareable evaluator for one waypoint's policies.
@@ -402,6 +404,7 @@ impl Authorizer {
         // (scope, dry_run, action, side) -> rules
         let mut pending: HashMap<PendingKey, Vec<Rule>> = HashMap::new();
         let mut counts: HashMap<(Option<Box<str>>, bool), Counts> = HashMap::new();
+        let mut reads_http: std::collections::HashSet<Option<Box<str>>> = Default::default();
         for (pi, (p, binding)) in policies.iter().enumerate() {
             let action = p.action();
             metas.push(PolicyMeta {
@@ -423,6 +426,11 @@ impl Authorizer {
                 }
             }
             for (ri, rule) in p.rules.iter().flatten().enumerate() {
+                if compile::rule_reads_http(rule, action, &p.namespace) {
+                    for scope in &scopes {
+                        reads_http.insert(scope.clone());
+                    }
+                }
                 let r = rank[&(pi as u32, ri as u32)];
                 for (side, tcp) in [(Side::Http, false), (Side::Tcp, true)] {
                     let Some(parts) = compile::compile_rule(rule, action, side, &p.namespace)
@@ -453,6 +461,9 @@ impl Authorizer {
             };
             a.allow_policies = allow;
             a.policies = total;
+        }
+        for scope in reads_http {
+            auth.scope_mut(scope).reads_http = true;
         }
         for ((scope, dry_run, action, tcp), rules) in pending {
             let s = auth.scope_mut(scope);
@@ -488,6 +499,15 @@ impl Authorizer {
     /// The compiled policies, in the order they were added.
     pub fn policies(&self) -> &[PolicyMeta] {
         &self.policies
+    }
+
+    /// Whether a policy that applies to traffic for `target` (enforced or dry-run) reads the HTTP
+    /// request: then that traffic is decided differently as HTTP and as opaque TCP.
+    pub fn reads_http(&self, target: Option<&str>) -> bool {
+        self.waypoint.reads_http
+            || target
+                .and_then(|t| self.targets.get(t))
+                .is_some_and(|s| s.reads_http)
     }
 
     /// Decides `req`, which is addressed to `target` (the key used in [`Binding::Targets`]).
@@ -609,5 +629,125 @@ impl Authorizer {
     /// Total compiled rules (both sides, all scopes).
     pub fn compiled_rules(&self) -> usize {
         self.sum_sets(|s| s.rules.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{ConditionSpec, OperationSpec, RuleSpec, SourceSpec};
+
+    fn policy(name: &str, action: Action, rule: RuleSpec) -> PolicySpec {
+        PolicySpec {
+            namespace: "ns".into(),
+            name: name.into(),
+            action: Some(action),
+            rules: Some(vec![rule]),
+            ..PolicySpec::default()
+        }
+    }
+
+    fn to(op: OperationSpec) -> RuleSpec {
+        RuleSpec {
+            to: Some(vec![Some(op)]),
+            ..RuleSpec::default()
+        }
+    }
+
+    fn when(key: &str) -> RuleSpec {
+        RuleSpec {
+            when: vec![ConditionSpec {
+                key: key.into(),
+                values: vec!["x".into()],
+                not_values: vec![],
+            }],
+            ..RuleSpec::default()
+        }
+    }
+
+    #[test]
+    fn reads_http_per_scope() {
+        let l4 = policy(
+            "l4",
+            Action::Allow,
+            RuleSpec {
+                from: Some(vec![Some(SourceSpec {
+                    principals: vec!["cluster.local/ns/a/sa/b".into()],
+                    ..SourceSpec::default()
+                })]),
+                to: Some(vec![Some(OperationSpec {
+                    ports: vec!["80".into()],
+                    ..OperationSpec::default()
+                })]),
+                when: vec![ConditionSpec {
+                    key: "source.ip".into(),
+                    values: vec!["10.0.0.0/8".into()],
+                    not_values: vec![],
+                }],
+            },
+        );
+        let paths = policy(
+            "paths",
+            Action::Deny,
+            to(OperationSpec {
+                paths: vec!["/admin".into()],
+                ..OperationSpec::default()
+            }),
+        );
+        let svc = |t: &str| Binding::Targets(vec![t.into()]);
+        let mut b = AuthorizerBuilder::new();
+        b.add(l4.clone(), Binding::Waypoint)
+            .add(paths, svc("Service/ns/web"))
+            .add(
+                policy("hdr", Action::Audit, when("request.headers[x]")),
+                svc("Service/ns/a"),
+            )
+            .add(
+                policy(
+                    "exp",
+                    Action::Allow,
+                    when("experimental.envoy.filters.x[y]"),
+                ),
+                svc("Service/ns/b"),
+            )
+            .add(
+                policy(
+                    "rp",
+                    Action::Allow,
+                    RuleSpec {
+                        from: Some(vec![Some(SourceSpec {
+                            not_request_principals: vec!["*".into()],
+                            ..SourceSpec::default()
+                        })]),
+                        ..RuleSpec::default()
+                    },
+                ),
+                svc("Service/ns/c"),
+            );
+        let a = b.build();
+        assert!(!a.reads_http(None), "L4 fields only, waypoint-wide");
+        assert!(!a.reads_http(Some("Service/ns/db")));
+        for t in [
+            "Service/ns/web",
+            "Service/ns/a",
+            "Service/ns/b",
+            "Service/ns/c",
+        ] {
+            assert!(a.reads_http(Some(t)), "{t}");
+        }
+        // A waypoint-wide HTTP rule reaches every destination.
+        let mut b = AuthorizerBuilder::new();
+        b.add(
+            policy(
+                "m",
+                Action::Allow,
+                to(OperationSpec {
+                    methods: vec!["GET".into()],
+                    ..OperationSpec::default()
+                }),
+            ),
+            Binding::Waypoint,
+        );
+        assert!(b.build().reads_http(Some("Service/ns/db")));
     }
 }

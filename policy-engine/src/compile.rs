@@ -297,6 +297,7 @@ pub(crate) fn compile_rule(
         side,
         policy_namespace,
         dropped: false,
+        reads_http: false,
     };
     let from: Vec<Box<[Clause]>> = spec
         .from
@@ -320,6 +321,28 @@ pub(crate) fn compile_rule(
     Some((from.into(), to.into(), when.into()))
 }
 
+/// Whether a rule reads anything only an HTTP request has (methods, paths, hosts, request
+/// principals, `request.*` keys), or a key this waypoint cannot evaluate: a destination with such a
+/// rule is decided differently as HTTP and as TCP.
+pub(crate) fn rule_reads_http(spec: &RuleSpec, action: Action, policy_namespace: &str) -> bool {
+    let mut b = RuleBuilder {
+        action,
+        side: Side::Http,
+        policy_namespace,
+        dropped: false,
+        reads_http: false,
+    };
+    spec.from.iter().flatten().for_each(|s| {
+        b.source(s.as_ref());
+    });
+    spec.to.iter().flatten().for_each(|o| {
+        b.operation(o.as_ref());
+    });
+    let mut when = Vec::new();
+    spec.when.iter().for_each(|c| b.condition(c, &mut when));
+    b.reads_http
+}
+
 pub(crate) fn new_rule(parts: RuleParts, policy: u32, index: u32, rank: u32) -> Rule {
     let (from, to, when) = parts;
     Rule {
@@ -338,6 +361,8 @@ struct RuleBuilder<'p> {
     policy_namespace: &'p str,
     /// Set when an ALLOW rule hit an unusable value: istiod skips the whole rule.
     dropped: bool,
+    /// Set when a value of an HTTP-only attribute, or an unusable key, was seen.
+    reads_http: bool,
 }
 
 impl RuleBuilder<'_> {
@@ -352,6 +377,7 @@ impl RuleBuilder<'_> {
         if values.is_empty() && not_values.is_empty() {
             return None;
         }
+        self.reads_http |= http_only;
         let mut build = |vals: &[String]| -> Vec<M> {
             let mut out = Vec::with_capacity(vals.len());
             for v in vals {
@@ -384,6 +410,7 @@ impl RuleBuilder<'_> {
 
     /// An attribute this waypoint cannot evaluate at all (fail-closed, see the crate docs).
     fn unavailable(&mut self) {
+        self.reads_http = true;
         if self.action == Action::Allow {
             self.dropped = true;
         }

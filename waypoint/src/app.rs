@@ -241,6 +241,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     proxy.server_options = Some(options);
+    // Inner h2c: the same header budget as HTTP/1 (Envoy's max_request_headers_kb covers both);
+    // a larger header block is answered 431 by h2 on its stream.
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(
+        u32::try_from(settings.http1.max_request_headers_bytes).unwrap_or(u32::MAX),
+    );
+    proxy.h2_options = Some(h2);
     let inbound = Arc::new(Inbound {
         config: config.clone(),
         http: Arc::new(proxy),
@@ -248,6 +255,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         timeouts: settings.server.timeouts,
+        detection_timeout: settings.protocol_detection_timeout,
+        http1: settings.http1,
     });
 
     let ready = Arc::new(AtomicBool::new(false));

@@ -14,6 +14,7 @@ use gateway_api_bindings::ObjectKey;
 use crate::authn::jwks::JwksOptions;
 use crate::hbone::server::ServerSettings;
 use crate::identity::IdentitySource;
+use crate::proxy::http1::Http1Settings;
 use crate::source::kube::KubeSettings;
 use crate::source::kube::mesh_config::MeshConfig;
 pub use crate::source::kube::mesh_config::MeshOverrides;
@@ -73,6 +74,11 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// JWKS fetching for RequestAuthentication.
     pub jwks: JwksOptions,
+    /// How long a client on a port with no declared protocol may send nothing before its
+    /// tunnel is closed, where L7 configuration applies (Envoy's listener filter timeout).
+    pub protocol_detection_timeout: Duration,
+    /// HTTP/1 codec limits (header bytes and count, HTTP/1.0).
+    pub http1: Http1Settings,
 }
 
 impl Settings {
@@ -91,6 +97,8 @@ impl Settings {
             server: ServerSettings::default(),
             poll_interval: Duration::from_secs(1),
             jwks: JwksOptions::default(),
+            protocol_detection_timeout: crate::proxy::sniff::DEFAULT_DETECTION_TIMEOUT,
+            http1: Http1Settings::default(),
         }
     }
 

@@ -148,6 +148,23 @@ pub(crate) struct RunArgs {
     /// Seconds from a request's first byte to the end of its headers (HTTP/1); 408 after.
     #[arg(long, default_value_t = 10)]
     request_headers_timeout_seconds: u64,
+    /// Seconds a client on a port with no declared protocol may send nothing before its tunnel
+    /// is closed, where an HTTP rule or RequestAuthentication applies (Envoy's listener filter
+    /// timeout); elsewhere silence of 1 s makes the tunnel opaque TCP (server-first protocols).
+    #[arg(long, default_value_t = 15)]
+    protocol_detection_timeout_seconds: u64,
+    /// Largest HTTP/1 request head (request line and header fields) in KiB; larger gets 431
+    /// (Envoy's max_request_headers_kb). 1..=1023.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1023))]
+    max_request_headers_kb: u64,
+    /// Most header fields in one HTTP/1 request; more gets 431 (Envoy's max_headers_count).
+    /// 1..=256.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=256))]
+    max_request_headers_count: u64,
+    /// Serve HTTP/1.0 requests instead of answering 426 (Envoy's accept_http_10; istiod's
+    /// PILOT_HTTP10).
+    #[arg(long, env = "PILOT_HTTP10", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    accept_http10: bool,
     /// Port of destination ztunnels' HBONE listeners.
     #[arg(long, default_value_t = 15008, hide = true)]
     upstream_hbone_port: u16,
@@ -357,6 +374,15 @@ fn settings(args: RunArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Resu
         request_headers: secs(args.request_headers_timeout_seconds),
     };
     settings.server.drain_grace = Duration::from_secs(args.drain_grace_seconds);
+    settings.protocol_detection_timeout = secs(args.protocol_detection_timeout_seconds);
+    settings.http1 = waypoint::proxy::http1::Http1Settings {
+        // Both are range-checked by clap, so they fit.
+        max_request_headers_bytes: usize::try_from(args.max_request_headers_kb * 1024)
+            .unwrap_or(waypoint::proxy::http1::MAX_HEAD_BYTES),
+        max_request_headers_count: usize::try_from(args.max_request_headers_count)
+            .unwrap_or(waypoint::proxy::http1::MAX_FIELDS),
+        accept_http10: args.accept_http10,
+    };
     if let Some(path) = &args.jwks_ca {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject as _;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use gateway_api_bindings::destinations::Protocol;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::upstreams::peer::ALPN;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -63,13 +64,54 @@ fn tunnel_of(session: &Session) -> Option<Arc<TunnelCtx>> {
         .cloned()
 }
 
-/// Answers locally without closing the client's connection (`respond_error` would).
+/// gRPC's status for an HTTP status, as Envoy maps its local replies to gRPC requests (gRPC's
+/// HTTP-to-gRPC status mapping).
+fn grpc_status(http: u16) -> u8 {
+    match http {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// Envoy's `hasGrpcContentType`: `application/grpc`, alone or followed by `+` or `;`.
+fn is_grpc(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+}
+
+/// Answers locally without closing the client's connection (`respond_error` would). A gRPC
+/// request gets what Envoy sends it: `200` and a trailers-only response whose `grpc-status`
+/// carries the refusal and `grpc-message` the body.
 async fn reply(
     session: &mut Session,
     status: u16,
     body: &'static str,
     extra: Option<(&'static str, String)>,
 ) -> Result<()> {
+    if is_grpc(session.req_header()) {
+        let mut resp = ResponseHeader::build(200, Some(5))?;
+        resp.insert_header("content-type", "application/grpc")?;
+        resp.insert_header("grpc-status", grpc_status(status).to_string())?;
+        // Plain ASCII text here, so nothing to percent-encode (gRPC's grpc-message rule).
+        resp.insert_header("grpc-message", body)?;
+        if let Some((name, value)) = extra {
+            resp.insert_header(name, value)?;
+        }
+        // Trailers-only on h2: one HEADERS frame ending the stream. Pingora's session-level
+        // write never ends an h2 stream with its headers, so the h2 session writes it.
+        if let ServerSession::H2(h2) = session.as_downstream_mut() {
+            return h2.write_response_header(Box::new(resp), true);
+        }
+        resp.insert_header("content-length", "0")?;
+        session.write_response_header(Box::new(resp), false).await?;
+        return session.write_response_body(None, true).await;
+    }
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header("content-type", "text/plain")?;
     if let Some((name, value)) = extra {
@@ -80,6 +122,15 @@ async fn reply(
     session
         .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
         .await
+}
+
+/// Reads what has already arrived of an HTTP/1 request body, never waiting for more: true when
+/// that was all of it.
+fn consume_arrived_body(session: &mut Session) -> bool {
+    let drain = session.as_downstream_mut().drain_request_body();
+    let mut drain = std::pin::pin!(drain);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    matches!(drain.as_mut().poll(&mut cx), std::task::Poll::Ready(Ok(())))
 }
 
 impl HttpApp {
@@ -95,14 +146,12 @@ impl HttpApp {
     ) -> Result<bool> {
         ctx.local_reply = true;
         ctx.denied = denied;
-        // Read the unread request body first: the next request on this connection starts after
-        // it (Envoy keeps the connection open after a 403 too).
-        if session
-            .as_downstream_mut()
-            .drain_request_body()
-            .await
-            .is_err()
-        {
+        // Answered at the headers, as Envoy's filters answer: a body still on its way is not
+        // waited for. What has arrived is read; if that is not all of it, the HTTP/1
+        // connection closes after the answer (its next request could not be told from the
+        // body), and an h2 stream is reset with NO_ERROR once answered (h2 does so when the
+        // stream is dropped with its request half open).
+        if !session.as_downstream().is_http2() && !consume_arrived_body(session) {
             session.set_keepalive(None);
         }
         reply(session, status, body, extra).await?;
@@ -487,7 +536,12 @@ impl ProxyHttp for HttpApp {
     ) -> FailToProxy {
         let code = error_status(e);
         if code > 0 {
-            let _ = session.respond_error(code).await;
+            if is_grpc(session.req_header()) && session.response_written().is_none() {
+                session.set_keepalive(None);
+                let _ = reply(session, code, "upstream unavailable", None).await;
+            } else {
+                let _ = session.respond_error(code).await;
+            }
         }
         FailToProxy {
             error_code: code,

@@ -7,31 +7,32 @@ use std::time::Duration;
 
 use gateway_api_bindings::destinations::Protocol;
 use http::StatusCode;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::ServerApp;
 use pingora::http::ResponseHeader;
 use pingora::protocols::GetProxyDigest;
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream;
 use pingora::protocols::l4::virt::VirtualSocketStream;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncWriteExt;
 
 use super::destination::Destination;
 use super::http::HttpApp;
+use super::http1::{self, Http1Settings};
 use super::idle::{Activity, Tracked};
-use super::sniff::{Sniffed, sniff};
+use super::sniff::{H2_PREFACE, Sniffed, sniff};
 use super::tunnel::TunnelCtx;
 use super::upstream::Upstream;
 use crate::hbone::server::{Timeouts, Tunnel, TunnelHandler};
 use crate::hbone::stream::H2Stream;
 use crate::metrics::Metrics;
-use crate::state::StateHandle;
+use crate::state::{Snapshot, StateHandle};
 
-/// How long an undeclared port may stay silent before its bytes are treated as opaque TCP
-/// (server-first protocols such as MySQL never speak first).
-const SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a client on a port with no declared protocol may stay silent before its tunnel is
+/// relayed as opaque TCP, where no L7 configuration applies to the destination (server-first
+/// protocols such as MySQL never speak first). Where one does, silence is never TCP: the tunnel
+/// is closed after [`Inbound::detection_timeout`] as Envoy's waypoint closes it.
+const SERVER_FIRST_WAIT: Duration = Duration::from_secs(1);
 
 /// The [`TunnelHandler`] of the waypoint.
 pub(crate) struct Inbound {
@@ -41,11 +42,11 @@ pub(crate) struct Inbound {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: ShutdownWatch,
     pub(crate) timeouts: Timeouts,
+    /// Silence allowed on a port with no declared protocol whose destination has L7
+    /// configuration (Envoy's listener filter timeout).
+    pub(crate) detection_timeout: Duration,
+    pub(crate) http1: Http1Settings,
 }
-
-/// Longest HTTP/1 request head waited for under the request-headers timeout; a longer one is
-/// Pingora's to refuse.
-const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 impl std::fmt::Debug for Inbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,6 +59,14 @@ enum Inner {
     Http1,
     H2c,
     Tcp,
+}
+
+/// Whether traffic to `dest` is decided differently as HTTP than as TCP: an authorization rule
+/// reads the HTTP request, or a RequestAuthentication applies (its output headers are only
+/// removed from HTTP).
+fn has_l7_config(snapshot: &Snapshot, dest: &Destination) -> bool {
+    let target = dest.policy_target();
+    snapshot.authorizer.reads_http(target) || snapshot.authn.for_target(target).is_some()
 }
 
 impl TunnelHandler for Inbound {
@@ -102,23 +111,28 @@ impl TunnelHandler for Inbound {
             }
         };
         let first_byte = self.timeouts.first_byte;
+        let rest = self.timeouts.request_headers;
         let detected = match dest.protocol() {
             Protocol::Tcp => Detected::Found(Inner::Tcp),
             // A declared HTTP port waits for the client's first byte, for so long.
-            Protocol::Http2 => match detect(&mut stream, first_byte).await {
-                Detected::Found(_) => Detected::Found(Inner::H2c),
-                other => other,
+            Protocol::Http2 => match first_byte_within(&mut stream, first_byte).await {
+                None => Detected::Found(Inner::H2c),
+                Some(failed) => failed,
             },
             // A port declared HTTP carries HTTP whatever its first bytes look like (`patch /`
             // is a valid request): Envoy's HTTP codec answers what it cannot parse, so only
             // h2c's preface changes the codec here.
-            Protocol::Http => match detect(&mut stream, first_byte).await {
-                Detected::Found(Inner::H2c) => Detected::Found(Inner::H2c),
-                Detected::Found(_) => Detected::Found(Inner::Http1),
-                other => other,
+            Protocol::Http => match first_byte_within(&mut stream, first_byte).await {
+                None => Detected::Found(preface_or_http1(&mut stream, rest).await),
+                Some(failed) => failed,
             },
-            // Server-first protocols never speak: silence means opaque TCP.
-            Protocol::Unknown => match detect(&mut stream, SNIFF_TIMEOUT).await {
+            // Envoy's http_inspector: whatever starts like HTTP is HTTP however slowly it
+            // comes, and a silent client is closed at the listener filter timeout. Only where
+            // HTTP and TCP are decided alike may silence mean a server-first protocol.
+            Protocol::Unknown if has_l7_config(&snapshot, &dest) => {
+                detect(&mut stream, self.detection_timeout, rest).await
+            }
+            Protocol::Unknown => match detect(&mut stream, SERVER_FIRST_WAIT, rest).await {
                 Detected::Silent => Detected::Found(Inner::Tcp),
                 other => other,
             },
@@ -128,7 +142,12 @@ impl TunnelHandler for Inbound {
             Detected::Ended => return,
             Detected::Silent => {
                 self.metrics.timeouts.first_byte.inc();
-                tracing::info!(destination = %dest, timeout = ?first_byte, "no byte on an HTTP port; closing the tunnel");
+                tracing::info!(destination = %dest, "no byte from the client in time; closing the tunnel");
+                return;
+            }
+            Detected::Incomplete => {
+                self.metrics.timeouts.request_headers.inc();
+                tracing::info!(destination = %dest, timeout = ?rest, "the first bytes did not tell the protocol in time; closing the tunnel");
                 return;
             }
         };
@@ -159,12 +178,56 @@ enum Detected {
     Found(Inner),
     /// The stream failed (a reset) before saying anything decisive.
     Ended,
-    /// Nothing within the wait.
+    /// No byte within the wait.
     Silent,
+    /// Bytes came, but not enough to tell within the wait (a request line trickling in that
+    /// never reaches its method's end).
+    Incomplete,
 }
 
-/// Reads until the first bytes tell HTTP/1, h2c or something else.
-async fn detect(stream: &mut H2Stream, timeout: Duration) -> Detected {
+/// Longest run of method characters the sniffer waits through; Envoy's inspector closes a
+/// connection whose first 64 KiB do not tell.
+const MAX_SNIFF: usize = 64 * 1024;
+
+/// Waits `wait` for the tunnel's first byte; `None` once it is there.
+async fn first_byte_within(stream: &mut H2Stream, wait: Duration) -> Option<Detected> {
+    match tokio::time::timeout(wait, stream.peek(1)).await {
+        Err(_) => Some(Detected::Silent),
+        Ok(Err(_)) => Some(Detected::Ended),
+        Ok(Ok(_)) => None,
+    }
+}
+
+/// On a port declared HTTP: h2c if the bytes are its preface, else HTTP/1 (whose codec answers
+/// whatever it cannot parse, or times the head out).
+async fn preface_or_http1(stream: &mut H2Stream, wait: Duration) -> Inner {
+    let look = async {
+        let mut want = 1;
+        loop {
+            let Ok(buf) = stream.peek(want).await else {
+                return Inner::Http1;
+            };
+            let n = buf.len().min(H2_PREFACE.len());
+            if buf[..n] != H2_PREFACE[..n] || buf.len() < want {
+                return Inner::Http1;
+            }
+            if n == H2_PREFACE.len() {
+                return Inner::H2c;
+            }
+            want = buf.len() + 1;
+        }
+    };
+    tokio::time::timeout(wait, look)
+        .await
+        .unwrap_or(Inner::Http1)
+}
+
+/// Reads until the first bytes tell HTTP/1, h2c or something else: `first` for the first byte,
+/// then `rest` from it for the decision.
+async fn detect(stream: &mut H2Stream, first: Duration, rest: Duration) -> Detected {
+    if let Some(failed) = first_byte_within(stream, first).await {
+        return failed;
+    }
     let look = async {
         let mut want = 1;
         loop {
@@ -175,35 +238,18 @@ async fn detect(stream: &mut H2Stream, timeout: Duration) -> Detected {
                 Sniffed::Http1 => return Detected::Found(Inner::Http1),
                 Sniffed::H2c => return Detected::Found(Inner::H2c),
                 Sniffed::Opaque => return Detected::Found(Inner::Tcp),
+                // The client half-closed before the bytes could tell: they hold no request
+                // line, and are relayed (and decided) as TCP.
                 Sniffed::NeedMore if buf.len() < want => return Detected::Found(Inner::Tcp),
+                // As Envoy's inspector: no decision within its buffer, the connection goes.
+                Sniffed::NeedMore if buf.len() >= MAX_SNIFF => return Detected::Incomplete,
                 Sniffed::NeedMore => want = buf.len() + 1,
             }
         }
     };
-    tokio::time::timeout(timeout, look)
+    tokio::time::timeout(rest, look)
         .await
-        .unwrap_or(Detected::Silent)
-}
-
-/// Waits until the buffered bytes hold a whole HTTP/1 request head (or more than
-/// [`MAX_REQUEST_HEAD`], or the stream ends); false when `limit` passes first.
-async fn request_head(stream: &mut H2Stream, limit: Duration) -> bool {
-    let complete = async {
-        let mut want = 1;
-        loop {
-            let Ok(buf) = stream.peek(want).await else {
-                return;
-            };
-            if buf.len() < want
-                || buf.len() > MAX_REQUEST_HEAD
-                || buf.windows(4).any(|w| w == b"\r\n\r\n")
-            {
-                return;
-            }
-            want = buf.len() + 1;
-        }
-    };
-    tokio::time::timeout(limit, complete).await.is_ok()
+        .unwrap_or(Detected::Incomplete)
 }
 
 impl Inbound {
@@ -234,18 +280,7 @@ impl Inbound {
     }
     /// Serves the tunnel's HTTP until the client is done or the stream has been idle for the
     /// stream idle timeout.
-    async fn serve_http(&self, mut stream: H2Stream, ctx: Arc<TunnelCtx>, inner: Inner) {
-        if inner == Inner::Http1 && !request_head(&mut stream, self.timeouts.request_headers).await
-        {
-            self.metrics.timeouts.request_headers.inc();
-            tracing::info!(timeout = ?self.timeouts.request_headers, "request headers incomplete; 408");
-            // Envoy's answer to request_headers_timeout.
-            let _ = stream
-                .write_all(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                .await;
-            let _ = stream.shutdown().await;
-            return;
-        }
+    async fn serve_http(&self, stream: H2Stream, ctx: Arc<TunnelCtx>, inner: Inner) {
         let activity = Activity::new();
         let stream = Tracked::new(stream, activity.clone());
         tokio::select! {
@@ -258,29 +293,26 @@ impl Inbound {
     }
 
     async fn serve_http_inner(&self, stream: Tracked<H2Stream>, ctx: Arc<TunnelCtx>, inner: Inner) {
+        if inner == Inner::Http1 {
+            // Not Pingora's own keep-alive loop: each request head is judged and timed first
+            // (and Pingora's h2c check would wait for 24 bytes, stalling short requests).
+            http1::conn::serve(
+                &self.http,
+                stream,
+                ctx,
+                &self.http1,
+                self.timeouts.request_headers,
+                &self.metrics,
+                &self.shutdown,
+            )
+            .await;
+            return;
+        }
         let mut stream = Stream::from(VirtualSocketStream::new(Box::new(stream)));
         let Ok(header) = ResponseHeader::build(200, None) else {
             return;
         };
         stream.set_proxy_digest(ProxyDigest::new(Box::new(header), Some(Box::new(ctx))));
-        if inner == Inner::H2c {
-            let _ = ServerApp::process_new(&self.http, Box::new(stream), &self.shutdown).await;
-            return;
-        }
-        // HTTP/1 straight into the keep-alive loop: Pingora's own h2c check would wait for 24
-        // bytes, stalling clients whose whole request is shorter.
-        let mut session = ServerSession::new_http1(Box::new(stream));
-        session.set_keepalive(Some(60));
-        let mut result = self.http.process_new_http(session, &self.shutdown).await;
-        while let Some((stream, persistent)) = result.map(|r| r.consume()) {
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(p) = persistent {
-                p.apply_to_session(&mut session);
-            }
-            if *self.shutdown.borrow() {
-                session.set_keepalive(None);
-            }
-            result = self.http.process_new_http(session, &self.shutdown).await;
-        }
+        let _ = ServerApp::process_new(&self.http, Box::new(stream), &self.shutdown).await;
     }
 }

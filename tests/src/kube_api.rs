@@ -5,7 +5,8 @@
 //! What it serves is a table written from the published definitions ([`resources`]): Kubernetes'
 //! built-in resources, Gateway API's and Istio's CRDs, each under its real plural, scope, versions
 //! and subresources. Discovery (`/api`, `/api/v1`, `/apis`, `/apis/<group>`,
-//! `/apis/<group>/<version>`, `/version`) is built from that table; any other path, a version a
+//! `/apis/<group>/<version>`, `/version`, and `/openapi/v3` cut down to the PATCH operations
+//! kubectl looks at) is built from that table; any other path, a version a
 //! resource does not serve, a subresource it does not have, or a CRD a test uninstalled gets 404
 //! with the API server's `Status` body.
 //!
@@ -755,6 +756,8 @@ enum Route {
 
 enum Discovery {
     Version,
+    OpenApiIndex,
+    OpenApi(String, String),
     CoreVersions,
     Groups,
     Group(String),
@@ -786,6 +789,13 @@ fn parse_path(path: &str) -> Route {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Route::Discovery(Discovery::Version),
+        ["openapi", "v3"] => return Route::Discovery(Discovery::OpenApiIndex),
+        ["openapi", "v3", "api", v] => {
+            return Route::Discovery(Discovery::OpenApi(String::new(), (*v).to_owned()));
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            return Route::Discovery(Discovery::OpenApi((*g).to_owned(), (*v).to_owned()));
+        }
         ["api"] => return Route::Discovery(Discovery::CoreVersions),
         ["apis"] => return Route::Discovery(Discovery::Groups),
         ["apis", g] => return Route::Discovery(Discovery::Group((*g).to_owned())),
@@ -1116,6 +1126,8 @@ impl Inner {
                 "buildDate": "2025-04-22T16:02:27Z", "goVersion": "go1.23.6", "compiler": "gc",
                 "platform": "linux/amd64",
             })),
+            Discovery::OpenApiIndex => Some(resources::openapi_index(installed())),
+            Discovery::OpenApi(g, v) => resources::openapi_group_version(installed(), &g, &v),
             Discovery::CoreVersions => Some(resources::core_versions(&self.addr.to_string())),
             Discovery::Groups => Some(resources::group_list(installed())),
             Discovery::Group(g) => resources::group(installed(), &g),
@@ -1666,14 +1678,9 @@ impl Inner {
             }
             epoch.borrow_and_update();
             loop {
+                // Events already committed go out before the watch ends.
                 tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => return,
-                    r = epoch.changed() => {
-                        if r.is_ok() && epoch.borrow().1 {
-                            let _ = tx.send(expired(last)).await;
-                        }
-                        return;
-                    }
+                    biased;
                     e = live.recv() => {
                         let e = match e {
                             Ok(e) => e,
@@ -1693,6 +1700,13 @@ impl Inner {
                         }
                         last = e.rv;
                         if tx.send(line(e.kind, &e.object)).await.is_err() { return; }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => return,
+                    r = epoch.changed() => {
+                        if r.is_ok() && epoch.borrow().1 {
+                            let _ = tx.send(expired(last)).await;
+                        }
+                        return;
                     }
                 }
             }

@@ -677,6 +677,80 @@ pub fn resource_list<'a>(
     })
 }
 
+/// The group versions the installed resources are served at: `("", "v1")`, `("apps", "v1")`, ...
+fn group_versions<'a>(installed: impl Iterator<Item = &'a Served>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for s in installed {
+        for v in s.versions {
+            let gv = (s.group.to_owned(), (*v).to_owned());
+            if !out.contains(&gv) {
+                out.push(gv);
+            }
+        }
+    }
+    out
+}
+
+fn openapi_key(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// `/openapi/v3`: where each group version's OpenAPI document is.
+pub fn openapi_index<'a>(installed: impl Iterator<Item = &'a Served>) -> Value {
+    let paths: serde_json::Map<String, Value> = group_versions(installed)
+        .into_iter()
+        .map(|(g, v)| {
+            let key = openapi_key(&g, &v);
+            let url = json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash=fake")});
+            (key, url)
+        })
+        .collect();
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/api/v1` or `/openapi/v3/apis/<group>/<version>`, cut down to what clients ask
+/// of it: each object's PATCH operation, tagged with its group/version/kind, and its
+/// `fieldValidation` parameter (so kubectl leaves validation to the server, which a 1.32 API
+/// server does; no schemas are served).
+pub fn openapi_group_version<'a>(
+    installed: impl Iterator<Item = &'a Served>,
+    group: &str,
+    version: &str,
+) -> Option<Value> {
+    let mut paths = serde_json::Map::new();
+    for s in installed.filter(|s| s.group == group && s.versions.contains(&version)) {
+        let base = format!("/{}", openapi_key(group, version));
+        let path = if s.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", s.plural)
+        } else {
+            format!("{base}/{}/{{name}}", s.plural)
+        };
+        paths.insert(
+            path,
+            json!({"patch": {
+                "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": s.kind},
+                "parameters": [
+                    {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+                    {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                    {"name": "force", "in": "query", "schema": {"type": "boolean"}},
+                ],
+                "responses": {"200": {"description": "OK"}},
+            }}),
+        );
+    }
+    (!paths.is_empty()).then(|| {
+        json!({
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes", "version": "v1.32.4"},
+            "paths": paths,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -382,8 +382,10 @@ where
             Ok(e) => e,
             Err(e) => {
                 ctx.metrics.kube_watch_errors.inc();
+                // A CRD removed while watched: the list or the next watch 404s.
                 if w.resource.crd
-                    && let watcher::Error::InitialListFailed(le) = &e
+                    && let watcher::Error::InitialListFailed(le)
+                    | watcher::Error::WatchStartFailed(le) = &e
                     && client::status_code(le) == Some(404)
                 {
                     tracing::warn!(kind = %w.what, url = %w.url, code = 404, "{} is not served any more; looking its CRD up again", w.resource.qualified());

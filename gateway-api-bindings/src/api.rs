@@ -210,10 +210,20 @@ mod tests {
 
     use super::*;
 
-    /// The facts, read from each definition: `(group, kind, plural, scope, versions served,
-    /// storage version)`. Istio's from `crd-all.gen.yaml` (istio/istio master 86c9f01f), Gateway
-    /// API's from its v1.5.1 standard CRDs, Kubernetes' from its v1.32 discovery.
-    const FACTS: &[(&str, &str, &str, Scope, &[&str], &str)] = &[
+    /// `(group, kind, plural, scope, versions served, storage version)`.
+    type Fact = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Scope,
+        &'static [&'static str],
+        &'static str,
+    );
+
+    /// The facts, read from each definition: Istio's from `crd-all.gen.yaml` (istio/istio
+    /// master 86c9f01f), Gateway API's from its v1.5.1 standard CRDs, Kubernetes' from its v1.32
+    /// discovery.
+    const FACTS: &[Fact] = &[
         (
             "gateway.networking.k8s.io",
             "Gateway",

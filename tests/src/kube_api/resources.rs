@@ -34,129 +34,92 @@ pub struct Served {
 const NONE: &[&str] = &[];
 const ALL_CATEGORY: &[&str] = &["all"];
 const STATUS: &[&str] = &["status"];
-const GATEWAY_API: &[&str] = &["gateway-api"];
-const ISTIO_NETWORKING: &[&str] = &["istio-io", "networking-istio-io"];
-const ISTIO_SECURITY: &[&str] = &["istio-io", "security-istio-io"];
-const ISTIO_V1_3: &[&str] = &["v1", "v1alpha3", "v1beta1"];
-const ISTIO_V1_BETA: &[&str] = &["v1", "v1beta1"];
 
-const fn builtin(
-    group: &'static str,
-    versions: &'static [&'static str],
-    kind: &'static str,
-    plural: &'static str,
-    singular: &'static str,
-    namespaced: bool,
-    short_names: &'static [&'static str],
-    categories: &'static [&'static str],
-    subresources: &'static [&'static str],
-) -> Served {
-    Served {
-        group,
-        versions,
-        kind,
-        plural,
-        singular,
-        namespaced,
-        short_names,
-        categories,
-        subresources,
-        crd: false,
-    }
-}
-
-const fn crd(
-    group: &'static str,
-    versions: &'static [&'static str],
-    kind: &'static str,
-    plural: &'static str,
-    singular: &'static str,
-    short_names: &'static [&'static str],
-    categories: &'static [&'static str],
-    subresources: &'static [&'static str],
-) -> Served {
-    Served {
-        group,
-        versions,
-        kind,
-        plural,
-        singular,
-        namespaced: true,
-        short_names,
-        categories,
-        subresources,
-        crd: true,
-    }
-}
+/// What most entries of a kind of definition share; each entry names the rest.
+const BUILTIN: Served = Served {
+    group: "",
+    versions: &["v1"],
+    kind: "",
+    plural: "",
+    singular: "",
+    namespaced: true,
+    short_names: NONE,
+    categories: NONE,
+    subresources: NONE,
+    crd: false,
+};
+const GATEWAY_API: Served = Served {
+    group: "gateway.networking.k8s.io",
+    versions: &["v1"],
+    categories: &["gateway-api"],
+    subresources: STATUS,
+    crd: true,
+    ..BUILTIN
+};
+const ISTIO_NETWORKING: Served = Served {
+    group: "networking.istio.io",
+    versions: &["v1", "v1alpha3", "v1beta1"],
+    categories: &["istio-io", "networking-istio-io"],
+    subresources: STATUS,
+    crd: true,
+    ..BUILTIN
+};
+const ISTIO_SECURITY: Served = Served {
+    group: "security.istio.io",
+    versions: &["v1", "v1beta1"],
+    categories: &["istio-io", "security-istio-io"],
+    ..ISTIO_NETWORKING
+};
 
 /// Everything the fake serves.
 pub const SERVED: &[Served] = &[
     // Core (`/api/v1`).
-    builtin(
-        "",
-        &["v1"],
-        "ConfigMap",
-        "configmaps",
-        "configmap",
-        true,
-        &["cm"],
-        NONE,
-        NONE,
-    ),
-    builtin(
-        "",
-        &["v1"],
-        "Endpoints",
-        "endpoints",
-        "endpoints",
-        true,
-        &["ep"],
-        NONE,
-        NONE,
-    ),
-    builtin(
-        "",
-        &["v1"],
-        "Event",
-        "events",
-        "event",
-        true,
-        &["ev"],
-        NONE,
-        NONE,
-    ),
-    builtin(
-        "",
-        &["v1"],
-        "Namespace",
-        "namespaces",
-        "namespace",
-        false,
-        &["ns"],
-        NONE,
-        &["finalize", "status"],
-    ),
-    builtin(
-        "",
-        &["v1"],
-        "Node",
-        "nodes",
-        "node",
-        false,
-        &["no"],
-        NONE,
-        &["proxy", "status"],
-    ),
-    builtin(
-        "",
-        &["v1"],
-        "Pod",
-        "pods",
-        "pod",
-        true,
-        &["po"],
-        ALL_CATEGORY,
-        &[
+    Served {
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        short_names: &["cm"],
+        ..BUILTIN
+    },
+    Served {
+        kind: "Endpoints",
+        plural: "endpoints",
+        singular: "endpoints",
+        short_names: &["ep"],
+        ..BUILTIN
+    },
+    Served {
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        short_names: &["ev"],
+        ..BUILTIN
+    },
+    Served {
+        kind: "Namespace",
+        plural: "namespaces",
+        singular: "namespace",
+        namespaced: false,
+        short_names: &["ns"],
+        subresources: &["finalize", "status"],
+        ..BUILTIN
+    },
+    Served {
+        kind: "Node",
+        plural: "nodes",
+        singular: "node",
+        namespaced: false,
+        short_names: &["no"],
+        subresources: &["proxy", "status"],
+        ..BUILTIN
+    },
+    Served {
+        kind: "Pod",
+        plural: "pods",
+        singular: "pod",
+        short_names: &["po"],
+        categories: ALL_CATEGORY,
+        subresources: &[
             "attach",
             "binding",
             "eviction",
@@ -166,377 +129,280 @@ pub const SERVED: &[Served] = &[
             "proxy",
             "status",
         ],
-    ),
-    builtin(
-        "",
-        &["v1"],
-        "Secret",
-        "secrets",
-        "secret",
-        true,
-        NONE,
-        NONE,
-        NONE,
-    ),
-    builtin(
-        "",
-        &["v1"],
-        "ServiceAccount",
-        "serviceaccounts",
-        "serviceaccount",
-        true,
-        &["sa"],
-        NONE,
-        &["token"],
-    ),
-    builtin(
-        "",
-        &["v1"],
-        "Service",
-        "services",
-        "service",
-        true,
-        &["svc"],
-        ALL_CATEGORY,
-        &["proxy", "status"],
-    ),
-    // apps/v1, autoscaling, policy.
-    builtin(
-        "apps",
-        &["v1"],
-        "Deployment",
-        "deployments",
-        "deployment",
-        true,
-        &["deploy"],
-        ALL_CATEGORY,
-        &["scale", "status"],
-    ),
-    builtin(
-        "apps",
-        &["v1"],
-        "ReplicaSet",
-        "replicasets",
-        "replicaset",
-        true,
-        &["rs"],
-        ALL_CATEGORY,
-        &["scale", "status"],
-    ),
-    builtin(
-        "autoscaling",
-        &["v2", "v1"],
-        "HorizontalPodAutoscaler",
-        "horizontalpodautoscalers",
-        "horizontalpodautoscaler",
-        true,
-        &["hpa"],
-        ALL_CATEGORY,
-        STATUS,
-    ),
-    builtin(
-        "policy",
-        &["v1"],
-        "PodDisruptionBudget",
-        "poddisruptionbudgets",
-        "poddisruptionbudget",
-        true,
-        &["pdb"],
-        NONE,
-        STATUS,
-    ),
+        ..BUILTIN
+    },
+    Served {
+        kind: "Secret",
+        plural: "secrets",
+        singular: "secret",
+        ..BUILTIN
+    },
+    Served {
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        short_names: &["sa"],
+        subresources: &["token"],
+        ..BUILTIN
+    },
+    Served {
+        kind: "Service",
+        plural: "services",
+        singular: "service",
+        short_names: &["svc"],
+        categories: ALL_CATEGORY,
+        subresources: &["proxy", "status"],
+        ..BUILTIN
+    },
+    // apps, autoscaling, policy.
+    Served {
+        group: "apps",
+        kind: "Deployment",
+        plural: "deployments",
+        singular: "deployment",
+        short_names: &["deploy"],
+        categories: ALL_CATEGORY,
+        subresources: &["scale", "status"],
+        ..BUILTIN
+    },
+    Served {
+        group: "apps",
+        kind: "ReplicaSet",
+        plural: "replicasets",
+        singular: "replicaset",
+        short_names: &["rs"],
+        categories: ALL_CATEGORY,
+        subresources: &["scale", "status"],
+        ..BUILTIN
+    },
+    Served {
+        group: "autoscaling",
+        versions: &["v2", "v1"],
+        kind: "HorizontalPodAutoscaler",
+        plural: "horizontalpodautoscalers",
+        singular: "horizontalpodautoscaler",
+        short_names: &["hpa"],
+        categories: ALL_CATEGORY,
+        subresources: STATUS,
+        ..BUILTIN
+    },
+    Served {
+        group: "policy",
+        kind: "PodDisruptionBudget",
+        plural: "poddisruptionbudgets",
+        singular: "poddisruptionbudget",
+        short_names: &["pdb"],
+        subresources: STATUS,
+        ..BUILTIN
+    },
     // discovery.k8s.io, coordination.k8s.io, rbac.authorization.k8s.io.
-    builtin(
-        "discovery.k8s.io",
-        &["v1"],
-        "EndpointSlice",
-        "endpointslices",
-        "endpointslice",
-        true,
-        NONE,
-        NONE,
-        NONE,
-    ),
-    builtin(
-        "coordination.k8s.io",
-        &["v1"],
-        "Lease",
-        "leases",
-        "lease",
-        true,
-        NONE,
-        NONE,
-        NONE,
-    ),
-    builtin(
-        "rbac.authorization.k8s.io",
-        &["v1"],
-        "ClusterRole",
-        "clusterroles",
-        "clusterrole",
-        false,
-        NONE,
-        NONE,
-        NONE,
-    ),
-    builtin(
-        "rbac.authorization.k8s.io",
-        &["v1"],
-        "ClusterRoleBinding",
-        "clusterrolebindings",
-        "clusterrolebinding",
-        false,
-        NONE,
-        NONE,
-        NONE,
-    ),
-    builtin(
-        "rbac.authorization.k8s.io",
-        &["v1"],
-        "Role",
-        "roles",
-        "role",
-        true,
-        NONE,
-        NONE,
-        NONE,
-    ),
-    builtin(
-        "rbac.authorization.k8s.io",
-        &["v1"],
-        "RoleBinding",
-        "rolebindings",
-        "rolebinding",
-        true,
-        NONE,
-        NONE,
-        NONE,
-    ),
+    Served {
+        group: "discovery.k8s.io",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        ..BUILTIN
+    },
+    Served {
+        group: "coordination.k8s.io",
+        kind: "Lease",
+        plural: "leases",
+        singular: "lease",
+        ..BUILTIN
+    },
+    Served {
+        group: "rbac.authorization.k8s.io",
+        kind: "ClusterRole",
+        plural: "clusterroles",
+        singular: "clusterrole",
+        namespaced: false,
+        ..BUILTIN
+    },
+    Served {
+        group: "rbac.authorization.k8s.io",
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+        singular: "clusterrolebinding",
+        namespaced: false,
+        ..BUILTIN
+    },
+    Served {
+        group: "rbac.authorization.k8s.io",
+        kind: "Role",
+        plural: "roles",
+        singular: "role",
+        ..BUILTIN
+    },
+    Served {
+        group: "rbac.authorization.k8s.io",
+        kind: "RoleBinding",
+        plural: "rolebindings",
+        singular: "rolebinding",
+        ..BUILTIN
+    },
     // Gateway API v1.5.1, standard channel.
     Served {
+        versions: &["v1", "v1beta1"],
+        kind: "GatewayClass",
+        plural: "gatewayclasses",
+        singular: "gatewayclass",
         namespaced: false,
-        ..crd(
-            "gateway.networking.k8s.io",
-            &["v1", "v1beta1"],
-            "GatewayClass",
-            "gatewayclasses",
-            "gatewayclass",
-            &["gc"],
-            GATEWAY_API,
-            STATUS,
-        )
+        short_names: &["gc"],
+        ..GATEWAY_API
     },
-    crd(
-        "gateway.networking.k8s.io",
-        &["v1", "v1beta1"],
-        "Gateway",
-        "gateways",
-        "gateway",
-        &["gtw"],
-        GATEWAY_API,
-        STATUS,
-    ),
-    crd(
-        "gateway.networking.k8s.io",
-        &["v1", "v1beta1"],
-        "HTTPRoute",
-        "httproutes",
-        "httproute",
-        NONE,
-        GATEWAY_API,
-        STATUS,
-    ),
-    crd(
-        "gateway.networking.k8s.io",
-        &["v1"],
-        "GRPCRoute",
-        "grpcroutes",
-        "grpcroute",
-        NONE,
-        GATEWAY_API,
-        STATUS,
-    ),
-    crd(
-        "gateway.networking.k8s.io",
-        &["v1", "v1beta1"],
-        "ReferenceGrant",
-        "referencegrants",
-        "referencegrant",
-        &["refgrant"],
-        GATEWAY_API,
-        NONE,
-    ),
-    crd(
-        "gateway.networking.k8s.io",
-        &["v1"],
-        "BackendTLSPolicy",
-        "backendtlspolicies",
-        "backendtlspolicy",
-        &["btlspolicy"],
-        GATEWAY_API,
-        STATUS,
-    ),
-    crd(
-        "gateway.networking.k8s.io",
-        &["v1"],
-        "ListenerSet",
-        "listenersets",
-        "listenerset",
-        &["lset"],
-        GATEWAY_API,
-        STATUS,
-    ),
-    crd(
-        "gateway.networking.k8s.io",
-        &["v1"],
-        "TLSRoute",
-        "tlsroutes",
-        "tlsroute",
-        NONE,
-        GATEWAY_API,
-        STATUS,
-    ),
+    Served {
+        versions: &["v1", "v1beta1"],
+        kind: "Gateway",
+        plural: "gateways",
+        singular: "gateway",
+        short_names: &["gtw"],
+        ..GATEWAY_API
+    },
+    Served {
+        versions: &["v1", "v1beta1"],
+        kind: "HTTPRoute",
+        plural: "httproutes",
+        singular: "httproute",
+        ..GATEWAY_API
+    },
+    Served {
+        kind: "GRPCRoute",
+        plural: "grpcroutes",
+        singular: "grpcroute",
+        ..GATEWAY_API
+    },
+    Served {
+        versions: &["v1", "v1beta1"],
+        kind: "ReferenceGrant",
+        plural: "referencegrants",
+        singular: "referencegrant",
+        short_names: &["refgrant"],
+        subresources: NONE,
+        ..GATEWAY_API
+    },
+    Served {
+        kind: "BackendTLSPolicy",
+        plural: "backendtlspolicies",
+        singular: "backendtlspolicy",
+        short_names: &["btlspolicy"],
+        ..GATEWAY_API
+    },
+    Served {
+        kind: "ListenerSet",
+        plural: "listenersets",
+        singular: "listenerset",
+        short_names: &["lset"],
+        ..GATEWAY_API
+    },
+    Served {
+        kind: "TLSRoute",
+        plural: "tlsroutes",
+        singular: "tlsroute",
+        ..GATEWAY_API
+    },
     // Istio.
-    crd(
-        "networking.istio.io",
-        ISTIO_V1_3,
-        "DestinationRule",
-        "destinationrules",
-        "destinationrule",
-        &["dr"],
-        ISTIO_NETWORKING,
-        STATUS,
-    ),
-    crd(
-        "networking.istio.io",
-        &["v1alpha3"],
-        "EnvoyFilter",
-        "envoyfilters",
-        "envoyfilter",
-        NONE,
-        ISTIO_NETWORKING,
-        STATUS,
-    ),
-    crd(
-        "networking.istio.io",
-        ISTIO_V1_3,
-        "Gateway",
-        "gateways",
-        "gateway",
-        &["gw"],
-        ISTIO_NETWORKING,
-        STATUS,
-    ),
-    crd(
-        "networking.istio.io",
-        &["v1beta1"],
-        "ProxyConfig",
-        "proxyconfigs",
-        "proxyconfig",
-        NONE,
-        ISTIO_NETWORKING,
-        STATUS,
-    ),
-    crd(
-        "networking.istio.io",
-        ISTIO_V1_3,
-        "ServiceEntry",
-        "serviceentries",
-        "serviceentry",
-        &["se"],
-        ISTIO_NETWORKING,
-        STATUS,
-    ),
-    crd(
-        "networking.istio.io",
-        ISTIO_V1_3,
-        "Sidecar",
-        "sidecars",
-        "sidecar",
-        NONE,
-        ISTIO_NETWORKING,
-        STATUS,
-    ),
-    crd(
-        "networking.istio.io",
-        ISTIO_V1_3,
-        "VirtualService",
-        "virtualservices",
-        "virtualservice",
-        &["vs"],
-        ISTIO_NETWORKING,
-        STATUS,
-    ),
-    crd(
-        "networking.istio.io",
-        ISTIO_V1_3,
-        "WorkloadEntry",
-        "workloadentries",
-        "workloadentry",
-        &["we"],
-        ISTIO_NETWORKING,
-        STATUS,
-    ),
-    crd(
-        "networking.istio.io",
-        ISTIO_V1_3,
-        "WorkloadGroup",
-        "workloadgroups",
-        "workloadgroup",
-        &["wg"],
-        ISTIO_NETWORKING,
-        STATUS,
-    ),
-    crd(
-        "security.istio.io",
-        ISTIO_V1_BETA,
-        "AuthorizationPolicy",
-        "authorizationpolicies",
-        "authorizationpolicy",
-        &["ap"],
-        ISTIO_SECURITY,
-        STATUS,
-    ),
-    crd(
-        "security.istio.io",
-        ISTIO_V1_BETA,
-        "PeerAuthentication",
-        "peerauthentications",
-        "peerauthentication",
-        &["pa"],
-        ISTIO_SECURITY,
-        STATUS,
-    ),
-    crd(
-        "security.istio.io",
-        ISTIO_V1_BETA,
-        "RequestAuthentication",
-        "requestauthentications",
-        "requestauthentication",
-        &["ra"],
-        ISTIO_SECURITY,
-        STATUS,
-    ),
-    crd(
-        "telemetry.istio.io",
-        &["v1", "v1alpha1"],
-        "Telemetry",
-        "telemetries",
-        "telemetry",
-        &["telemetry"],
-        &["istio-io", "telemetry-istio-io"],
-        STATUS,
-    ),
-    crd(
-        "extensions.istio.io",
-        &["v1alpha1"],
-        "WasmPlugin",
-        "wasmplugins",
-        "wasmplugin",
-        NONE,
-        &["istio-io", "extensions-istio-io"],
-        STATUS,
-    ),
+    Served {
+        kind: "DestinationRule",
+        plural: "destinationrules",
+        singular: "destinationrule",
+        short_names: &["dr"],
+        ..ISTIO_NETWORKING
+    },
+    Served {
+        versions: &["v1alpha3"],
+        kind: "EnvoyFilter",
+        plural: "envoyfilters",
+        singular: "envoyfilter",
+        ..ISTIO_NETWORKING
+    },
+    Served {
+        kind: "Gateway",
+        plural: "gateways",
+        singular: "gateway",
+        short_names: &["gw"],
+        ..ISTIO_NETWORKING
+    },
+    Served {
+        versions: &["v1beta1"],
+        kind: "ProxyConfig",
+        plural: "proxyconfigs",
+        singular: "proxyconfig",
+        ..ISTIO_NETWORKING
+    },
+    Served {
+        kind: "ServiceEntry",
+        plural: "serviceentries",
+        singular: "serviceentry",
+        short_names: &["se"],
+        ..ISTIO_NETWORKING
+    },
+    Served {
+        kind: "Sidecar",
+        plural: "sidecars",
+        singular: "sidecar",
+        ..ISTIO_NETWORKING
+    },
+    Served {
+        kind: "VirtualService",
+        plural: "virtualservices",
+        singular: "virtualservice",
+        short_names: &["vs"],
+        ..ISTIO_NETWORKING
+    },
+    Served {
+        kind: "WorkloadEntry",
+        plural: "workloadentries",
+        singular: "workloadentry",
+        short_names: &["we"],
+        ..ISTIO_NETWORKING
+    },
+    Served {
+        kind: "WorkloadGroup",
+        plural: "workloadgroups",
+        singular: "workloadgroup",
+        short_names: &["wg"],
+        ..ISTIO_NETWORKING
+    },
+    Served {
+        kind: "AuthorizationPolicy",
+        plural: "authorizationpolicies",
+        singular: "authorizationpolicy",
+        short_names: &["ap"],
+        ..ISTIO_SECURITY
+    },
+    Served {
+        kind: "PeerAuthentication",
+        plural: "peerauthentications",
+        singular: "peerauthentication",
+        short_names: &["pa"],
+        ..ISTIO_SECURITY
+    },
+    Served {
+        kind: "RequestAuthentication",
+        plural: "requestauthentications",
+        singular: "requestauthentication",
+        short_names: &["ra"],
+        ..ISTIO_SECURITY
+    },
+    Served {
+        group: "telemetry.istio.io",
+        versions: &["v1", "v1alpha1"],
+        kind: "Telemetry",
+        plural: "telemetries",
+        singular: "telemetry",
+        short_names: &["telemetry"],
+        categories: &["istio-io", "telemetry-istio-io"],
+        ..ISTIO_NETWORKING
+    },
+    Served {
+        group: "extensions.istio.io",
+        versions: &["v1alpha1"],
+        kind: "WasmPlugin",
+        plural: "wasmplugins",
+        singular: "wasmplugin",
+        categories: &["istio-io", "extensions-istio-io"],
+        ..ISTIO_NETWORKING
+    },
 ];
 
 /// The resource `kind` of `group` is stored under.

@@ -473,7 +473,11 @@ async fn one_replica_writes_status_and_another_takes_over() {
             condition(&c.api, "missing").is_some_and(|c| c["reason"] == "TargetNotFound")
         })
         .await;
-        assert!(b.metrics.status_writes.get() > 0);
+        // The server stores the write before b reads the answer and counts it.
+        until("b counts its write", || async {
+            b.metrics.status_writes.get() > 0
+        })
+        .await;
         b.shutdown().await;
     })
     .await

@@ -146,6 +146,14 @@ impl StatusWriter {
                     })
                     .collect()
             };
+            // An object that needs no write any more (deleted, or shown as wanted) starts afresh
+            // should it fail again.
+            let wanted: HashSet<(Kind, &ObjectKey)> =
+                writes.iter().map(|w| (w.kind, &w.key)).collect();
+            passes
+                .failed
+                .retain(|(kind, key), _| wanted.contains(&(*kind, key)));
+            drop(wanted);
             // Objects whose last write failed wait out their retry time, however often
             // something else wakes the writer.
             let now = Instant::now();

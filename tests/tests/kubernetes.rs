@@ -500,54 +500,238 @@ async fn one_replica_writes_status_and_another_takes_over() {
             condition(&c.api, "missing").is_some_and(|c| c["reason"] == "TargetNotFound")
         })
         .await;
-        assert!(b.metrics.status_writes.get() > 0);
+        // The server stores the write before b reads the answer and counts it.
+        until("b counts its write", || async {
+            b.metrics.status_writes.get() > 0
+        })
+        .await;
         b.shutdown().await;
     })
     .await
     .unwrap();
 }
 
-/// `waypoint run --kubernetes` as a process: flags, kubeconfig, readiness after the sync,
-/// status written, clean exit on SIGTERM.
+/// The `waypoint` binary running `--kubernetes` against `api`, its stderr kept for the log checks.
+struct Proc {
+    child: std::process::Child,
+    ip: std::net::IpAddr,
+    logs: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(api: &FakeApiServer, block: &Block) -> Proc {
+        let ip = block.ip(1);
+        let addr = |port: u16| SocketAddr::new(ip, port).to_string();
+        let mut child = std::process::Command::new(waypoint_tests::waypoint_bin())
+            .args([
+                "run",
+                "--kubernetes",
+                "--gateway",
+                "ambient-demo/waypoint",
+                "--dev-ca",
+            ])
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .args([
+                "--hbone-addr",
+                &addr(15008),
+                "--readiness-addr",
+                &addr(15021),
+            ])
+            .args(["--metrics-addr", &addr(15020), "--admin-addr", &addr(15000)])
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("{line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, ip, logs }
+    }
+
+    fn addr(&self, port: u16) -> String {
+        SocketAddr::new(self.ip, port).to_string()
+    }
+
+    async fn ready(&self) -> bool {
+        let Ok(mut s) = tokio::net::TcpStream::connect(self.addr(15021)).await else {
+            return false;
+        };
+        matches!(http1::request(&mut s, "GET", "/healthz/ready", &[], "").await, Ok(Some(r)) if r.status == 200)
+    }
+
+    /// The log lines holding every one of `needles`.
+    fn logged(&self, needles: &[&str]) -> Vec<String> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .cloned()
+            .collect()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM; the process must exit cleanly.
+    async fn terminate(mut self) {
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let pid = self.child.id();
+        // Reaped here; the drop that follows finds nothing left to kill.
+        let status = tokio::task::spawn_blocking(move || self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{pid}: {status:?}");
+    }
+}
+
+/// A failed test does not leave the process running.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The collections the waypoint lists, as the definitions name them (Kubernetes' discovery, Gateway
+/// API's and Istio's CRDs), written here and not taken from the waypoint's table.
+const LISTED: [&str; 11] = [
+    "/apis/gateway.networking.k8s.io/v1/gateways",
+    "/apis/gateway.networking.k8s.io/v1/gatewayclasses",
+    "/api/v1/services",
+    "/api/v1/namespaces",
+    "/apis/networking.istio.io/v1/serviceentries",
+    "/apis/networking.istio.io/v1/workloadentries",
+    "/apis/security.istio.io/v1/authorizationpolicies",
+    "/apis/security.istio.io/v1/requestauthentications",
+    "/apis/discovery.k8s.io/v1/endpointslices",
+    "/api/v1/pods",
+    "/api/v1/namespaces/istio-system/configmaps",
+];
+
+/// Prints the requests the server saw (for the record of a run) and returns the distinct paths.
+fn request_table(api: &FakeApiServer) -> std::collections::BTreeSet<String> {
+    let counts = api.request_counts();
+    for ((verb, path, code), n) in &counts {
+        eprintln!("request: {verb:6} {code} {n:4} {path}");
+    }
+    counts.keys().map(|(_, p, _)| p.clone()).collect()
+}
+
+/// `waypoint run --kubernetes` as a process: flags, kubeconfig, readiness after the sync, every
+/// kind listed from the resource the API server really serves (no 404), status written, clean
+/// exit on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_syncs_and_writes_status() {
     tokio::time::timeout(LIMIT, async {
-        let bin = waypoint_tests::waypoint_bin();
         let block = Block::allocate();
         let api = FakeApiServer::start(&temp_dir("bin")).await.unwrap();
         api.apply_yaml(&cluster_yaml(&block)).unwrap();
         api.apply_yaml(&policy("deny-curl", DENY_CURL)).unwrap();
-        let ip = block.ip(1);
-        let addr = |port: u16| SocketAddr::new(ip, port).to_string();
-        let mut child = std::process::Command::new(&bin)
-            .args(["run", "--kubernetes", "--gateway", "ambient-demo/waypoint", "--dev-ca"])
-            .arg("--kubeconfig")
-            .arg(&api.kubeconfig)
-            .args(["--hbone-addr", &addr(15008), "--readiness-addr", &addr(15021)])
-            .args(["--metrics-addr", &addr(15020), "--admin-addr", &addr(15000)])
-            .spawn()
-            .unwrap();
-        let ready = || async {
-            let Ok(mut s) = tokio::net::TcpStream::connect(addr(15021)).await else { return false };
-            matches!(http1::request(&mut s, "GET", "/healthz/ready", &[], "").await, Ok(Some(r)) if r.status == 200)
-        };
-        until("the binary is ready", ready).await;
+        let w = Proc::spawn(&api, &block);
+        until("the binary is ready", || w.ready()).await;
         until("it wrote the policy's status", || async {
             condition(&api, "deny-curl").is_some_and(|c| c["reason"] == "Accepted")
         })
         .await;
-        let mut s = tokio::net::TcpStream::connect(addr(15000)).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(w.addr(15000)).await.unwrap();
         let dump = http1::request(&mut s, "GET", "/config_dump", &[], "").await.unwrap().unwrap();
         let dump: Value = serde_json::from_str(&dump.body).unwrap();
         assert_eq!(dump["synced"], true);
         assert!(dump["destinations"]["services"].as_array().is_some_and(|s| !s.is_empty()));
-        let kill = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-        assert!(status.success(), "{status:?}");
+
+        let paths = request_table(&api);
+        for path in LISTED {
+            assert!(api.count(Some("list"), path, Some(200)) >= 1, "{path} not listed");
+            assert!(api.count(Some("watch"), path, Some(200)) >= 1, "{path} not watched");
+        }
+        let status = "/apis/security.istio.io/v1/namespaces/ambient-demo/authorizationpolicies/deny-curl/status";
+        assert!(api.count(Some("patch"), status, Some(200)) >= 1);
+        // Nothing asked for is missing: the only 404 is the Lease's first read, before it exists.
+        let lease = "/apis/coordination.k8s.io/v1/namespaces/ambient-demo/leases/waypoint-waypoint-status";
+        for ((verb, path, code), n) in api.request_counts() {
+            assert!(code < 400 || (code == 404 && path == lease && verb == "get"), "{verb} {path}: {code} x{n}");
+        }
+        // One path per kind (listed, then watched), the discovery of the three CRD group
+        // versions, the Lease (created, then read), the status patch: 17, and no second pod
+        // watch of our own pods.
+        assert_eq!(paths.len(), LISTED.len() + 3 + 2 + 1, "{paths:#?}");
+        assert!(!paths.contains("/api/v1/namespaces/ambient-demo/pods"), "{paths:#?}");
+        assert!(w.logged(&["WARN"]).is_empty(), "{:#?}", w.logged(&["WARN"]));
+        w.terminate().await;
+    })
+    .await
+    .unwrap();
+}
+
+/// A kind RBAC forbids: the waypoint names the URL, the status and the rule it needs, says that
+/// nothing is served yet, waits longer between each try (0.8 s doubling, so at most 4 lists in
+/// the first 8 s where a reset-on-success backoff made 5 to 10), stays up and not ready, and
+/// becomes ready once the rule is granted. A CRD that is not installed is only logged, once: the
+/// kind counts as empty and is never listed. A failure after the first sync says the last
+/// snapshot keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_and_missing_kinds_are_told_and_backed_off() {
+    tokio::time::timeout(Duration::from_secs(150), async {
+        let block = Block::allocate();
+        let api = FakeApiServer::start(&temp_dir("forbidden")).await.unwrap();
+        api.apply_yaml(&cluster_yaml(&block)).unwrap();
+        api.uninstall_crd("networking.istio.io", "serviceentries");
+        api.forbid("networking.istio.io", "workloadentries", None);
+        let mut w = Proc::spawn(&api, &block);
+        let we = "/apis/networking.istio.io/v1/workloadentries";
+        until("the first refused list", || async { api.count(Some("list"), we, Some(403)) >= 1 }).await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let refused = api.count(Some("list"), we, Some(403));
+        assert!((2..=4).contains(&refused), "{refused} refused lists in the first 8 s");
+        assert!(!w.ready().await, "not ready while a kind cannot be listed");
+        assert!(w.running(), "no crash");
+        let rule = "{apiGroups: [\"networking.istio.io\"], resources: [workloadentries], verbs: [list, watch]}";
+        let told = w.logged(&["WARN", "forbidden by RBAC", rule, "kind=WorkloadEntry", "code=403", "url=https://", we, "nothing is served yet"]);
+        // One line per refusal, each naming the rule.
+        assert!(!told.is_empty() && told.len() as u64 <= api.count(Some("list"), we, Some(403)), "{told:#?}");
+        // The CRD that is not there: logged once, never listed, its kind empty.
+        let missing = w.logged(&["serviceentries.networking.istio.io is not served (its CRD is not installed)", "kind=ServiceEntry"]);
+        assert_eq!(missing.len(), 1, "{missing:#?}");
+        assert_eq!(api.count(None, "/apis/networking.istio.io/v1/serviceentries", None), 0);
+
+        // Granted: the next try lists, and the waypoint becomes ready without ServiceEntries.
+        api.clear_faults();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !w.ready().await {
+            assert!(tokio::time::Instant::now() < deadline, "not ready after the rule was granted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // After the first sync a failure says the last snapshot keeps serving.
+        api.fail("", "pods", None, 500);
+        api.end_watches();
+        until("the watch failure is logged", || async {
+            !w.logged(&["WARN", "kind=Pod", "code=500", "/api/v1/pods", "the last snapshot keeps serving"]).is_empty()
+        })
+        .await;
+        assert!(w.ready().await, "readiness holds through a failing watch");
+        api.clear_faults();
+        request_table(&api);
+        assert_eq!(w.logged(&["is not served (its CRD is not installed)"]).len(), 1, "logged once");
+        w.terminate().await;
     })
     .await
     .unwrap();
@@ -779,6 +963,182 @@ async fn root_namespace_policy_on_our_class_binds() {
         assert!(api.patches().iter().filter(|p| p.resource == "gatewayclasses").all(|p| p.name == "rust-waypoint"));
         assert!(api.delete("security.istio.io/v1", "AuthorizationPolicy", "istio-system", "deny-rust-waypoint"));
         until("allowed again", || async { call(mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await == 200 }).await;
+    })
+    .await
+    .unwrap();
+}
+
+/// Watches ending mid-stream resume from their resourceVersion (no relist); a `410 Gone` makes
+/// every watcher relist. Through both, with changes made meanwhile, the waypoint ends up with
+/// exactly the server's policies, each once, and stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_and_expired_watches_lose_and_repeat_nothing() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster("", true).await;
+        let (mesh, api) = (&c.mesh, &c.api);
+        let filler = "{targetRefs: [{kind: Service, group: '', name: httpbin}], action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/nowhere/sa/nobody]}}]}]}";
+        let names = |from: usize, to: usize| (from..to).map(|i| format!("p-{i:03}")).collect::<Vec<_>>();
+        let apply = |ns: &[String]| {
+            for n in ns {
+                api.apply_yaml(&policy(n, filler)).unwrap();
+            }
+        };
+        let delete = |ns: &[String]| {
+            for n in ns {
+                assert!(api.delete("security.istio.io/v1", "AuthorizationPolicy", "ambient-demo", n));
+            }
+        };
+        let in_force = || -> std::collections::BTreeSet<String> {
+            mesh.running().config.load().authorizer.policies().iter().map(|p| p.name.clone()).collect()
+        };
+        let count = || mesh.running().config.load().authorizer.policies().len();
+        apply(&names(0, 20));
+        until("20 policies", || async { count() == 20 }).await;
+        let ap = "/apis/security.istio.io/v1/authorizationpolicies";
+        let lists = api.count(Some("list"), ap, Some(200));
+        let watches = api.count(Some("watch"), ap, Some(200));
+
+        // Ended cleanly: the watchers watch again from where they were.
+        api.end_watches();
+        apply(&names(20, 25));
+        delete(&names(0, 3));
+        until("22 policies", || async { count() == 22 }).await;
+        assert!(api.count(Some("watch"), ap, Some(200)) > watches, "watched again");
+        assert_eq!(api.count(Some("list"), ap, Some(200)), lists, "an ended watch does not relist");
+
+        // 410 into every watch: relists, with changes landing while they happen.
+        api.expire_watches();
+        apply(&names(25, 30));
+        delete(&names(3, 7));
+        let want: std::collections::BTreeSet<String> = names(7, 30).into_iter().collect();
+        until("a 410 relists", || async { api.count(Some("list"), ap, Some(200)) > lists }).await;
+        until("the server's 23 policies", || async { in_force() == want }).await;
+        assert_eq!(count(), want.len(), "no policy twice");
+        let stored: Vec<String> = mesh.running().config.objects().authorization_policies.keys().map(|k| k.name.clone()).collect();
+        assert_eq!(stored.len(), want.len(), "{stored:?}");
+        assert!(mesh.is_ready().await);
+        assert_eq!(call(mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await, 200);
+    })
+    .await
+    .unwrap();
+}
+
+/// A CRD that is not installed counts as empty and the waypoint becomes ready without it; once
+/// installed it is listed and watched; uninstalled mid-run (the API server deletes its
+/// objects), its objects go and readiness holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crds_installed_late_and_removed_mid_run() {
+    tokio::time::timeout(LIMIT, async {
+        let block = Block::allocate();
+        let api = FakeApiServer::start(&temp_dir("crds")).await.unwrap();
+        api.apply_yaml(&cluster_yaml(&block)).unwrap();
+        api.uninstall_crd("networking.istio.io", "serviceentries");
+        let mut opts = kube_opts(&api, "replica-a");
+        opts.crd_recheck = Duration::from_millis(200);
+        let mesh = Mesh::start(MeshOptions {
+            policies: String::new(),
+            block: Some(block),
+            kube: Some(opts),
+            ..MeshOptions::default()
+        })
+        .await
+        .unwrap();
+        mesh.wait_ready().await.unwrap();
+        let se_path = "/apis/networking.istio.io/v1/serviceentries";
+        assert_eq!(api.count(None, se_path, None), 0, "what is not served is not asked for");
+        assert_eq!(call(&mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await, 200);
+
+        api.install_crd("networking.istio.io", "serviceentries");
+        let ip = block.ip(11);
+        api.apply_yaml(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: httpbin-vip, namespace: ambient-demo}}\n\
+             spec:\n  hosts: [httpbin.example]\n  addresses: [10.96.7.30]\n  ports: [{{number: 8000, name: http, protocol: HTTP, targetPort: 8080}}]\n\
+             \x20 resolution: STATIC\n  endpoints: [{{address: \"{ip}\", labels: {{istio.io/dataplane-mode: ambient}}, serviceAccount: httpbin}}]\n"
+        ))
+        .unwrap();
+        until("the installed CRD's ServiceEntry is served", || async {
+            call(&mesh, &mesh.sleep, "10.96.7.30:8000", "GET").await == 200
+        })
+        .await;
+        assert!(api.count(Some("list"), se_path, Some(200)) >= 1);
+
+        api.uninstall_crd("networking.istio.io", "serviceentries");
+        until("the removed CRD's ServiceEntry is gone", || async {
+            call(&mesh, &mesh.sleep, "10.96.7.30:8000", "GET").await != 200
+        })
+        .await;
+        assert!(mesh.is_ready().await);
+        assert_eq!(call(&mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await, 200);
+    })
+    .await
+    .unwrap();
+}
+
+/// A slow API server at start-up (every answer 500 ms late) is waited for, not retried: each
+/// kind is listed once, nothing fails, and the waypoint becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_api_server_is_waited_for() {
+    tokio::time::timeout(LIMIT, async {
+        let block = Block::allocate();
+        let api = FakeApiServer::start(&temp_dir("slow")).await.unwrap();
+        api.apply_yaml(&cluster_yaml(&block)).unwrap();
+        api.set_latency(Duration::from_millis(500));
+        let mesh = Mesh::start(MeshOptions {
+            policies: String::new(),
+            block: Some(block),
+            kube: Some(kube_opts(&api, "replica-a")),
+            ..MeshOptions::default()
+        })
+        .await
+        .unwrap();
+        mesh.wait_ready().await.unwrap();
+        assert_eq!(call(&mesh, &mesh.sleep, HTTPBIN_VIP, "GET").await, 200);
+        for path in LISTED {
+            assert_eq!(
+                api.count(Some("list"), path, None),
+                1,
+                "{path}: listed once, and answered"
+            );
+        }
+        assert_eq!(mesh.running().metrics.kube_watch_errors.get(), 0);
+        api.set_latency(Duration::ZERO);
+    })
+    .await
+    .unwrap();
+}
+
+/// A 403 on policies' status (RBAC grants status writes only in some namespaces): logged once
+/// for the namespace with the rule it needs, each object retried after 5 s and then 10 s (so at
+/// most 2 tries in 12 s, where every Lease renewal used to bring one), nothing else held up,
+/// and written once granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_status_is_told_once_and_retried_slowly() {
+    tokio::time::timeout(LIMIT, async {
+        let block = Block::allocate();
+        let api = FakeApiServer::start(&temp_dir("status403")).await.unwrap();
+        api.apply_yaml(&cluster_yaml(&block)).unwrap();
+        api.forbid("security.istio.io", "authorizationpolicies/status", Some("ambient-demo"));
+        api.apply_yaml(&policy("deny-curl", DENY_CURL)).unwrap();
+        api.apply_yaml(&policy("missing", "{targetRefs: [{kind: Service, name: nope}]}")).unwrap();
+        let mut w = Proc::spawn(&api, &block);
+        let path = "/apis/security.istio.io/v1/namespaces/ambient-demo/authorizationpolicies/deny-curl/status";
+        until("the first refused write", || async { api.count(Some("patch"), path, Some(403)) >= 1 }).await;
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let tries = api.count(Some("patch"), path, Some(403));
+        assert!((1..=2).contains(&tries), "{tries} tries in 12 s");
+        assert!(w.ready().await && w.running());
+        let rule = "{apiGroups: [\"security.istio.io\"], resources: [authorizationpolicies/status], verbs: [patch]} in a Role in namespace ambient-demo";
+        let told = w.logged(&["WARN", "status not written, forbidden by RBAC", rule, "code=403"]);
+        assert_eq!(told.len(), 1, "once for both policies: {told:#?}");
+
+        api.clear_faults();
+        until("written once granted", || async {
+            condition(&api, "deny-curl").is_some_and(|c| c["reason"] == "Accepted")
+                && condition(&api, "missing").is_some_and(|c| c["reason"] == "TargetNotFound")
+        })
+        .await;
+        request_table(&api);
+        w.terminate().await;
     })
     .await
     .unwrap();

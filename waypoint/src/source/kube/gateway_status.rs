@@ -11,31 +11,19 @@
 //!   ztunnel send the waypoint's traffic nowhere (istio/istio#53637), so addresses seen on the
 //!   object are carried in every later apply (an apply that omits a field we own deletes it).
 //!
-//! Pods are read by a watch of their own (label `gateway.networking.k8s.io/gateway-name`, in the
-//! Gateway's namespace): readiness is not among the few pod fields the store keeps.
+//! Which of the Gateway's pods are Ready comes from the store's one pod watch, read on the way
+//! in ([`super::own_pods`]): readiness is not among the few pod fields the store keeps.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-
-use futures::StreamExt;
 use gateway_api::apis::standard::gateways::Gateway;
 use gateway_api_bindings::gateway_status::{self as bindings, GatewayCondition};
 use gateway_api_bindings::well_known::{RUST_WAYPOINT_CLASS, RUST_WAYPOINT_CONTROLLER};
 use gateway_api_bindings::{Kind, ObjectKey, Store};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as KubeCondition;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
+use super::own_pods::OwnPods;
 use super::status_write::Write;
-use crate::metrics::Metrics;
-
-/// The label tying a pod (and the Service) to its Gateway.
-pub const GATEWAY_NAME_LABEL: &str = gateway_api_bindings::well_known::GATEWAY_NAME;
 
 /// What the Gateway status needs besides the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,86 +49,6 @@ impl Default for GatewayStatusOptions {
 pub struct OwnGateway {
     pub options: GatewayStatusOptions,
     pub pods: watch::Receiver<OwnPods>,
-}
-
-/// The Gateway's pods as the watch last saw them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OwnPods {
-    /// The first list is in: until then "no pod is Ready" is not known, only not yet seen.
-    pub listed: bool,
-    /// Names of the pods whose `Ready` condition is `True` (and that are not being deleted).
-    pub ready: BTreeSet<String>,
-}
-
-/// Watches the Gateway's pods; the receiver holds their readiness.
-pub fn watch_own_pods(
-    client: Client,
-    gateway: &ObjectKey,
-    metrics: Arc<Metrics>,
-) -> (JoinHandle<()>, watch::Receiver<OwnPods>) {
-    let (tx, rx) = watch::channel(OwnPods::default());
-    let api: Api<Pod> = Api::namespaced(client, &gateway.namespace);
-    let config =
-        watcher::Config::default().labels(&format!("{GATEWAY_NAME_LABEL}={}", gateway.name));
-    let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
-        let mut pods: BTreeMap<String, bool> = BTreeMap::new();
-        let mut listing: BTreeMap<String, bool> = BTreeMap::new();
-        // Kept here, not read back from `tx`: a borrow held across `send_if_modified` deadlocks.
-        let mut listed = false;
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(Event::Init) => listing.clear(),
-                Ok(Event::InitApply(p)) => {
-                    listing.insert(p.name_any(), is_ready(&p));
-                }
-                Ok(Event::InitDone) => {
-                    pods = std::mem::take(&mut listing);
-                    listed = true;
-                    publish(&tx, &pods, listed);
-                }
-                Ok(Event::Apply(p)) => {
-                    pods.insert(p.name_any(), is_ready(&p));
-                    publish(&tx, &pods, listed);
-                }
-                Ok(Event::Delete(p)) => {
-                    pods.remove(&p.name_any());
-                    publish(&tx, &pods, listed);
-                }
-                Err(e) => {
-                    metrics.kube_watch_errors.inc();
-                    tracing::warn!(error = %e, "watch of the Gateway's pods failed; retrying with backoff");
-                }
-            }
-        }
-    });
-    (task, rx)
-}
-
-fn publish(tx: &watch::Sender<OwnPods>, pods: &BTreeMap<String, bool>, listed: bool) {
-    let next = OwnPods {
-        listed,
-        ready: pods
-            .iter()
-            .filter(|(_, r)| **r)
-            .map(|(n, _)| n.clone())
-            .collect(),
-    };
-    // Only a change wakes the status writer: most pod updates do not touch readiness.
-    tx.send_if_modified(|cur| {
-        let changed = *cur != next;
-        *cur = next;
-        changed
-    });
-}
-
-/// Ready as the kubelet reports it, and not on its way out.
-fn is_ready(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Whether a Gateway is ours to report on: its class names our controller, or it is our class
@@ -247,7 +155,7 @@ fn conditions_json(observed: &[KubeCondition], want: &[GatewayCondition]) -> ser
 }
 
 fn write(kind: Kind, key: ObjectKey, status: serde_json::Value) -> Write {
-    let (group, k) = kind.group_kind();
+    let r = kind.api();
     let mut metadata = json!({"name": key.name});
     if !key.namespace.is_empty() {
         metadata["namespace"] = key.namespace.clone().into();
@@ -256,8 +164,8 @@ fn write(kind: Kind, key: ObjectKey, status: serde_json::Value) -> Write {
         kind,
         key,
         body: json!({
-            "apiVersion": format!("{group}/v1"),
-            "kind": k,
+            "apiVersion": r.api_version(),
+            "kind": r.kind,
             "metadata": metadata,
             "status": status,
         }),

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::Api;
 use kube::api::PostParams;
-use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::client::{self, Connection};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -25,35 +26,60 @@ pub struct LeaseOptions {
     pub renew_every: Duration,
 }
 
-/// Keeps trying to hold the Lease; `leader` says whether we do.
-pub async fn elect(
-    client: Client,
+/// Keeps trying to hold the Lease; `leader` says whether we do (and changes only when that
+/// changes: every renewal waking the status writer would make it recompute 10,000 policies'
+/// status every 2 s).
+pub(super) async fn elect(
+    conn: Connection,
     opts: LeaseOptions,
     leader: watch::Sender<bool>,
     metrics: Arc<Metrics>,
 ) {
-    let api: Api<Lease> = Api::namespaced(client, &opts.namespace);
+    let api: Api<Lease> = Api::namespaced(conn.client.clone(), &opts.namespace);
+    let r = gateway_api_bindings::api::lease();
+    let url = conn.url(&r.object_path(&opts.namespace, &opts.name));
     let mut seen: Option<(Option<String>, Option<String>)> = None;
     let mut seen_at = Instant::now();
     let mut last_renewed: Option<Instant> = None;
+    // The status of the last failure, so a lasting one is logged once, not every renewal.
+    let mut failing: Option<Option<u16>> = None;
     loop {
         let held = match attempt(&api, &opts, &mut seen, &mut seen_at).await {
             Ok(held) => {
+                if failing.take().is_some() {
+                    tracing::info!(%url, "the Lease is readable and writable again");
+                }
                 if held {
                     last_renewed = Some(Instant::now());
                 }
                 held
             }
             Err(e) => {
-                tracing::warn!(lease = %format!("{}/{}", opts.namespace, opts.name), error = %e, "lease update failed");
+                let code = client::status_code(&e);
+                if failing != Some(code) {
+                    let rule = (code == Some(403)).then(|| {
+                        client::missing_rule(
+                            r,
+                            None,
+                            &["get", "create", "update"],
+                            Some(&opts.namespace),
+                        )
+                    });
+                    tracing::warn!(%url, code = ?code, error = %e, missing_rule = ?rule, "Lease update failed: leadership ends once the last renewal expires, and with it status writes; retrying every {:?}", opts.renew_every);
+                    failing = Some(code);
+                }
                 // Keep leading only while our last renewal is still valid.
                 last_renewed.is_some_and(|t| t.elapsed() < opts.duration)
             }
         };
-        if *leader.borrow() != held {
-            tracing::info!(leader = held, identity = %opts.identity, "status leadership changed");
-        }
-        leader.send_replace(held);
+        leader.send_if_modified(|cur| {
+            let changed = *cur != held;
+            if changed {
+                tracing::info!(leader = held, identity = %opts.identity, "status leadership changed");
+            }
+            *cur = held;
+            changed
+        });
         metrics.status_leader.set(i64::from(held));
         tokio::time::sleep(opts.renew_every).await;
     }

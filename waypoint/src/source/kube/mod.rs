@@ -1,7 +1,13 @@
 //! The Kubernetes config source: watchers on the API server feed the same [`Store`] the file
 //! source loads, and a sync thread publishes snapshots from it.
 //!
-//! * [`watch`]: one kube-runtime watcher per kind (backoff on errors, relist after a 410).
+//! * `client`: the connection, and what a failed request tells an operator (URL, status, the
+//!   RBAC rule a 403 asks for).
+//! * `retry`: the backoff of failing lists and watches, and the pacing of status writes.
+//! * [`own_pods`]: the Gateway's pods' readiness, read from the store's pod watch.
+//! * [`watch`]: one kube-runtime watcher per kind, names from the bindings' resource table
+//!   (`gateway_api_bindings::api`); CRDs looked up in discovery first, so a missing one counts
+//!   as empty; backoff on errors, relist after a 410.
 //! * [`sync`]: debounced, incremental snapshot builds; readiness after the first full sync.
 //! * [`status_writer`] and [`lease`]: policy conditions written by the Lease holder;
 //!   [`gateway_status`]: its Gateway's `Accepted`, `Programmed` and addresses, and `Accepted` on
@@ -9,15 +15,18 @@
 //! * [`mesh_config`]: root namespace, trust domain and path normalization from Istio's mesh
 //!   ConfigMap, unless flags say otherwise.
 //!
-//! An API server that is down at start-up or later costs nothing but freshness: the last
-//! snapshot keeps serving and watchers retry with backoff. Readiness stays false until every
-//! kind has been listed once.
+//! An API server that is down at start-up or later costs nothing but freshness: once the first
+//! snapshot is out it keeps serving, and watchers retry with backoff. Before that nothing is
+//! served: readiness stays false until every kind has been listed once.
 //!
 //! [`Store`]: gateway_api_bindings::Store
 
+mod client;
 pub mod gateway_status;
 pub mod lease;
 pub mod mesh_config;
+pub mod own_pods;
+mod retry;
 mod status_write;
 pub mod status_writer;
 pub mod sync;
@@ -31,9 +40,11 @@ use gateway_api_bindings::ObjectKey;
 use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
 
+use self::client::Connection;
 use self::gateway_status::GatewayStatusOptions;
 use self::lease::LeaseOptions;
 use self::mesh_config::MeshOverrides;
+use self::own_pods::OwnPodsTracker;
 use crate::authn::jwks::JwksRegistry;
 use crate::metrics::Metrics;
 use crate::state::StateHandle;
@@ -59,6 +70,9 @@ pub struct KubeSettings {
     pub status: Option<LeaseOptions>,
     /// The cluster domain and whether to write GatewayClass status.
     pub gateway_status: GatewayStatusOptions,
+    /// How often to look again for a CRD that is not installed (its kind counts as empty
+    /// meanwhile).
+    pub crd_recheck: Duration,
 }
 
 impl KubeSettings {
@@ -78,6 +92,7 @@ impl KubeSettings {
                 renew_every: Duration::from_secs(2),
             }),
             gateway_status: GatewayStatusOptions::default(),
+            crd_recheck: Duration::from_secs(60),
             gateway,
         }
     }
@@ -98,23 +113,6 @@ pub enum KubeError {
     Thread(std::io::Error),
 }
 
-async fn client(opts: &KubeSettings) -> Result<kube::Client, KubeError> {
-    let config = match &opts.kubeconfig {
-        Some(path) => {
-            let err = |source| KubeError::Kubeconfig {
-                path: path.clone(),
-                source,
-            };
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(err)?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(err)?
-        }
-        None => kube::Config::infer().await?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
-
 /// Starts the watchers, the sync thread and (when enabled) the status writer. Returns at once:
 /// readiness follows the first full sync.
 pub async fn start(
@@ -124,7 +122,7 @@ pub async fn start(
     metrics: Arc<Metrics>,
     jwks: Arc<JwksRegistry>,
 ) -> Result<Vec<JoinHandle<()>>, KubeError> {
-    let client = client(&opts).await?;
+    let conn = Connection::new(opts.kubeconfig.as_ref()).await?;
     let (tx, rx) = std::sync::mpsc::channel();
     let (status_tx, status_rx) = tokio_watch::channel(Arc::default());
     let sync = sync::StateUpdater {
@@ -141,21 +139,34 @@ pub async fn start(
         .name("config-sync".into())
         .spawn(move || sync.run(rx))
         .map_err(KubeError::Thread)?;
-    let mut tasks = watch::spawn_all(&client, &opts.mesh_config, &tx, &metrics);
-    drop(tx);
-    if let Some(lease) = opts.status.clone() {
+    // The Gateway's pods' readiness rides on the store's pod watch (only the status writer
+    // reads it).
+    let (own_pods, pods) = match opts.status {
+        Some(_) => {
+            let (t, rx) = OwnPodsTracker::new(opts.gateway.clone());
+            (Some(t), Some(rx))
+        }
+        None => (None, None),
+    };
+    let ctx = watch::WatchContext {
+        conn: conn.clone(),
+        tx,
+        metrics: metrics.clone(),
+        state: handle.clone(),
+        crd_recheck: opts.crd_recheck,
+    };
+    let mut tasks = watch::spawn_all(&ctx, &opts.mesh_config, own_pods);
+    drop(ctx);
+    if let (Some(lease), Some(pods)) = (opts.status.clone(), pods) {
         let (leader_tx, leader_rx) = tokio_watch::channel(false);
         tasks.push(tokio::spawn(lease::elect(
-            client.clone(),
+            conn.clone(),
             lease,
             leader_tx,
             metrics.clone(),
         )));
-        let (pods_task, pods) =
-            gateway_status::watch_own_pods(client.clone(), &opts.gateway, metrics.clone());
-        tasks.push(pods_task);
         let writer = status_writer::StatusWriter {
-            client,
+            conn,
             gateway: opts.gateway.clone(),
             field_manager: FIELD_MANAGER.to_owned(),
             handle,

@@ -6,8 +6,13 @@
 //! whole by an apply: we carry over conditions of other types (istiod's `ZtunnelAccepted` and
 //! `WaypointAccepted`) from the object as last seen. Writes are skipped when the object already
 //! shows the condition.
+//!
+//! Writes are paced by a token bucket ([`WRITES_PER_SECOND`], bursts of [`WRITE_BURST`]), and an
+//! object whose write failed is tried again after [`RETRY`], doubling up to [`RETRY_MAX`], however
+//! often the writer wakes. A 403 (the chart grants status writes only where this waypoint's
+//! policies usually live) is logged once per kind and namespace with the RBAC rule it needs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +21,15 @@ use gateway_api_bindings::attachment::Targeting;
 use gateway_api_bindings::istio::IstioCondition;
 use gateway_api_bindings::status::{self, Condition};
 use gateway_api_bindings::{Kind, Object, ObjectKey, Store};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::{Api, Client};
+use kube::Api;
+use kube::api::{DynamicObject, Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
+use super::client::{self, Connection};
 use super::gateway_status;
+use super::retry::TokenBucket;
 use super::status_write::Write;
 use super::sync::StatusInput;
 use crate::metrics::Metrics;
@@ -29,8 +37,16 @@ use crate::state::StateHandle;
 
 /// How many status writes are in flight at once.
 const CONCURRENCY: usize = 8;
-/// After a failed write, try again this much later even if nothing changed.
+/// After a failed write, the object is tried again this much later even if nothing changed;
+/// each further failure doubles the wait, up to [`RETRY_MAX`].
 const RETRY: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Writes a second once [`WRITE_BURST`] is used up. istiod paces its whole API client at 80 a
+/// second with bursts of 160 (pilot-discovery's `--kubernetesApiQPS`/`--kubernetesApiBurst`);
+/// a waypoint's status writes stay below that, so a waypoint starting among 10,000 policies asks
+/// no more of the API server than istiod itself may (10,000 first writes take about 3 minutes).
+const WRITES_PER_SECOND: f64 = 50.0;
+const WRITE_BURST: u32 = 100;
 
 impl std::fmt::Debug for StatusWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,7 +58,7 @@ impl std::fmt::Debug for StatusWriter {
 }
 
 pub struct StatusWriter {
-    pub client: Client,
+    pub(super) conn: Connection,
     pub gateway: ObjectKey,
     pub field_manager: String,
     pub handle: Arc<StateHandle>,
@@ -51,29 +67,62 @@ pub struct StatusWriter {
     pub own: gateway_status::OwnGateway,
 }
 
+/// An object whose last write failed.
+#[derive(Debug)]
+struct Failed {
+    attempts: u32,
+    /// Not tried again before this.
+    next: Instant,
+    code: Option<u16>,
+}
+
+/// The writer's memory between passes.
+#[derive(Debug)]
+struct Passes {
+    /// A fingerprint of what we last wrote, so a write whose echo has not come back yet is not
+    /// repeated. Not the bodies themselves: at 10,000 policies they would cost tens of MB.
+    written: HashMap<(Kind, ObjectKey), u64>,
+    failed: HashMap<(Kind, ObjectKey), Failed>,
+    /// `(kind, namespace)` whose 403 has been logged: once each, not once per object.
+    forbidden: HashSet<(Kind, String)>,
+    pace: TokenBucket,
+}
+
+impl Passes {
+    fn new() -> Passes {
+        Passes {
+            written: HashMap::new(),
+            failed: HashMap::new(),
+            forbidden: HashSet::new(),
+            pace: TokenBucket::new(WRITES_PER_SECOND, WRITE_BURST),
+        }
+    }
+}
+
 impl StatusWriter {
     pub async fn run(
         self,
         mut input: watch::Receiver<Arc<StatusInput>>,
         mut leader: watch::Receiver<bool>,
     ) {
-        // A fingerprint of what we last wrote, so a write whose echo has not come back yet is not
-        // repeated. Not the bodies themselves: at 10,000 policies they would cost tens of MB.
-        let mut written: HashMap<(Kind, ObjectKey), u64> = HashMap::new();
-        let mut retry = false;
+        let mut passes = Passes::new();
         let mut pods = self.own.pods.clone();
+        // When the earliest failed write may be tried again.
+        let mut wake: Option<Instant> = None;
         loop {
             let changed = tokio::select! {
                 r = input.changed() => r.is_ok(),
                 r = leader.changed() => r.is_ok(),
                 r = pods.changed() => r.is_ok(),
-                _ = tokio::time::sleep(RETRY), if retry => true,
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => true,
             };
             if !changed {
                 return;
             }
+            wake = None;
             if !*leader.borrow_and_update() {
-                written.clear();
+                // A new term starts from what the objects show.
+                passes = Passes::new();
                 continue;
             }
             let current = input.borrow_and_update().clone();
@@ -93,72 +142,150 @@ impl StatusWriter {
                 writes
                     .into_iter()
                     .filter(|w| {
-                        written.get(&(w.kind, w.key.clone())) != Some(&fingerprint(&w.body))
+                        passes.written.get(&(w.kind, w.key.clone())) != Some(&fingerprint(&w.body))
                     })
                     .collect()
             };
-            if writes.is_empty() {
-                retry = false;
+            // An object that needs no write any more (deleted, or shown as wanted) starts afresh
+            // should it fail again.
+            let wanted: HashSet<(Kind, &ObjectKey)> =
+                writes.iter().map(|w| (w.kind, &w.key)).collect();
+            passes
+                .failed
+                .retain(|(kind, key), _| wanted.contains(&(*kind, key)));
+            drop(wanted);
+            // Objects whose last write failed wait out their retry time, however often
+            // something else wakes the writer.
+            let now = Instant::now();
+            let (due, waiting): (Vec<Write>, Vec<Write>) = writes.into_iter().partition(|w| {
+                passes
+                    .failed
+                    .get(&(w.kind, w.key.clone()))
+                    .is_none_or(|f| f.next <= now)
+            });
+            wake = waiting
+                .iter()
+                .filter_map(|w| passes.failed.get(&(w.kind, w.key.clone())))
+                .map(|f| f.next)
+                .min();
+            if due.is_empty() {
                 continue;
             }
             tracing::debug!(
-                writes = writes.len(),
+                writes = due.len(),
+                waiting = waiting.len(),
                 epoch = current.epoch,
                 "writing status"
             );
-            let me = &self;
-            let results: Vec<(Write, bool)> = futures::stream::iter(writes)
-                .map(|w| async move {
-                    let ok = me.write(&w).await;
-                    (w, ok)
+            // Each write gets its turn from the token bucket up front; leadership is checked
+            // again at each turn, so a replica that lost the Lease stops writing.
+            let slots: Vec<(Write, Instant)> = due
+                .into_iter()
+                .map(|w| {
+                    let at = now + passes.pace.reserve(now);
+                    (w, at)
                 })
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
-            retry = false;
-            for (w, ok) in results {
-                if ok {
-                    let f = fingerprint(&w.body);
-                    written.insert((w.kind, w.key), f);
-                } else {
-                    retry = true;
+                .collect();
+            let me = &self;
+            let results: Vec<(Write, Option<Result<(), kube::Error>>)> =
+                futures::stream::iter(slots)
+                    .map(|(w, at)| {
+                        let still = leader.clone();
+                        async move {
+                            tokio::time::sleep_until(at).await;
+                            if !*still.borrow() {
+                                return (w, None);
+                            }
+                            let r = me.write(&w).await;
+                            (w, Some(r))
+                        }
+                    })
+                    .buffer_unordered(CONCURRENCY)
+                    .collect()
+                    .await;
+            for (w, result) in results {
+                let key = (w.kind, w.key.clone());
+                match result {
+                    None => {}
+                    Some(Ok(())) => {
+                        passes.failed.remove(&key);
+                        passes.written.insert(key, fingerprint(&w.body));
+                    }
+                    Some(Err(e)) => {
+                        let next = self.failed(&mut passes, &w, &e);
+                        wake = Some(wake.map_or(next, |t| t.min(next)));
+                    }
                 }
             }
         }
     }
 
-    async fn write(&self, w: &Write) -> bool {
-        let (group, kind) = w.kind.group_kind();
-        let lower = kind.to_ascii_lowercase();
-        let plural = if lower.ends_with('s') {
-            format!("{lower}es")
-        } else {
-            format!("{lower}s")
-        };
-        let ar =
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), &plural);
+    async fn write(&self, w: &Write) -> Result<(), kube::Error> {
+        let r = w.kind.api();
+        let ar = client::api_resource(r);
         let api: Api<DynamicObject> = if w.key.namespace.is_empty() {
-            Api::all_with(self.client.clone(), &ar)
+            Api::all_with(self.conn.client.clone(), &ar)
         } else {
-            Api::namespaced_with(self.client.clone(), &w.key.namespace, &ar)
+            Api::namespaced_with(self.conn.client.clone(), &w.key.namespace, &ar)
         };
         let params = PatchParams::apply(&self.field_manager).force();
         let mut body = w.body.clone();
         stamp_transition_times(&mut body);
-        match api
-            .patch_status(&w.key.name, &params, &Patch::Apply(&body))
+        api.patch_status(&w.key.name, &params, &Patch::Apply(&body))
             .await
-        {
-            Ok(_) => {
+            .map(|_| {
                 self.metrics.status_writes.inc();
-                true
+            })
+    }
+
+    /// Records a failed write and logs it: a 403 once per kind and namespace (with the RBAC rule
+    /// it needs), any other failure when it first happens to an object. Returns when the object
+    /// may be tried again.
+    fn failed(&self, passes: &mut Passes, w: &Write, e: &kube::Error) -> Instant {
+        self.metrics.status_write_failures.inc();
+        let code = client::status_code(e);
+        let entry = passes
+            .failed
+            .entry((w.kind, w.key.clone()))
+            .or_insert(Failed {
+                attempts: 0,
+                next: Instant::now(),
+                code: None,
+            });
+        entry.attempts += 1;
+        let delay = RETRY
+            .saturating_mul(1u32 << (entry.attempts - 1).min(10))
+            .min(RETRY_MAX);
+        entry.next = Instant::now() + delay;
+        let first = entry.attempts == 1 || entry.code != code;
+        entry.code = code;
+        let r = w.kind.api();
+        let url = self.conn.url(&format!(
+            "{}/status",
+            r.object_path(&w.key.namespace, &w.key.name)
+        ));
+        let message = match e {
+            kube::Error::Api(s) => s.message.clone(),
+            other => other.to_string(),
+        };
+        if code == Some(403) {
+            let ns = (!w.key.namespace.is_empty()).then_some(w.key.namespace.as_str());
+            if passes.forbidden.insert((w.kind, w.key.namespace.clone())) {
+                let rule = client::missing_rule(r, Some("status"), &["patch"], ns);
+                tracing::warn!(
+                    kind = %w.kind, object = %w.key, %url, code = 403, error = %message,
+                    "status not written, forbidden by RBAC: missing rule {rule}; every {} there keeps its status unwritten, each retried after {delay:?} and then at most every {RETRY_MAX:?} (logged once)",
+                    w.kind
+                );
+            } else {
+                tracing::debug!(kind = %w.kind, object = %w.key, %url, code = 403, retry_in = ?delay, "status write forbidden");
             }
-            Err(e) => {
-                self.metrics.status_write_failures.inc();
-                tracing::warn!(kind = %w.kind, object = %w.key, error = %e, "status write failed; will retry");
-                false
-            }
+        } else if first {
+            tracing::warn!(kind = %w.kind, object = %w.key, %url, code = ?code, error = %message, retry_in = ?delay, "status write failed; will retry");
+        } else {
+            tracing::debug!(kind = %w.kind, object = %w.key, %url, code = ?code, error = %message, retry_in = ?delay, "status write failed again");
         }
+        entry.next
     }
 }
 
@@ -336,13 +463,13 @@ fn policy_write(
 
 /// The whole list (other writers' conditions as last seen, and ours): the apply replaces it.
 fn body(kind: Kind, key: &ObjectKey, conditions: Vec<IstioCondition>) -> Write {
-    let (group, k) = kind.group_kind();
+    let r = kind.api();
     Write {
         kind,
         key: key.clone(),
         body: json!({
-            "apiVersion": format!("{group}/v1"),
-            "kind": k,
+            "apiVersion": r.api_version(),
+            "kind": r.kind,
             "metadata": {"name": key.name, "namespace": key.namespace},
             "status": {"conditions": conditions},
         }),

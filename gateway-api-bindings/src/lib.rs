@@ -15,6 +15,8 @@
 //! * [`store`]: the object index, with `apply`/`remove`, loaded from YAML files or fed by
 //!   watchers.
 //! * `translate`: AuthorizationPolicy -> [`policy_engine::PolicySpec`].
+//! * [`ztunnel`]: the second enforcement point: which policies the destination's ztunnel
+//!   enforces for a workload, converted to its L4 form as istiod converts them, and evaluated.
 //! * [`waypoint`]: membership: which Gateway is a waypoint, which waypoint an object uses.
 //! * [`attachment`]: `targetRefs` binding: which policies bind to a waypoint, and to which of
 //!   its destinations.
@@ -40,6 +42,7 @@ mod validation;
 pub mod waypoint;
 pub mod well_known;
 pub mod yaml;
+pub mod ztunnel;
 
 pub use attachment::{authorizer_for, binding, service_entry_target, service_target};
 pub use key::{Kind, ObjectKey};

@@ -256,6 +256,8 @@ impl State {
     ) {
         let d = &mut self.dirty;
         match kind {
+            // Not watched (only `waypoint analyze` reads it): nothing of ours depends on it.
+            Kind::PeerAuthentication => {}
             Kind::Gateway => {
                 let same = match new {
                     Some(Object::Gateway(g)) => store.gateways.get(key).is_some_and(|old| {

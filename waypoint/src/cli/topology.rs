@@ -1,0 +1,157 @@
+//! Who serves whom, for the offline tools (`analyze`, `migrate`, `authz eval`): Services and the
+//! pods they select, the waypoint each uses and the identity it runs as, and what a workload's
+//! ztunnel sees.
+//!
+//! [`waypoint_of_service`], [`waypoint_of_workload`] and [`is_waypoint`] are the one adapter to
+//! the bindings' membership rules (today `gateway_api_bindings::waypoint::{waypoint_of,
+//! waypoint_of_labels, is_waypoint}`): every tool asks them, so switching the bindings to another
+//! attachment function changes this file only.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use gateway_api_bindings::destinations::in_ambient;
+use gateway_api_bindings::pod::PodInfo;
+use gateway_api_bindings::well_known::GATEWAY_NAME;
+use gateway_api_bindings::{ObjectKey, Store, waypoint};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// The waypoint a Service's (or ServiceEntry's) traffic goes through: its own
+/// `istio.io/use-waypoint`, else its namespace's.
+pub(crate) fn waypoint_of_service(store: &Store, meta: &ObjectMeta) -> Option<ObjectKey> {
+    waypoint::waypoint_of(store, meta)
+}
+
+/// The waypoint traffic addressed to a workload itself (its pod IP) goes through, from its own
+/// labels or its namespace's.
+pub(crate) fn waypoint_of_workload(
+    store: &Store,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Option<ObjectKey> {
+    waypoint::waypoint_of_labels(store, namespace, Some(labels))
+}
+
+/// Whether the Gateway `key` exists and is a waypoint.
+pub(crate) fn is_waypoint(store: &Store, key: &ObjectKey) -> bool {
+    store
+        .gateways
+        .get(key)
+        .is_some_and(|g| waypoint::is_waypoint(&g.object))
+}
+
+/// `<trust domain>/ns/<ns>/sa/<sa>`: a principal as policies write it.
+pub(crate) fn principal(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
+/// The principals a waypoint runs as: the service accounts of its pods (labelled
+/// `gateway.networking.k8s.io/gateway-name`), as istiod reads them for its implicit
+/// allow-from-waypoint policy; without pods, the Gateway's name, the service account istiod's
+/// deployment and our chart give it.
+pub(crate) fn waypoint_principals(
+    store: &Store,
+    gateway: &ObjectKey,
+    trust_domain: &str,
+) -> Vec<String> {
+    let mut sas: Vec<&str> = gateway_pods(store, gateway)
+        .map(|p| p.service_account())
+        .collect();
+    sas.sort_unstable();
+    sas.dedup();
+    if sas.is_empty() {
+        sas.push(&gateway.name);
+    }
+    sas.into_iter()
+        .map(|sa| principal(trust_domain, &gateway.namespace, sa))
+        .collect()
+}
+
+/// An address of one of the waypoint's pods: the source address its upstream connections carry.
+pub(crate) fn waypoint_ip(store: &Store, gateway: &ObjectKey) -> Option<IpAddr> {
+    gateway_pods(store, gateway).find_map(|p| p.ips.first().copied())
+}
+
+fn gateway_pods<'s>(store: &'s Store, gateway: &ObjectKey) -> impl Iterator<Item = &'s PodInfo> {
+    pods_in(store, &gateway.namespace)
+        .filter(move |p| p.labels.get(GATEWAY_NAME) == Some(&gateway.name))
+}
+
+/// The pods of one namespace.
+pub(crate) fn pods_in<'s>(store: &'s Store, namespace: &str) -> impl Iterator<Item = &'s PodInfo> {
+    let ns = namespace.to_owned();
+    store
+        .pods
+        .range(ObjectKey::new(namespace, "")..)
+        .take_while(move |(k, _)| k.namespace == ns)
+        .map(|(_, p)| &p.object)
+}
+
+/// Whether `labels` hold every pair of `selector`.
+pub(crate) fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A Service's pod selector; `None` for a Service without one (its endpoints are managed by
+/// hand, so no pod is known to back it).
+pub(crate) fn service_selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
+    svc.spec
+        .as_ref()?
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty())
+}
+
+/// The pods the store holds for a Service.
+pub(crate) fn service_pods<'s>(store: &'s Store, key: &ObjectKey) -> Vec<&'s PodInfo> {
+    let Some(sel) = store
+        .services
+        .get(key)
+        .and_then(|s| service_selector(&s.object))
+    else {
+        return Vec::new();
+    };
+    pods_in(store, &key.namespace)
+        .filter(|p| selects(sel, &p.labels))
+        .collect()
+}
+
+/// The pod port a Service port reaches on `pod`: its `targetPort` (a number, or a container
+/// port's name), else the port itself. A port the Service does not declare is returned as is.
+pub(crate) fn target_port(svc: &Service, port: u16, pod: Option<&PodInfo>) -> u16 {
+    let Some(p) = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ps| ps.iter().find(|p| p.port == i32::from(port)))
+    else {
+        return port;
+    };
+    match &p.target_port {
+        Some(IntOrString::Int(n)) => u16::try_from(*n).unwrap_or(port),
+        Some(IntOrString::String(name)) => pod.and_then(|p| p.named_port(name)).unwrap_or(port),
+        None => port,
+    }
+}
+
+/// The ports a Service declares.
+pub(crate) fn service_ports(svc: &Service) -> Vec<u16> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| u16::try_from(p.port).ok())
+        .collect()
+}
+
+/// Whether ztunnel captures the pod (unknown pods are assumed enrolled: a file config often
+/// lists no pods at all).
+pub(crate) fn enrolled(store: &Store, pod: Option<&PodInfo>) -> bool {
+    pod.is_none_or(|p| in_ambient(store, p))
+}

@@ -370,6 +370,34 @@ fn text_and_yaml_output() {
 }
 
 #[test]
+fn values_from_the_config_cannot_drive_the_terminal() {
+    // An attacker-chosen principal (an escape sequence, a line break) is echoed in the message.
+    let yaml = scenario("identity-behind-waypoint.yaml").replace(
+        "principals: [cluster.local/ns/ambient-demo/sa/sleep]",
+        "principals: [\"\\e]2;pwned\\a\\nError [Fake] \\u2028x\"]",
+    );
+    let path = temp_file(&yaml);
+    let o = waypoint(&["analyze", "--config", path.to_str().unwrap()]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("SourceIdentityBehindWaypoint"), "{text}");
+    assert!(
+        !text.contains('\x1b') && !text.contains('\x07') && !text.contains('\u{2028}'),
+        "{text:?}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("Error [Fake]")),
+        "{text}"
+    );
+    let (_, json) = analyze(&yaml, &[]);
+    let msg = json[0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("\x1b]2;pwned"),
+        "JSON keeps the value, escaped: {msg:?}"
+    );
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
 fn input_is_required_and_exclusive() {
     let o = waypoint(&["analyze"]);
     assert_eq!(o.status.code(), Some(2));

@@ -2,16 +2,14 @@
 //! which Services a selector covers, the policy rewritten with `targetRefs`, and the objects that
 //! make a waypoint serve a namespace.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use gateway_api_bindings::pod::PodInfo;
 use gateway_api_bindings::well_known::{GATEWAY_GROUP, USE_WAYPOINT, WAYPOINT_FOR};
 use gateway_api_bindings::{ObjectKey, Store};
 use serde_json::{Value, json};
 
-use super::topology::{
-    is_waypoint, pods_in, selects, service_pods, service_selector, waypoint_of_service,
-};
+use super::topology::{ServicePods, is_waypoint, pods_in, selects, waypoint_of_service};
 
 /// The Services a workload selector covers.
 #[derive(Debug, Default)]
@@ -29,19 +27,12 @@ pub(crate) struct Coverage {
 /// policy's (every pod it selects carries the policy's labels too).
 pub(crate) fn coverage(
     store: &Store,
+    service_pods: &ServicePods<'_>,
     namespace: Option<&str>,
     selector: &BTreeMap<String, String>,
 ) -> Coverage {
     let mut out = Coverage::default();
-    let mut served: BTreeSet<ObjectKey> = BTreeSet::new();
-    for (key, svc) in &store.services {
-        if namespace.is_some_and(|n| n != key.namespace) {
-            continue;
-        }
-        let Some(svc_sel) = service_selector(&svc.object) else {
-            continue;
-        };
-        let pods = service_pods(store, key);
+    for (key, svc_sel, pods) in service_pods.services(namespace) {
         if pods.is_empty() {
             let implied = selects(selector, svc_sel);
             let compatible = selector
@@ -65,7 +56,6 @@ pub(crate) fn coverage(
             .iter()
             .filter(|p| selects(selector, &p.labels))
             .collect();
-        served.extend(pods.iter().map(|p| p.key.clone()));
         if chosen.len() == pods.len() {
             out.services.push(key.clone());
         } else if !chosen.is_empty() {
@@ -79,15 +69,13 @@ pub(crate) fn coverage(
             ));
         }
     }
-    let namespaces: Vec<String> = match namespace {
-        Some(n) => vec![n.to_owned()],
-        None => store.namespaces.keys().cloned().collect(),
+    let pods: Box<dyn Iterator<Item = &PodInfo>> = match namespace {
+        Some(n) => Box::new(pods_in(store, n)),
+        None => Box::new(store.pods.values().map(|p| &p.object)),
     };
-    for ns in &namespaces {
-        for p in pods_in(store, ns) {
-            if selects(selector, &p.labels) && !served.contains(&p.key) {
-                out.orphans.push(p.key.clone());
-            }
+    for p in pods {
+        if selects(selector, &p.labels) && !service_pods.is_served(&p.key) {
+            out.orphans.push(p.key.clone());
         }
     }
     out

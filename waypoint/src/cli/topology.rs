@@ -121,6 +121,75 @@ pub(crate) fn service_pods<'s>(store: &'s Store, key: &ObjectKey) -> Vec<&'s Pod
         .collect()
 }
 
+/// The pods of every Service with a selector, found once (a large config has thousands of
+/// each, and every check asks).
+#[derive(Debug, Default)]
+pub(crate) struct ServicePods<'s> {
+    /// Service -> its selector and the pods it selects.
+    by_service: BTreeMap<ObjectKey, (&'s BTreeMap<String, String>, Vec<&'s PodInfo>)>,
+    /// Pods some Service selects.
+    served: std::collections::BTreeSet<&'s ObjectKey>,
+}
+
+impl<'s> ServicePods<'s> {
+    pub(crate) fn new(store: &'s Store) -> ServicePods<'s> {
+        let mut by_service = BTreeMap::new();
+        let mut served = std::collections::BTreeSet::new();
+        let mut namespace = None;
+        let mut pods: Vec<&PodInfo> = Vec::new();
+        for (key, svc) in &store.services {
+            let Some(sel) = service_selector(&svc.object) else {
+                continue;
+            };
+            if namespace != Some(&key.namespace) {
+                pods = pods_in(store, &key.namespace).collect();
+                namespace = Some(&key.namespace);
+            }
+            let selected: Vec<&PodInfo> = pods
+                .iter()
+                .copied()
+                .filter(|p| selects(sel, &p.labels))
+                .collect();
+            served.extend(selected.iter().map(|p| &p.key));
+            by_service.insert(key.clone(), (sel, selected));
+        }
+        ServicePods { by_service, served }
+    }
+
+    /// Whether some Service selects the pod.
+    pub(crate) fn is_served(&self, pod: &ObjectKey) -> bool {
+        self.served.contains(pod)
+    }
+
+    /// The pods the config holds for a Service (none for one without a selector).
+    pub(crate) fn of(&self, service: &ObjectKey) -> &[&'s PodInfo] {
+        self.by_service
+            .get(service)
+            .map_or(&[], |(_, pods)| pods.as_slice())
+    }
+
+    /// The Services with a selector of `namespace` (of every namespace when `None`), each with
+    /// its selector and pods.
+    pub(crate) fn services<'a>(
+        &'a self,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<
+        Item = (
+            &'a ObjectKey,
+            &'s BTreeMap<String, String>,
+            &'a [&'s PodInfo],
+        ),
+    > + 'a {
+        let range = match namespace {
+            Some(ns) => self.by_service.range(ObjectKey::new(ns, "")..),
+            None => self.by_service.range(..),
+        };
+        range
+            .take_while(move |(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(k, (sel, pods))| (k, *sel, pods.as_slice()))
+    }
+}
+
 /// The pod port a Service port reaches on `pod`: its `targetPort` (a number, or a container
 /// port's name), else the port itself. A port the Service does not declare is returned as is.
 pub(crate) fn target_port(svc: &Service, port: u16, pod: Option<&PodInfo>) -> u16 {

@@ -25,7 +25,7 @@ use crate::cli::placement::{
     to_yaml, waypoint_default_deny, waypoint_form, waypoint_gateway,
 };
 use crate::cli::topology::{
-    enrolled, is_waypoint, principal, service_pods, service_ports, service_selector, target_port,
+    ServicePods, enrolled, is_waypoint, principal, service_ports, service_selector, target_port,
     waypoint_of_service, waypoint_of_workload, waypoint_principals,
 };
 
@@ -36,16 +36,25 @@ const PROBE_IP: &str = "192.0.2.10";
 
 struct Cx<'a> {
     store: &'a Store,
+    service_pods: ServicePods<'a>,
     opts: &'a Options,
     /// Every policy istiod sends to ztunnel, converted.
     ztunnel: Vec<ZtunnelPolicy>,
     /// Policies the webhook would refuse: no proxy enforces them.
     invalid: BTreeSet<ObjectKey>,
+    /// Per ztunnel policy: the waypoints in front of workloads it applies to, each with the
+    /// Services concerned.
+    fronted: BTreeMap<ObjectKey, BTreeMap<ObjectKey, Vec<ObjectKey>>>,
     probe: PeerIdentity,
+    /// Each AuthorizationPolicy's move to the waypoint, made once (two checks suggest it).
+    moves: BTreeMap<ObjectKey, Result<(Vec<Value>, String), String>>,
+    /// Each waypoint's principals.
+    principals: BTreeMap<ObjectKey, Vec<String>>,
     out: Vec<Finding>,
 }
 
 pub(super) fn run(store: &Store, load_errors: &[LoadError], opts: &Options) -> Vec<Finding> {
+    let service_pods = ServicePods::new(store);
     let mut cx = Cx {
         store,
         opts,
@@ -60,16 +69,21 @@ pub(super) fn run(store: &Store, load_errors: &[LoadError], opts: &Options) -> V
             })
             .map(|(k, _)| k.clone())
             .collect(),
+        fronted: BTreeMap::new(),
+        service_pods,
         probe: PeerIdentity::new(&principal(
             &opts.trust_domain,
             PROBE_NAMESPACE,
             "any-caller",
         )),
+        moves: BTreeMap::new(),
+        principals: BTreeMap::new(),
         out: Vec::new(),
     };
     // The webhook would have refused them: they exist for no proxy (their errors are reported).
     let invalid = cx.invalid.clone();
     cx.ztunnel.retain(|p| !invalid.contains(&p.key));
+    cx.fronted = fronted(store, &cx.service_pods, &cx.ztunnel);
     for e in load_errors {
         cx.push(
             "Invalid",
@@ -166,6 +180,34 @@ impl Cx<'_> {
         &self.opts.root_namespace
     }
 
+    /// [`Cx::to_waypoint`] for an AuthorizationPolicy, remembered.
+    fn move_policy(
+        &mut self,
+        p: &ZtunnelPolicy,
+        ap: &AuthorizationPolicy,
+    ) -> Result<(Vec<Value>, String), String> {
+        if let Some(m) = self.moves.get(&p.key) {
+            return m.clone();
+        }
+        let reach = self.reach(
+            &p.key.namespace,
+            ap.spec.selector.as_ref().map(|s| &s.match_labels),
+        );
+        let m = self.to_waypoint(&as_applied(ap), &p.key, reach);
+        self.moves.insert(p.key.clone(), m.clone());
+        m
+    }
+
+    /// The waypoint's principals, remembered.
+    fn principals_of(&mut self, w: &ObjectKey) -> Vec<String> {
+        if let Some(p) = self.principals.get(w) {
+            return p.clone();
+        }
+        let p = waypoint_principals(self.store, w, &self.opts.trust_domain);
+        self.principals.insert(w.clone(), p.clone());
+        p
+    }
+
     fn reach<'s>(&self, ns: &str, selector: Option<&'s BTreeMap<String, String>>) -> Reach<'s> {
         match selector {
             Some(s) => Reach::Selector(s),
@@ -209,7 +251,7 @@ impl Cx<'_> {
                  namespaces: write one policy per namespace (`waypoint migrate` does) and delete {key}"
             )),
             Reach::Selector(sel) => {
-                let cov = coverage(self.store, Some(&key.namespace), sel);
+                let cov = coverage(self.store, &self.service_pods, Some(&key.namespace), sel);
                 if cov.services.is_empty() {
                     return Err(format!(
                         "no Service covers the pods it selects{}, so no targetRefs reaches them",
@@ -517,11 +559,7 @@ impl Cx<'_> {
             }
             Conversion::Exact => return,
         };
-        let reach = self.reach(
-            &p.key.namespace,
-            ap.spec.selector.as_ref().map(|s| &s.match_labels),
-        );
-        let (fix, tail) = match self.to_waypoint(&as_applied(ap), &p.key, reach) {
+        let (fix, tail) = match self.move_policy(p, ap) {
             Ok((objs, tail)) => (Some(objs), tail),
             Err(why) => (None, format!(" No fix: {why}.")),
         };
@@ -542,26 +580,7 @@ impl Cx<'_> {
 
     /// The waypoints in front of workloads `p` applies to, with the Services concerned.
     fn waypoints_in_front(&self, p: &ZtunnelPolicy) -> BTreeMap<ObjectKey, Vec<ObjectKey>> {
-        let mut out: BTreeMap<ObjectKey, Vec<ObjectKey>> = BTreeMap::new();
-        for (skey, svc) in &self.store.services {
-            let Some(sel) = service_selector(&svc.object) else {
-                continue;
-            };
-            let Some(w) = waypoint_of_service(self.store, &svc.object.metadata) else {
-                continue;
-            };
-            let pods = service_pods(self.store, skey);
-            let applies = if pods.is_empty() {
-                p.applies_to(&skey.namespace, sel)
-            } else {
-                pods.iter()
-                    .any(|pod| p.applies_to(&skey.namespace, &pod.labels))
-            };
-            if applies {
-                out.entry(w).or_default().push(skey.clone());
-            }
-        }
-        out
+        self.fronted.get(&p.key).cloned().unwrap_or_default()
     }
 
     fn source_identity_behind_waypoint(&mut self, p: &ZtunnelPolicy, ap: &AuthorizationPolicy) {
@@ -571,12 +590,7 @@ impl Cx<'_> {
         }
         let waypoints: Vec<(ObjectKey, Vec<String>)> = fronts
             .keys()
-            .map(|w| {
-                (
-                    w.clone(),
-                    waypoint_principals(self.store, w, &self.opts.trust_domain),
-                )
-            })
+            .map(|w| (w.clone(), self.principals_of(w)))
             .collect();
         let foreign =
             foreign_identities(ap, &p.key.namespace, &waypoints, &self.opts.trusted_sources);
@@ -592,11 +606,7 @@ impl Cx<'_> {
             Action::Deny => "those callers are not denied when they come through the waypoint",
             _ => "those callers are refused when they come through the waypoint",
         };
-        let reach = self.reach(
-            &p.key.namespace,
-            ap.spec.selector.as_ref().map(|s| &s.match_labels),
-        );
-        let (fix, tail) = match self.to_waypoint(&as_applied(ap), &p.key, reach) {
+        let (fix, tail) = match self.move_policy(p, ap) {
             Ok((objs, tail)) => (Some(objs), tail),
             Err(why) => (None, format!(" No fix: {why}.")),
         };
@@ -743,26 +753,44 @@ impl Cx<'_> {
 
     /// Services served by a waypoint that enforces a policy for them.
     fn guarded_services(&self) -> Vec<(ObjectKey, ObjectKey, Vec<String>)> {
+        // Per waypoint (there are few): the enforced policies bound to all its traffic, and
+        // those bound to each target.
+        type Bound = (Vec<String>, BTreeMap<String, Vec<String>>);
+        let mut by_waypoint: BTreeMap<ObjectKey, Bound> = BTreeMap::new();
         let mut out = Vec::new();
         for (skey, svc) in &self.store.services {
             let Some(w) = waypoint_of_service(self.store, &svc.object.metadata) else {
                 continue;
             };
-            let wid = WaypointIdentity::from_store(self.store, w.clone(), self.root());
-            let target = service_target(skey);
-            let policies: Vec<String> = self
-                .store
-                .authorization_policies
-                .iter()
-                .filter(|(k, ap)| !is_dry_run(&ap.object) && !self.invalid.contains(*k))
-                .filter(|(k, ap)| match binding(&ap.object, &k.namespace, &wid) {
-                    Some(Binding::Waypoint) => true,
-                    Some(Binding::Targets(t)) => t.contains(&target),
-                    None => false,
-                })
-                .map(|(k, _)| k.to_string())
-                .collect();
+            let (whole, targets) = by_waypoint.entry(w.clone()).or_insert_with(|| {
+                let wid = WaypointIdentity::from_store(self.store, w.clone(), self.root());
+                let mut bound: Bound = Default::default();
+                for (k, ap) in &self.store.authorization_policies {
+                    if is_dry_run(&ap.object) || self.invalid.contains(k) {
+                        continue;
+                    }
+                    match binding(&ap.object, &k.namespace, &wid) {
+                        Some(Binding::Waypoint) => bound.0.push(k.to_string()),
+                        Some(Binding::Targets(t)) => {
+                            for t in t {
+                                bound.1.entry(t).or_default().push(k.to_string());
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                bound
+            });
+            let mut policies = whole.clone();
+            policies.extend(
+                targets
+                    .get(&service_target(skey))
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
             if !policies.is_empty() {
+                policies.sort();
                 out.push((skey.clone(), w, policies));
             }
         }
@@ -770,50 +798,61 @@ impl Cx<'_> {
     }
 
     fn waypoint_bypass_and_plaintext(&mut self) {
-        for (skey, w, policies) in self.guarded_services() {
+        let guarded = self.guarded_services();
+        // One ztunnel authorizer for every pod concerned (or a stand-in with the Service's
+        // selector when the config lists none), compiled once.
+        let mut workloads: BTreeMap<ObjectKey, BTreeMap<String, String>> = BTreeMap::new();
+        for (skey, _, _) in &guarded {
+            let pods = self.service_pods.of(skey);
+            if pods.is_empty() {
+                if let Some(sel) = service_selector(&self.store.services[skey].object) {
+                    workloads.insert(stand_in(skey), sel.clone());
+                }
+            } else {
+                workloads.extend(pods.iter().map(|p| (p.key.clone(), p.labels.clone())));
+            }
+        }
+        let z = ZtunnelAuthorizer::build(
+            self.ztunnel.clone(),
+            workloads
+                .iter()
+                .map(|(key, labels)| Workload { key, labels }),
+        );
+        for (skey, w, policies) in guarded {
             let svc = &self.store.services[&skey].object;
             let Some(sel) = service_selector(svc).cloned() else {
                 continue;
             };
-            self.waypoint_bypass(&skey, &w, &policies, &sel);
+            self.waypoint_bypass(&z, &skey, &w, &policies, &sel);
             self.permissive_plaintext(&skey, &w, &sel);
         }
     }
 
     fn waypoint_bypass(
         &mut self,
+        z: &ZtunnelAuthorizer,
         skey: &ObjectKey,
         w: &ObjectKey,
         policies: &[String],
         sel: &BTreeMap<String, String>,
     ) {
         let svc = &self.store.services[skey].object;
-        let pods = service_pods(self.store, skey);
-        let virtual_key = ObjectKey::new(&skey.namespace, format!("{}-pods", skey.name));
-        let workloads: Vec<Workload<'_>> = if pods.is_empty() {
-            vec![Workload {
-                key: &virtual_key,
-                labels: sel,
-            }]
+        let pods = self.service_pods.of(skey);
+        let keys: Vec<ObjectKey> = if pods.is_empty() {
+            vec![stand_in(skey)]
         } else {
-            pods.iter()
-                .map(|p| Workload {
-                    key: &p.key,
-                    labels: &p.labels,
-                })
-                .collect()
+            pods.iter().map(|p| p.key.clone()).collect()
         };
-        let z = ZtunnelAuthorizer::build(self.ztunnel.clone(), workloads.iter().copied());
         let mut ports = service_ports(svc);
         if ports.is_empty() {
             ports.push(0);
         }
         let mut open = None;
         let mut unenrolled = None;
-        'probe: for wl in &workloads {
-            let pod = pods.iter().find(|p| &p.key == wl.key).copied();
+        'probe: for key in &keys {
+            let pod = pods.iter().find(|p| &p.key == key).copied();
             if !enrolled(self.store, pod) {
-                unenrolled = Some(wl.key.clone());
+                unenrolled = Some(key.clone());
                 break;
             }
             for &port in &ports {
@@ -823,14 +862,14 @@ impl Cx<'_> {
                     destination_ip: pod.and_then(|p| p.ips.first().copied()),
                     destination_port: (port != 0).then(|| target_port(svc, port, pod)),
                 };
-                let v = z.evaluate(wl.key, &conn);
+                let v = z.evaluate(key, &conn);
                 if v.allowed {
-                    open = Some((wl.key.clone(), conn.destination_port, v.to_string()));
+                    open = Some((key.clone(), conn.destination_port, v.to_string()));
                     break 'probe;
                 }
             }
         }
-        let mut principals = waypoint_principals(self.store, w, &self.opts.trust_domain);
+        let mut principals = self.principals_of(w);
         principals.extend(self.opts.trusted_sources.iter().cloned());
         if let Some(pod) = unenrolled {
             self.push(
@@ -883,7 +922,7 @@ impl Cx<'_> {
         w: &ObjectKey,
         sel: &BTreeMap<String, String>,
     ) {
-        let pods = service_pods(self.store, skey);
+        let pods = self.service_pods.of(skey);
         let label_sets: Vec<&BTreeMap<String, String>> = if pods.is_empty() {
             vec![sel]
         } else {
@@ -1029,6 +1068,65 @@ impl Cx<'_> {
             Some(vec![fixed]),
         );
     }
+}
+
+/// For every ztunnel policy, the waypoints in front of the workloads it applies to (pods of
+/// Services that use a waypoint, or the Service's selector when the config lists no pod), with
+/// the Services concerned: one compiled pass instead of every policy against every Service.
+fn fronted(
+    store: &Store,
+    service_pods: &ServicePods<'_>,
+    policies: &[ZtunnelPolicy],
+) -> BTreeMap<ObjectKey, BTreeMap<ObjectKey, Vec<ObjectKey>>> {
+    // (workload key, labels) per Service behind a waypoint; keys are made unique per Service.
+    let mut workloads: Vec<(ObjectKey, &BTreeMap<String, String>, usize)> = Vec::new();
+    let mut services: Vec<(ObjectKey, ObjectKey)> = Vec::new();
+    for (skey, sel, pods) in service_pods.services(None) {
+        let Some(w) = store
+            .services
+            .get(skey)
+            .and_then(|s| waypoint_of_service(store, &s.object.metadata))
+        else {
+            continue;
+        };
+        let n = services.len();
+        let label_sets: Vec<&BTreeMap<String, String>> = if pods.is_empty() {
+            vec![sel]
+        } else {
+            pods.iter().map(|p| &p.labels).collect()
+        };
+        for (i, labels) in label_sets.into_iter().enumerate() {
+            let key = ObjectKey::new(&skey.namespace, format!("{}#{i}", skey.name));
+            workloads.push((key, labels, n));
+        }
+        services.push((skey.clone(), w));
+    }
+    let z = ZtunnelAuthorizer::build(
+        policies.to_vec(),
+        workloads
+            .iter()
+            .map(|(key, labels, _)| Workload { key, labels }),
+    );
+    let mut out: BTreeMap<ObjectKey, BTreeMap<ObjectKey, Vec<ObjectKey>>> = BTreeMap::new();
+    for (key, _, n) in &workloads {
+        let (svc, w) = &services[*n];
+        for p in z.applicable(key) {
+            let list = out
+                .entry(p.key.clone())
+                .or_default()
+                .entry(w.clone())
+                .or_default();
+            if list.last() != Some(svc) {
+                list.push(svc.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The workload standing in for a Service's pods when the config lists none.
+fn stand_in(service: &ObjectKey) -> ObjectKey {
+    ObjectKey::new(&service.namespace, format!("{}-pods", service.name))
 }
 
 /// Where a converted policy applies, for messages.

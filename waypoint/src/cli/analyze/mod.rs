@@ -14,10 +14,14 @@ pub(crate) mod live;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use gateway_api_bindings::limits::shown_max;
 use gateway_api_bindings::{LoadError, Store};
 use serde::Serialize;
 
 use super::output::{Colour, Format, Painter, indent};
+
+/// The longest text line printed for a person (a finding's message names many objects).
+const MAX_SHOWN: usize = 8192;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -134,16 +138,19 @@ fn print(findings: &[Finding], format: Format) -> anyhow::Result<()> {
                     Severity::Warning => Colour::Yellow,
                     Severity::Info => Colour::Cyan,
                 };
+                // Values from the config are echoed: made printable so that none can drive the
+                // terminal (JSON and YAML escape them anyway).
                 writeln!(
                     out,
                     "{} [{}] ({}) {}",
                     p.paint(colour, f.severity.label()),
-                    f.code,
-                    f.object,
-                    f.message
+                    shown_max(&f.code, MAX_SHOWN),
+                    shown_max(&f.object, MAX_SHOWN),
+                    shown_max(&f.message, MAX_SHOWN)
                 )?;
                 if let Some(fix) = &f.fix {
-                    writeln!(out, "  Fix:\n{}", indent(fix, 4))?;
+                    let fix: Vec<_> = fix.lines().map(|l| shown_max(l, MAX_SHOWN)).collect();
+                    writeln!(out, "  Fix:\n{}", indent(&fix.join("\n"), 4))?;
                 }
             }
             let count = |s| findings.iter().filter(|f| f.severity == s).count();

@@ -37,7 +37,9 @@ use super::placement::{
     only_from_waypoint, service_ref, to_yaml, waypoint_default_deny, waypoint_form,
     waypoint_gateway,
 };
-use super::topology::{is_waypoint, service_selector, waypoint_of_workload, waypoint_principals};
+use super::topology::{
+    ServicePods, is_waypoint, service_selector, waypoint_of_workload, waypoint_principals,
+};
 
 /// The annotation on a companion object: made because of the named object, which stays.
 pub(crate) const DERIVED_FROM: &str = "rust-waypoint.io/derived-from";
@@ -130,6 +132,7 @@ pub(crate) fn plan(store: &Store, opts: &Options) -> Plan {
     let root = opts.root_namespace.as_str();
     let mut plan = Plan::default();
     let cands = candidates(store, root);
+    let pods = ServicePods::new(store);
 
     // Which namespaces need a waypoint, and why.
     let mut needs: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -139,7 +142,7 @@ pub(crate) fn plan(store: &Store, opts: &Options) -> Plan {
         match (c.key.namespace == root, c.selector) {
             (false, _) => needs.entry(c.key.namespace.clone()).or_default().push(what),
             (true, Some(sel)) => {
-                for s in coverage(store, None, sel).services {
+                for s in coverage(store, &pods, None, sel).services {
                     needs
                         .entry(s.namespace.clone())
                         .or_default()
@@ -197,7 +200,7 @@ pub(crate) fn plan(store: &Store, opts: &Options) -> Plan {
         .collect();
 
     for c in &cands {
-        migrate_one(store, opts, c, &waypoints, &classes, &mut plan);
+        migrate_one(store, &pods, opts, c, &waypoints, &classes, &mut plan);
     }
 
     // The guard: each Service of a waypoint namespace admits only its waypoint at ztunnel.
@@ -242,6 +245,7 @@ fn namespace_waypoint(store: &Store, ns: &str) -> Option<ObjectKey> {
 
 fn migrate_one(
     store: &Store,
+    pods: &ServicePods<'_>,
     opts: &Options,
     c: &Candidate<'_>,
     waypoints: &BTreeMap<String, ObjectKey>,
@@ -274,7 +278,7 @@ fn migrate_one(
                 ));
                 return;
             }
-            let cov = coverage(store, Some(&c.key.namespace), sel);
+            let cov = coverage(store, pods, Some(&c.key.namespace), sel);
             if cov.services.is_empty() {
                 let gaps = gaps(&cov).join("; ");
                 plan.report.push(match &c.l7 {
@@ -319,7 +323,7 @@ fn migrate_one(
             plan.replaced.push(origin);
         }
         (true, Some(sel)) => {
-            let cov = coverage(store, None, sel);
+            let cov = coverage(store, pods, None, sel);
             report_gaps(plan, &origin, &cov);
             let mut by_ns: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             let mut elsewhere = Vec::new();

@@ -16,6 +16,7 @@ use policy_engine::path::PathNormalization;
 use policy_engine::request::DEFAULT_SPACE_DELIMITED_CLAIMS;
 use policy_engine::{Authorizer, JwtClaims, PeerIdentity};
 
+use gateway_api_bindings::limits::{shown, shown_max};
 use gateway_api_bindings::ztunnel;
 use serde::Deserialize;
 use waypoint::authn::jwks::{JwksOptions, JwksRegistry};
@@ -310,7 +311,8 @@ fn print(answers: &[(String, Line)], format: Format) -> anyhow::Result<()> {
         Format::Text => {
             let p = Painter::for_stdout();
             for (title, l) in answers {
-                writeln!(out, "{title}")?;
+                // Request and config values are echoed: made printable for the terminal.
+                writeln!(out, "{}", shown(title))?;
                 let mut rows = vec![[
                     "ENFORCER".to_owned(),
                     "DECISION".to_owned(),
@@ -324,7 +326,7 @@ fn print(answers: &[(String, Line)], format: Format) -> anyhow::Result<()> {
                     format!("{}{status}", l.decision),
                     l.policy.clone().unwrap_or_else(|| "-".into()),
                     l.rule.map_or_else(|| "-".into(), |r| r.to_string()),
-                    l.reason.clone(),
+                    shown_max(&l.reason, 8192).into_owned(),
                 ]);
                 if let Some(z) = &l.ztunnel {
                     rows.push([
@@ -332,7 +334,7 @@ fn print(answers: &[(String, Line)], format: Format) -> anyhow::Result<()> {
                         z.decision.to_owned(),
                         z.policy.clone().unwrap_or_else(|| "-".into()),
                         z.rule.map_or_else(|| "-".into(), |r| r.to_string()),
-                        z.reason.clone(),
+                        shown_max(&z.reason, 8192).into_owned(),
                     ]);
                 }
                 let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0);

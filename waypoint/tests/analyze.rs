@@ -56,6 +56,52 @@ fn ztunnel_l7_attribute_moves_the_rules_to_a_waypoint() {
 }
 
 #[test]
+fn ztunnel_l7_attribute_in_a_deny_says_what_ztunnel_does() {
+    // The seed's example as a DENY. Its `to` entry holds only the method, so ztunnel gets an
+    // empty match there and the rule never matches: the DENY does nothing. Given the port too,
+    // the entry keeps it and the DENY refuses every connection to the port.
+    let base = scenario("l7-at-ztunnel.yaml").replace("action: ALLOW", "action: DENY");
+    let obj = "AuthorizationPolicy/ambient-demo/allow-sleep-to-httpbin";
+    let message = |yaml: &str| {
+        let (_, f) = analyze(yaml, &[]);
+        find(&f, "ZtunnelL7Attribute", obj).unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let msg = message(&base);
+    assert!(msg.contains("the DENY does nothing at ztunnel"), "{msg}");
+    let with_port = base.replace(
+        "        methods: [GET]",
+        "        methods: [GET]\n        ports: [\"8080\"]",
+    );
+    assert_ne!(with_port, base);
+    let msg = message(&with_port);
+    assert!(msg.contains("denies more than written"), "{msg}");
+}
+
+#[test]
+fn a_namespace_wide_default_deny_gets_one_at_its_waypoint() {
+    let base = scenario("default-deny-bypass.yaml").replace(
+        "metadata: {name: default-deny, namespace: istio-system}",
+        "metadata: {name: default-deny, namespace: ambient-demo}",
+    );
+    let obj = "AuthorizationPolicy/ambient-demo/default-deny";
+    let (_, before) = analyze(&base, &[]);
+    let f = find(&before, "DefaultDenyBypass", obj).expect("namespace-wide default deny");
+    let fix = f["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("name: default-deny-waypoint") && fix.contains("kind: Gateway"),
+        "{fix}"
+    );
+    let (_, after) = analyze(&apply(&base, fix), &[]);
+    assert!(
+        find(&after, "DefaultDenyBypass", obj).is_none(),
+        "{after:#?}"
+    );
+}
+
+#[test]
 fn source_identity_behind_waypoint_moves_the_rules_to_the_waypoint() {
     let (f, _) = fails_then_fixed(
         "identity-behind-waypoint.yaml",

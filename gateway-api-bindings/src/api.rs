@@ -178,14 +178,27 @@ static TABLE: LazyLock<[KubeResource; 12]> = LazyLock::new(|| {
     ]
 });
 
+/// PeerAuthentication: read by the advisor (`waypoint analyze --kubernetes`), never by the
+/// running waypoint, so it is not in [`all`].
+static PEER_AUTHENTICATION: LazyLock<KubeResource> = LazyLock::new(|| {
+    KubeResource::istio(
+        ISTIO_SECURITY_GROUP,
+        "PeerAuthentication",
+        "peerauthentications",
+    )
+});
+
 impl Kind {
     /// Where this kind lives on the API server.
     pub fn api(self) -> &'static KubeResource {
-        let i = Kind::ALL
-            .iter()
-            .position(|k| *k == self)
-            .unwrap_or_default();
-        &TABLE[i]
+        match Kind::ALL.iter().position(|k| *k == self) {
+            Some(i) => &TABLE[i],
+            None => {
+                // The only kind read but not watched (`Kind::READ` less `Kind::ALL`).
+                debug_assert_eq!(self, Kind::PeerAuthentication);
+                &PEER_AUTHENTICATION
+            }
+        }
     }
 }
 
@@ -206,6 +219,15 @@ pub fn all() -> &'static [KubeResource] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_kind_read_has_its_own_resource() {
+        let mut plurals: Vec<&str> = Kind::READ.iter().map(|k| k.api().plural.as_str()).collect();
+        assert_eq!(Kind::PeerAuthentication.api().plural, "peerauthentications");
+        plurals.sort_unstable();
+        plurals.dedup();
+        assert_eq!(plurals.len(), Kind::READ.len());
+    }
+
     use kube::CustomResourceExt;
 
     use super::*;

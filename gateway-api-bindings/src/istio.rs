@@ -184,6 +184,35 @@ pub struct ClaimToHeader {
     pub claim: String,
 }
 
+/// `security.istio.io` PeerAuthentication: the mTLS mode ztunnel accepts. The waypoint does not
+/// enforce it (every HBONE connection is mTLS); `waypoint analyze` reads it, to say what ambient
+/// ignores (`DISABLE`) and where plaintext still reaches a workload (`PERMISSIVE`).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "PeerAuthentication",
+    namespaced
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthenticationSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MutualTls>,
+    /// Port number (as a string, the JSON form of the proto's `map<uint32, ...>`) -> mode.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_level_mtls: BTreeMap<String, MutualTls>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MutualTls {
+    /// `UNSET` (inherit), `DISABLE`, `PERMISSIVE` or `STRICT`.
+    #[serde(default)]
+    pub mode: String,
+}
+
 /// `networking.istio.io` ServiceEntry: addressing only. Unknown fields are tolerated here, since
 /// they carry routing settings the waypoint does not read.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

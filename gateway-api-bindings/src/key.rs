@@ -41,9 +41,13 @@ pub enum Kind {
     RequestAuthentication,
     EndpointSlice,
     Pod,
+    /// Read from files and by `waypoint analyze`; the waypoint's Kubernetes source does not watch
+    /// it (not in [`Kind::ALL`]), as nothing the waypoint enforces depends on it.
+    PeerAuthentication,
 }
 
 impl Kind {
+    /// Every kind the waypoint's own config is made of: what its Kubernetes source watches.
     pub const ALL: [Kind; 10] = [
         Kind::Gateway,
         Kind::GatewayClass,
@@ -55,6 +59,21 @@ impl Kind {
         Kind::RequestAuthentication,
         Kind::EndpointSlice,
         Kind::Pod,
+    ];
+
+    /// Every kind a config may hold: [`Kind::ALL`] and the kinds only the advisor reads.
+    pub const READ: [Kind; 11] = [
+        Kind::Gateway,
+        Kind::GatewayClass,
+        Kind::Service,
+        Kind::Namespace,
+        Kind::ServiceEntry,
+        Kind::WorkloadEntry,
+        Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
+        Kind::EndpointSlice,
+        Kind::Pod,
+        Kind::PeerAuthentication,
     ];
 
     /// `(group, kind)` as in `apiVersion`/`kind`.
@@ -70,12 +89,13 @@ impl Kind {
             Kind::RequestAuthentication => (ISTIO_SECURITY_GROUP, "RequestAuthentication"),
             Kind::EndpointSlice => (DISCOVERY_GROUP, "EndpointSlice"),
             Kind::Pod => ("", "Pod"),
+            Kind::PeerAuthentication => (ISTIO_SECURITY_GROUP, "PeerAuthentication"),
         }
     }
 
     /// The kind an object of `apiVersion` group `group` and `kind` is, if the waypoint reads it.
     pub(crate) fn of(group: &str, kind: &str) -> Option<Kind> {
-        Kind::ALL
+        Kind::READ
             .into_iter()
             .find(|k| k.group_kind() == (group, kind))
     }

@@ -12,7 +12,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 
-use crate::istio::{AuthorizationPolicy, RequestAuthentication, ServiceEntry, WorkloadEntry};
+use crate::istio::{
+    AuthorizationPolicy, PeerAuthentication, RequestAuthentication, ServiceEntry, WorkloadEntry,
+};
 use crate::key::{Kind, ObjectKey};
 use crate::limits;
 use crate::mesh_rules::MeshRules;
@@ -76,6 +78,7 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     /// Reduced on arrival: see [`crate::pod`].
     Pod(PodInfo),
+    PeerAuthentication(PeerAuthentication),
 }
 
 impl Object {
@@ -91,6 +94,7 @@ impl Object {
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Pod(_) => Kind::Pod,
+            Object::PeerAuthentication(_) => Kind::PeerAuthentication,
         }
     }
 
@@ -107,6 +111,7 @@ impl Object {
             Object::RequestAuthentication(o) => key_of(o),
             Object::EndpointSlice(o) => key_of(o),
             Object::Pod(o) => o.key.clone(),
+            Object::PeerAuthentication(o) => key_of(o),
         }
     }
 }
@@ -149,6 +154,8 @@ pub struct Store {
     pub request_authentications: BTreeMap<ObjectKey, Sourced<RequestAuthentication>>,
     pub endpoint_slices: BTreeMap<ObjectKey, Sourced<EndpointSlice>>,
     pub pods: BTreeMap<ObjectKey, Sourced<PodInfo>>,
+    /// Read by `waypoint analyze` only (see [`Kind::PeerAuthentication`]).
+    pub peer_authentications: BTreeMap<ObjectKey, Sourced<PeerAuthentication>>,
     /// Service -> its EndpointSlices (by the `kubernetes.io/service-name` label).
     pub slices_by_service: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// Pod IP -> pod.
@@ -186,6 +193,7 @@ impl Store {
             Object::WorkloadEntry(o) => put!(workload_entries, key, o),
             Object::AuthorizationPolicy(o) => put!(authorization_policies, key, o),
             Object::RequestAuthentication(o) => put!(request_authentications, key, o),
+            Object::PeerAuthentication(o) => put!(peer_authentications, key, o),
             Object::EndpointSlice(o) => {
                 self.unindex_slice(&key);
                 if let Some(svc) = slice_service(&o) {
@@ -217,6 +225,7 @@ impl Store {
             Kind::WorkloadEntry => self.workload_entries.remove(key).is_some(),
             Kind::AuthorizationPolicy => self.authorization_policies.remove(key).is_some(),
             Kind::RequestAuthentication => self.request_authentications.remove(key).is_some(),
+            Kind::PeerAuthentication => self.peer_authentications.remove(key).is_some(),
             Kind::EndpointSlice => {
                 self.unindex_slice(key);
                 self.endpoint_slices.remove(key).is_some()
@@ -238,6 +247,7 @@ impl Store {
             Kind::WorkloadEntry => self.workload_entries.contains_key(key),
             Kind::AuthorizationPolicy => self.authorization_policies.contains_key(key),
             Kind::RequestAuthentication => self.request_authentications.contains_key(key),
+            Kind::PeerAuthentication => self.peer_authentications.contains_key(key),
             Kind::EndpointSlice => self.endpoint_slices.contains_key(key),
             Kind::Pod => self.pods.contains_key(key),
         }
@@ -260,6 +270,7 @@ impl Store {
             Kind::WorkloadEntry => k(&self.workload_entries),
             Kind::AuthorizationPolicy => k(&self.authorization_policies),
             Kind::RequestAuthentication => k(&self.request_authentications),
+            Kind::PeerAuthentication => k(&self.peer_authentications),
             Kind::EndpointSlice => k(&self.endpoint_slices),
             Kind::Pod => k(&self.pods),
         }
@@ -324,6 +335,7 @@ impl Store {
             }
             Kind::EndpointSlice => Object::EndpointSlice(typed(value, origin, ident)?),
             Kind::Pod => Object::Pod(PodInfo::from(typed::<Pod>(value, origin, ident)?)),
+            Kind::PeerAuthentication => Object::PeerAuthentication(typed(value, origin, ident)?),
         })
     }
 
@@ -612,6 +624,29 @@ mod tests {
             errs[0].message
         );
         assert!(s.authorization_policies.is_empty());
+    }
+
+    #[test]
+    fn peer_authentication_is_read_with_port_level_modes() {
+        let mut s = Store::default();
+        let errs = s.load_str(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: pa, namespace: foo}\n\
+             spec:\n  selector: {matchLabels: {app: db}}\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    5432: {mode: DISABLE}\n",
+            None,
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        let pa = &s.peer_authentications[&ObjectKey::new("foo", "pa")]
+            .object
+            .spec;
+        assert_eq!(pa.mtls.as_ref().map(|m| m.mode.as_str()), Some("STRICT"));
+        assert_eq!(pa.port_level_mtls["5432"].mode, "DISABLE");
+        assert!(s.ignored.is_empty(), "read, not ignored");
+        let errs = s.load_str(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: pa2, namespace: foo}\n\
+             spec: {mtls: {mod: STRICT}}\n",
+            None,
+        );
+        assert_eq!(errs.len(), 1, "a misspelt field is refused");
     }
 
     #[test]

@@ -505,6 +505,61 @@ pub struct ZtunnelAuthorizer {
     global: Vec<usize>,
 }
 
+/// Workloads indexed so that a policy meets only those it may apply to: by namespace, and by
+/// label pair for selectors (a mesh with thousands of pods and policies would otherwise test
+/// every pair).
+struct WorkloadIndex<'w> {
+    all: Vec<Workload<'w>>,
+    by_namespace: HashMap<&'w str, Vec<usize>>,
+    by_label: HashMap<(&'w str, &'w str), Vec<usize>>,
+}
+
+impl<'w> WorkloadIndex<'w> {
+    fn new(workloads: impl IntoIterator<Item = Workload<'w>>) -> WorkloadIndex<'w> {
+        // The same workload twice would bind a policy to it twice.
+        let mut seen = std::collections::HashSet::new();
+        let all: Vec<Workload<'w>> = workloads
+            .into_iter()
+            .filter(|w| seen.insert(w.key))
+            .collect();
+        let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, w) in all.iter().enumerate() {
+            by_namespace.entry(&w.key.namespace).or_default().push(i);
+            for (k, v) in w.labels {
+                by_label.entry((k, v)).or_default().push(i);
+            }
+        }
+        WorkloadIndex {
+            all,
+            by_namespace,
+            by_label,
+        }
+    }
+
+    /// A superset of the workloads `p` applies to.
+    fn candidates<'a>(
+        &'a self,
+        p: &'a ZtunnelPolicy,
+    ) -> Box<dyn Iterator<Item = &'a Workload<'w>> + 'a> {
+        let ids: &[usize] = match (p.scope, p.selector.iter().next()) {
+            (Scope::Global, _) => return Box::new(self.all.iter()),
+            (Scope::WorkloadSelector, Some((k, v))) => self
+                .by_label
+                .get(&(k.as_str(), v.as_str()))
+                .map_or(&[], Vec::as_slice),
+            (Scope::WorkloadSelector, None) if p.in_root_namespace => {
+                return Box::new(self.all.iter());
+            }
+            _ => self
+                .by_namespace
+                .get(p.key.namespace.as_str())
+                .map_or(&[], Vec::as_slice),
+        };
+        Box::new(ids.iter().map(|&i| &self.all[i]))
+    }
+}
+
 /// The engine target key of a workload.
 fn workload_target(key: &ObjectKey) -> String {
     format!("Workload/{key}")
@@ -517,7 +572,7 @@ impl ZtunnelAuthorizer {
         policies: Vec<ZtunnelPolicy>,
         workloads: impl IntoIterator<Item = Workload<'w>>,
     ) -> ZtunnelAuthorizer {
-        let workloads: Vec<Workload<'w>> = workloads.into_iter().collect();
+        let workloads = WorkloadIndex::new(workloads);
         let mut builder = AuthorizerBuilder::new();
         let mut out = ZtunnelAuthorizer::default();
         for (i, p) in policies.iter().enumerate() {
@@ -529,7 +584,7 @@ impl ZtunnelAuthorizer {
                 Binding::Waypoint
             } else {
                 let targets: Vec<String> = workloads
-                    .iter()
+                    .candidates(p)
                     .filter(|w| p.applies_to(&w.key.namespace, w.labels))
                     .map(|w| {
                         out.applicable.entry(w.key.clone()).or_default().push(i);
@@ -1016,6 +1071,66 @@ spec:
             !decide(&[y], &conn(Some(&waypoint), 8080)).0,
             "via waypoint"
         );
+    }
+
+    #[test]
+    fn build_binds_each_policy_to_exactly_the_workloads_it_applies_to() {
+        // The candidate index (namespace, first selector pair) must find every workload that
+        // applies_to accepts, and the same workload given twice is bound once.
+        let policies = [
+            "metadata: {name: sel, namespace: a}\nspec: {selector: {matchLabels: {app: web, tier: x}}}\n",
+            "metadata: {name: root-sel, namespace: istio-system}\nspec: {selector: {matchLabels: {app: web}}}\n",
+            "metadata: {name: ns, namespace: b}\nspec: {}\n",
+            "metadata: {name: mesh, namespace: istio-system}\nspec: {}\n",
+            "metadata: {name: empty-sel, namespace: a}\nspec: {selector: {}}\n",
+        ];
+        let converted: Vec<ZtunnelPolicy> = policies
+            .iter()
+            .map(|y| convert(&ap(y), ROOT).unwrap())
+            .collect();
+        let w = [
+            (
+                ObjectKey::new("a", "web-x"),
+                labels(&[("app", "web"), ("tier", "x")]),
+            ),
+            (
+                ObjectKey::new("a", "web-y"),
+                labels(&[("app", "web"), ("tier", "y")]),
+            ),
+            (
+                ObjectKey::new("b", "web-x"),
+                labels(&[("app", "web"), ("tier", "x")]),
+            ),
+            (ObjectKey::new("b", "db"), labels(&[("app", "db")])),
+        ];
+        let mut given: Vec<Workload<'_>> = w
+            .iter()
+            .map(|(key, labels)| Workload { key, labels })
+            .collect();
+        given.push(given[0]);
+        let z = ZtunnelAuthorizer::build(converted.clone(), given);
+        for (key, l) in &w {
+            let mut got: Vec<&str> = z.applicable(key).map(|p| p.key.name.as_str()).collect();
+            got.sort_unstable();
+            let mut want: Vec<&str> = converted
+                .iter()
+                .filter(|p| p.applies_to(&key.namespace, l))
+                .map(|p| p.key.name.as_str())
+                .collect();
+            want.sort_unstable();
+            assert_eq!(got, want, "{key}");
+        }
+        let names = |k: &ObjectKey| {
+            let mut v: Vec<String> = z.applicable(k).map(|p| p.key.name.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&w[0].0), ["empty-sel", "mesh", "root-sel", "sel"]);
+        assert_eq!(names(&w[3].0), ["mesh", "ns"]);
+        // Four ALLOW policies apply to a/web-x, each counted once although the workload was
+        // given twice.
+        let v = z.evaluate(&w[0].0, &Connection::default());
+        assert_eq!(v.reason, Reason::NoAllowPolicyMatched { allow_policies: 4 });
     }
 
     #[test]

@@ -306,6 +306,8 @@ impl State {
     ) {
         let d = &mut self.dirty;
         match kind {
+            // Not watched (only `waypoint analyze` reads it): nothing of ours depends on it.
+            Kind::PeerAuthentication => {}
             Kind::Gateway => {
                 // What membership reads: spec (listeners, allowedRoutes), labels (waypoint-for),
                 // annotations (inbound binding) and whether status.addresses is empty (istiod's

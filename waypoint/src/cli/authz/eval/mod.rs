@@ -1,4 +1,5 @@
-//! `waypoint authz eval`: one JSON decision per request document.
+//! `waypoint authz eval`: one decision per request document, at the waypoint and at the
+//! destination's ztunnel (the second enforcement point, see [`two_hop`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -17,12 +18,18 @@ use policy_engine::path::PathNormalization;
 use policy_engine::request::DEFAULT_SPACE_DELIMITED_CLAIMS;
 use policy_engine::{Authorizer, JwtClaims, PeerIdentity};
 
+use gateway_api_bindings::limits::{shown, shown_max};
+use gateway_api_bindings::ztunnel;
 use serde::Deserialize;
 use waypoint::authn::jwks::{JwksOptions, JwksRegistry};
 use waypoint::authn::provider::{Verified, claim};
 use waypoint::authn::{Authenticator, Authn, AuthnError};
 use waypoint::proxy::policy::{self, Connection, Inputs, Token};
 use waypoint::proxy::request::{Incoming, RequestView};
+
+use crate::cli::output::{Colour, Format, Painter};
+
+mod two_hop;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,8 +42,21 @@ struct NsName {
 #[serde(deny_unknown_fields)]
 struct Destination {
     service: Option<NsName>,
+    /// The pod the connection reaches (else the pod with `ip`, else the Service's pods).
+    workload: Option<NsName>,
     ip: Option<IpAddr>,
     port: Option<u16>,
+}
+
+/// How the request reached the destination's ztunnel.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Via {
+    /// Through the request's waypoint: ztunnel sees the waypoint's identity and address.
+    #[default]
+    Waypoint,
+    /// Straight to the pod: ztunnel sees the caller.
+    Direct,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -121,42 +141,45 @@ struct Jwt {
     claims: serde_json::Map<String, serde_json::Value>,
 }
 
-/// One output line; field order is the documented one.
+/// One answer; field order is the documented one.
 #[derive(Debug, serde::Serialize)]
-struct Line<'a> {
+struct Line {
     decision: &'static str,
     status: Option<u16>,
     policy: Option<String>,
     rule: Option<usize>,
     action: Option<&'static str>,
-    reason: std::borrow::Cow<'a, str>,
+    reason: String,
+    /// The destination's ztunnel on the same request; absent when no decision exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ztunnel: Option<two_hop::ZtunnelAnswer>,
 }
 
-impl Line<'_> {
+impl Line {
     /// An object the waypoint refuses: the config is not evaluated.
-    fn refused(reason: String) -> anyhow::Result<String> {
-        let line = Line {
+    fn refused(reason: String) -> Line {
+        Line {
             decision: "error",
             status: None,
             policy: None,
             rule: None,
             action: None,
-            reason: format!("config refused: {reason}").into(),
-        };
-        Ok(serde_json::to_string(&line)?)
+            reason: format!("config refused: {reason}"),
+            ztunnel: None,
+        }
     }
 
     /// A request answered before policy (400 from path normalization, 401 from a token).
-    fn local(status: u16, reason: String) -> anyhow::Result<String> {
-        let line = Line {
+    fn local(status: u16, reason: String) -> Line {
+        Line {
             decision: "deny",
             status: Some(status),
             policy: None,
             rule: None,
             action: None,
-            reason: reason.into(),
-        };
-        Ok(serde_json::to_string(&line)?)
+            reason,
+            ztunnel: None,
+        }
     }
 }
 
@@ -175,6 +198,9 @@ struct EvalRequest {
     /// (sent as `Authorization: Bearer`).
     token: Option<String>,
     sni: Option<String>,
+    /// `waypoint` (default) or `direct`: what the destination's ztunnel sees as the caller.
+    #[serde(default)]
+    via: Via,
 }
 
 pub(crate) fn run(
@@ -182,6 +208,7 @@ pub(crate) fn run(
     requests: &Path,
     root_ns: &str,
     normalization: &str,
+    format: Format,
 ) -> anyhow::Result<ExitCode> {
     let mode = PathNormalization::parse(normalization)
         .with_context(|| format!("unknown --path-normalization {normalization:?}"))?;
@@ -191,10 +218,11 @@ pub(crate) fn run(
     let mut refused: Vec<String> = errors.iter().map(ToString::to_string).collect();
     refused.extend(waypoint::state::invalid_policies(&store, root_ns));
     if !refused.is_empty() {
-        let mut out = std::io::stdout().lock();
-        for reason in refused {
-            writeln!(out, "{}", Line::refused(reason)?)?;
-        }
+        let lines: Vec<(String, Line)> = refused
+            .into_iter()
+            .map(|r| ("config".to_owned(), Line::refused(r)))
+            .collect();
+        print(&lines, format)?;
         return Ok(ExitCode::FAILURE);
     }
     let text = std::fs::read_to_string(requests)
@@ -212,7 +240,9 @@ pub(crate) fn run(
         ..opts
     };
     let jwks = JwksRegistry::new(opts, None, Default::default());
+    let ztunnel_policies = ztunnel::policies(&store, root_ns);
     let mut out = std::io::stdout().lock();
+    let mut answers = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
         let value: serde_yaml::Value = Deserialize::deserialize(doc).with_context(|| {
             format!(
@@ -241,10 +271,19 @@ pub(crate) fn run(
                 waypoint: wp,
             }
         });
-        let line = decide(&store, compiled, &rt, &req, mode)
+        let mut line = decide(&store, compiled, &rt, &req, mode)
             .with_context(|| format!("{}: request {}", requests.display(), i + 1))?;
-        writeln!(out, "{line}")?;
+        line.ztunnel = Some(two_hop::answer(&store, &ztunnel_policies, &req));
+        if format == Format::Json {
+            // Streamed: a long request file shows progress, and a later bad document still
+            // leaves the answers before it.
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        } else {
+            answers.push((describe(i, &req), line));
+        }
     }
+    drop(out);
+    print(&answers, format)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -309,18 +348,105 @@ fn target_of(store: &Store, c: &Compiled, d: &Destination) -> Result<Option<Stri
     ))
 }
 
+/// A request in one line, for the text table's heading.
+fn describe(i: usize, req: &EvalRequest) -> String {
+    let what = match &req.http {
+        Some(h) => format!("{} {}", h.method, h.path),
+        None => "TCP".to_owned(),
+    };
+    let to = match (&req.destination.service, req.destination.port) {
+        (Some(s), Some(p)) => format!(" to {}/{}:{p}", s.namespace, s.name),
+        (Some(s), None) => format!(" to {}/{}", s.namespace, s.name),
+        (None, _) => String::new(),
+    };
+    let from = req.source.principal.as_deref().map_or_else(
+        || " from an unauthenticated peer".to_owned(),
+        |p| format!(" from {p}"),
+    );
+    let via = match req.via {
+        Via::Waypoint => format!(" via {}/{}", req.waypoint.namespace, req.waypoint.name),
+        Via::Direct => " direct".to_owned(),
+    };
+    format!("request {}: {what}{to}{from}{via}", i + 1)
+}
+
+/// Text (a table per request), YAML (one list) or JSON (one line per answer).
+fn print(answers: &[(String, Line)], format: Format) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            for (_, l) in answers {
+                writeln!(out, "{}", serde_json::to_string(l)?)?;
+            }
+        }
+        Format::Yaml => {
+            let lines: Vec<&Line> = answers.iter().map(|(_, l)| l).collect();
+            write!(out, "{}", serde_yaml::to_string(&lines)?)?;
+        }
+        Format::Text => {
+            let p = Painter::for_stdout();
+            for (title, l) in answers {
+                // Request and config values are echoed: made printable for the terminal.
+                writeln!(out, "{}", shown(title))?;
+                let mut rows = vec![[
+                    "ENFORCER".to_owned(),
+                    "DECISION".to_owned(),
+                    "POLICY".to_owned(),
+                    "RULE".to_owned(),
+                    "REASON".to_owned(),
+                ]];
+                let status = l.status.map_or_else(String::new, |s| format!(" ({s})"));
+                rows.push([
+                    "waypoint".into(),
+                    format!("{}{status}", l.decision),
+                    l.policy.clone().unwrap_or_else(|| "-".into()),
+                    l.rule.map_or_else(|| "-".into(), |r| r.to_string()),
+                    shown_max(&l.reason, 8192).into_owned(),
+                ]);
+                if let Some(z) = &l.ztunnel {
+                    rows.push([
+                        "ztunnel".into(),
+                        z.decision.to_owned(),
+                        z.policy.clone().unwrap_or_else(|| "-".into()),
+                        z.rule.map_or_else(|| "-".into(), |r| r.to_string()),
+                        shown_max(&z.reason, 8192).into_owned(),
+                    ]);
+                }
+                let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0);
+                let (w0, w1, w2, w3) = (width(0), width(1), width(2), width(3));
+                for (n, r) in rows.iter().enumerate() {
+                    let decision = format!("{:w1$}", r[1]);
+                    let decision = if n == 0 {
+                        decision
+                    } else if r[1].starts_with("allow") {
+                        p.paint(Colour::Green, &decision)
+                    } else {
+                        p.paint(Colour::Red, &decision)
+                    };
+                    writeln!(
+                        out,
+                        "  {:w0$}  {decision}  {:w2$}  {:w3$}  {}",
+                        r[0], r[2], r[3], r[4]
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn decide(
     store: &Store,
     compiled: &Compiled,
     rt: &tokio::runtime::Runtime,
     req: &EvalRequest,
     mode: PathNormalization,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Line> {
     let (authorizer, authn) = (&compiled.authorizer, &compiled.authn);
     let target = match target_of(store, compiled, &req.destination) {
         Ok(t) => t,
         // What the waypoint answers a CONNECT for a destination it does not serve.
-        Err(reason) => return Line::local(503, format!("not served: {reason}")),
+        Err(reason) => return Ok(Line::local(503, format!("not served: {reason}"))),
     };
     let peer = req.source.principal.as_deref().map(PeerIdentity::new);
     if req.jwt.is_some() && req.token.is_some() {
@@ -340,12 +466,12 @@ fn decide(
     if let Some(h) = &req.http
         && let Err(e) = RequestView::build(incoming(h, &headers), mode)
     {
-        return Line::local(e.status(), format!("refused: {e}"));
+        return Ok(Line::local(e.status(), format!("refused: {e}")));
     }
     let verified = match (&req.http, authn.for_target(target.as_deref())) {
         (Some(h), Some(a)) => match authenticate(a, rt, h, &mut headers) {
             Ok(v) => v,
-            Err(e) => return Line::local(e.status(), format!("unauthenticated: {e}")),
+            Err(e) => return Ok(Line::local(e.status(), format!("unauthenticated: {e}"))),
         },
         _ => None,
     };
@@ -371,7 +497,7 @@ fn decide(
     let view = match &req.http {
         Some(h) => match RequestView::build(incoming(h, &headers), mode) {
             Ok(v) => Some(v),
-            Err(e) => return Line::local(e.status(), format!("refused: {e}")),
+            Err(e) => return Ok(Line::local(e.status(), format!("refused: {e}"))),
         },
         None => None,
     };
@@ -391,15 +517,15 @@ fn decide(
     };
     // The proxy's own decision function; nothing is counted offline.
     let d = policy::decide(authorizer, &inputs, None);
-    let line = Line {
+    Ok(Line {
         decision: if d.allowed { "allow" } else { "deny" },
         status: d.status,
         policy: d.matched.map(|m| m.policy.to_string()),
         rule: d.matched.map(|m| m.rule),
         action: d.action().map(|a| a.as_str()),
-        reason: d.to_string().into(),
-    };
-    Ok(serde_json::to_string(&line)?)
+        reason: d.to_string(),
+        ztunnel: None,
+    })
 }
 
 /// Runs the waypoint's RequestAuthentication on the request's headers and query, applying a

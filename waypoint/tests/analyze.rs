@@ -450,3 +450,22 @@ fn input_is_required_and_exclusive() {
     let o = waypoint(&["analyze", "--config", "x", "--kubernetes"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// The shipped examples are what the README and the demo point newcomers at: they must pass the
+/// advisor with no error-level finding (each L7-protected Service has its "only from my
+/// waypoint" guard).
+#[test]
+fn the_shipped_examples_have_no_error_level_finding() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let o = waypoint(&["analyze", "--config", dir, "-o", "json"]);
+    let findings: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let errors: Vec<&Value> = findings
+        .iter()
+        .filter(|f| f["severity"] == "error")
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(o.status.code(), Some(0));
+}
